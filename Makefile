@@ -1,0 +1,45 @@
+# The Makefile knows every module of the workspace: `go test ./...` does not
+# cross module boundaries, so every target loops over MODULES.
+MODULES := proto services ingress scheduler deliverer bouncer deploy
+BIN     := $(CURDIR)/bin
+GO      ?= go
+# Fuzz and race-heavy packages need more than the default 10 minutes on 2 cores.
+TEST_TIMEOUT ?= 15m
+
+.PHONY: all build test vet lint run proto clean tidy
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./ingress/cmd/sluice-ingress ./scheduler/cmd/sluice-scheduler \
+		./deliverer/cmd/sluice-deliverer ./bouncer/cmd/sluice-bouncer ./deploy/cmd/sluice-local
+
+test:
+	@set -e; for m in $(MODULES); do \
+		echo "== $$m"; \
+		(cd $$m && $(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...); \
+	done
+
+vet:
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./...); done
+
+lint: vet
+	@test -z "$$(gofmt -l $(MODULES))" || (gofmt -l $(MODULES); exit 1)
+
+tidy:
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) mod tidy); done
+
+# run builds everything and starts the whole system on this machine: an
+# embedded JetStream server, the four services as separate processes and a
+# capture destination for the test domain example.test.
+run: build
+	$(BIN)/sluice-local -bin $(BIN) -data $(CURDIR)/data
+
+# proto regenerates the Go code of the wire schemas (needs protoc and
+# protoc-gen-go; the generated code is committed, so builds do not).
+proto:
+	protoc --go_out=proto --go_opt=paths=source_relative -Iproto proto/sluicev1/sluice.proto
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,3 @@
+module github.com/sluice-mta/sluice/bouncer
+
+go 1.26

@@ -1,0 +1,3 @@
+module github.com/sluice-mta/sluice/deliverer
+
+go 1.26

@@ -1,0 +1,3 @@
+module github.com/sluice-mta/sluice/scheduler
+
+go 1.26

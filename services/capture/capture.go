@@ -1,0 +1,214 @@
+// Package capture is an SMTP destination that keeps what it receives: the
+// local "capture" mail server `make run` routes the test domain to, and the
+// real go-smtp server tests deliver to. A test can script its replies per
+// recipient and delay each transaction to play a slow receiver.
+package capture
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Message is one received transaction.
+type Message struct {
+	From     string
+	To       []string
+	Data     []byte
+	Received time.Time
+	TLS      bool
+}
+
+// RcptFunc decides the reply to one RCPT TO; nil accepts. It is called with
+// the number of earlier transactions that named this recipient.
+type RcptFunc func(rcpt string, seen int) *smtp.SMTPError
+
+// Options configure a Server.
+type Options struct {
+	// Domain is the server's host name in its greeting.
+	Domain string
+	// Dir, if set, receives one .eml file per message.
+	Dir string
+	// Delay is waited before answering DATA, to play a slow receiver.
+	Delay time.Duration
+	// Rcpt scripts RCPT replies.
+	Rcpt RcptFunc
+	// Log receives a line per message; nil discards.
+	Log *slog.Logger
+}
+
+// Server is a running capture server.
+type Server struct {
+	Addr string
+
+	opts Options
+	srv  *smtp.Server
+	ln   net.Listener
+
+	mu     sync.Mutex
+	msgs   []Message
+	seen   map[string]int
+	notify chan struct{}
+	count  atomic.Int64
+}
+
+// Listen starts a server on addr.
+func Listen(addr string, o Options) (*Server, error) {
+	if o.Domain == "" {
+		o.Domain = "capture.localhost"
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Dir != "" {
+		if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Addr: ln.Addr().String(), opts: o, ln: ln, seen: map[string]int{}, notify: make(chan struct{})}
+	s.srv = smtp.NewServer(&backend{s: s})
+	s.srv.Domain = o.Domain
+	s.srv.MaxMessageBytes = 64 << 20
+	s.srv.MaxRecipients = 10000
+	s.srv.ReadTimeout = time.Minute
+	s.srv.WriteTimeout = time.Minute
+	s.srv.EnableSMTPUTF8 = true
+	s.srv.EnableDSN = true
+	go s.srv.Serve(ln)
+	return s, nil
+}
+
+// Close stops the server.
+func (s *Server) Close() error { return s.srv.Close() }
+
+// Messages returns a copy of what has been received.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.msgs...)
+}
+
+// Count returns the number of messages received.
+func (s *Server) Count() int { return int(s.count.Load()) }
+
+// Wait blocks until at least n messages arrived or timeout passes, and
+// returns what arrived.
+func (s *Server) Wait(n int, timeout time.Duration) ([]Message, error) {
+	deadline := time.After(timeout)
+	for {
+		s.mu.Lock()
+		if len(s.msgs) >= n {
+			m := append([]Message(nil), s.msgs...)
+			s.mu.Unlock()
+			return m, nil
+		}
+		ch := s.notify
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline:
+			return s.Messages(), fmt.Errorf("capture: %d of %d messages after %s", s.Count(), n, timeout)
+		}
+	}
+}
+
+type backend struct{ s *Server }
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	_, tls := c.TLSConnectionState()
+	return &session{s: b.s, tls: tls}, nil
+}
+
+type session struct {
+	s    *Server
+	from string
+	to   []string
+	tls  bool
+}
+
+func (se *session) AuthMechanisms() []string { return nil }
+func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+	se.from = from
+	return nil
+}
+
+func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	se.s.mu.Lock()
+	n := se.s.seen[to]
+	se.s.seen[to] = n + 1
+	se.s.mu.Unlock()
+	if f := se.s.opts.Rcpt; f != nil {
+		if e := f(to, n); e != nil {
+			return e
+		}
+	}
+	se.to = append(se.to, to)
+	return nil
+}
+
+func (se *session) Data(r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	if se.s.opts.Delay > 0 {
+		time.Sleep(se.s.opts.Delay)
+	}
+	m := Message{From: se.from, To: append([]string(nil), se.to...), Data: data, Received: time.Now(), TLS: se.tls}
+	if dir := se.s.opts.Dir; dir != "" {
+		sum := sha256.Sum256(data)
+		name := fmt.Sprintf("%d-%s.eml", m.Received.UnixNano(), hex.EncodeToString(sum[:6]))
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "capture: cannot write"}
+		}
+		se.s.opts.Log.Info("captured", "from", m.From, "to", m.To, "bytes", len(data), "file", filepath.Join(dir, name))
+	}
+	se.s.mu.Lock()
+	se.s.msgs = append(se.s.msgs, m)
+	se.s.count.Add(1)
+	close(se.s.notify)
+	se.s.notify = make(chan struct{})
+	se.s.mu.Unlock()
+	return nil
+}
+
+func (se *session) Reset()        { se.from, se.to = "", nil }
+func (se *session) Logout() error { return nil }
+
+// Bodies returns the data of all messages, for byte-for-byte comparisons.
+func Bodies(ms []Message) [][]byte {
+	out := make([][]byte, len(ms))
+	for i, m := range ms {
+		out[i] = m.Data
+	}
+	return out
+}
+
+// ErrNotFound is returned by Find when no message matches.
+var ErrNotFound = errors.New("capture: no such message")
+
+// Find returns the first message whose data contains needle.
+func Find(ms []Message, needle []byte) (Message, error) {
+	for _, m := range ms {
+		if bytes.Contains(m.Data, needle) {
+			return m, nil
+		}
+	}
+	return Message{}, ErrNotFound
+}

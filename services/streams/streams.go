@@ -1,0 +1,167 @@
+// Package streams creates and updates Sluice's JetStream streams, consumers
+// and buckets. Every service provisions what it uses when it starts, so the
+// system comes up in any order and a configuration change (replicas, limits)
+// is applied by restarting a service.
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/config"
+)
+
+// Retention of messages and bodies beyond the queue lifetime. The scheduler
+// deletes each message as soon as its last job finishes; this only bounds
+// what a lost deletion could leave behind.
+const lifetimeGrace = 24 * time.Hour
+
+// DuplicateWindow is how long JetStream remembers Nats-Msg-Id values, so a
+// publish retried by a service after a crash or timeout is stored once.
+const DuplicateWindow = 10 * time.Minute
+
+// Configs returns the stream configurations for the queue settings.
+func Configs(q config.Queue) []jetstream.StreamConfig {
+	maxAge := q.Lifetime + lifetimeGrace
+	return []jetstream.StreamConfig{
+		{
+			// Accepted messages. Discard-new with a byte cap makes a full
+			// queue refuse writes (the ingress answers 451) instead of
+			// silently dropping the oldest mail.
+			Name:        wire.StreamMessages,
+			Description: "Sluice: accepted messages (envelope and body), kept until every job is done",
+			Subjects:    []string{wire.SubjectMessages + ".>"},
+			Retention:   jetstream.LimitsPolicy,
+			Discard:     jetstream.DiscardNew,
+			MaxBytes:    orUnlimited(q.MaxBytes),
+			MaxMsgs:     -1,
+			MaxAge:      maxAge,
+			Storage:     jetstream.FileStorage,
+			Replicas:    q.Replicas,
+			Duplicates:  DuplicateWindow,
+			AllowDirect: true,
+			MaxMsgSize:  -1,
+		},
+		{
+			// Jobs. A work queue: a job is removed when a deliverer
+			// acknowledges it. Message schedules hold retries durably in the
+			// same stream (a schedule's target must be one of its subjects).
+			// Schedules require discard-old, so this stream has no byte or
+			// count cap that could drop a job; the message stream's cap is
+			// the backpressure point.
+			Name:              wire.StreamJobs,
+			Description:       "Sluice: delivery jobs by priority class, and their retry schedules",
+			Subjects:          []string{wire.SubjectJobs + ".>", wire.SubjectSchedule + ".>"},
+			Retention:         jetstream.WorkQueuePolicy,
+			Discard:           jetstream.DiscardOld,
+			MaxBytes:          -1,
+			MaxMsgs:           -1,
+			MaxAge:            maxAge,
+			Storage:           jetstream.FileStorage,
+			Replicas:          q.Replicas,
+			Duplicates:        DuplicateWindow,
+			AllowMsgSchedules: true,
+			AllowRollup:       true,
+			AllowDirect:       true,
+		},
+		{
+			Name:        wire.StreamResults,
+			Description: "Sluice: deliverer reports, consumed by the scheduler",
+			Subjects:    []string{wire.SubjectResults + ".>"},
+			Retention:   jetstream.WorkQueuePolicy,
+			MaxAge:      maxAge,
+			MaxBytes:    -1,
+			MaxMsgs:     -1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    q.Replicas,
+			Duplicates:  DuplicateWindow,
+		},
+		{
+			Name:        wire.StreamBounces,
+			Description: "Sluice: DSN requests, consumed by the bouncer",
+			Subjects:    []string{wire.SubjectBounces + ".>"},
+			Retention:   jetstream.WorkQueuePolicy,
+			MaxAge:      maxAge,
+			MaxBytes:    -1,
+			MaxMsgs:     -1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    q.Replicas,
+			Duplicates:  DuplicateWindow,
+		},
+	}
+}
+
+func orUnlimited(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
+// Provision creates or updates every stream and bucket.
+func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) error {
+	for _, sc := range Configs(q) {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
+		}
+	}
+	if _, err := Bodies(ctx, js, q); err != nil {
+		return err
+	}
+	if _, err := Refs(ctx, js, q); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Bodies returns the object store for large bodies, creating it if needed.
+func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.ObjectStore, error) {
+	os, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      wire.BucketBodies,
+		Description: "Sluice: message bodies too large to store inline",
+		TTL:         q.Lifetime + lifetimeGrace,
+		Storage:     jetstream.FileStorage,
+		Replicas:    q.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provision object store %s: %w", wire.BucketBodies, err)
+	}
+	return os, nil
+}
+
+// Refs returns the bucket that counts the open jobs of messages split into
+// more than one job, creating it if needed.
+func Refs(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      wire.BucketRefs,
+		Description: "Sluice: open jobs of messages split across destinations",
+		TTL:         q.Lifetime + lifetimeGrace,
+		Storage:     jetstream.FileStorage,
+		Replicas:    q.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketRefs, err)
+	}
+	return kv, nil
+}
+
+// IsStorageFull reports whether a publish error means the stream or account
+// is over its limits, as opposed to JetStream being unreachable.
+func IsStorageFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case 10047, // insufficient resources
+			10077, // maximum messages exceeded
+			10078, // maximum bytes exceeded
+			10027: // resource limits exceeded for account
+			return true
+		}
+	}
+	return false
+}
