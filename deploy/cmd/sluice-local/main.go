@@ -1,0 +1,125 @@
+// Command sluice-local runs a whole Sluice system on this machine, for a first
+// look and for development: `make run` builds the binaries and starts it. It
+// starts an embedded single-node JetStream server, a capture destination that
+// receives all mail for the test domain, and the four services as separate
+// processes (the binaries production runs), restarting any that dies, until
+// Ctrl-C.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/sluice-mta/sluice/deploy/stack"
+	"github.com/sluice-mta/sluice/services/lifecycle"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory with the sluice-* binaries")
+	data := flag.String("data", "data", "directory for JetStream files, logs and captured mail")
+	smtp := flag.String("smtp", "127.0.0.1:2525", "SMTP address of the ingress")
+	natsAddr := flag.String("nats", "127.0.0.1:4222", "client address of the embedded NATS server")
+	captureAddr := flag.String("capture", "127.0.0.1:2626", "address of the capture destination")
+	testDomain := flag.String("test-domain", "example.test", "domain delivered to the capture destination")
+	deliverers := flag.Int("deliverers", 1, "number of deliverer processes")
+	syncAlways := flag.Bool("sync-always", false, "fsync every JetStream write")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	dataDir, _ := filepath.Abs(*data)
+	binDir, _ := filepath.Abs(*bin)
+	ctx, stop := lifecycle.SignalContext()
+	defer stop()
+
+	metrics := map[string]string{"ingress": "127.0.0.1:9101", "scheduler": "127.0.0.1:9102", "deliverer": "127.0.0.1:9103", "bouncer": "127.0.0.1:9104"}
+	for i := 1; i <= *deliverers; i++ {
+		metrics[fmt.Sprintf("deliverer-%d", i)] = fmt.Sprintf("127.0.0.1:%d", 9110+i)
+	}
+	s, err := stack.Start(ctx, stack.Options{
+		BinDir:        binDir,
+		DataDir:       dataDir,
+		NATSListen:    *natsAddr,
+		SyncAlways:    *syncAlways,
+		CaptureListen: *captureAddr,
+		TestDomain:    *testDomain,
+		Deliverers:    *deliverers,
+		MetricsAddrs:  metrics,
+		Config:        map[string]map[string]any{"ingress": {"listen": *smtp}},
+		Env:           os.Environ(),
+		Log:           log,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sluice-local:", err)
+		os.Exit(1)
+	}
+	printBanner(s, *smtp, *testDomain, dataDir)
+
+	// Supervise: restart a process that exits while we are running, as a
+	// container orchestrator would.
+	var wg sync.WaitGroup
+	for _, p := range s.Procs() {
+		wg.Add(1)
+		go func(p *stack.Proc) {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-p.Done():
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				log.Warn("service exited; restarting in 1s", "service", p.Name, "exit", p.ExitCode(), "log", p.Log())
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+				if err := p.Start(); err != nil {
+					log.Error("restart failed", "service", p.Name, "err", err)
+					return
+				}
+			}
+		}(p)
+	}
+	<-ctx.Done()
+	fmt.Fprintln(os.Stderr, "\nstopping Sluice...")
+	s.Close()
+	wg.Wait()
+}
+
+func printBanner(s *stack.Stack, smtp, testDomain, dataDir string) {
+	rel := func(p string) string {
+		if wd, err := os.Getwd(); err == nil {
+			if r, err := filepath.Rel(wd, p); err == nil {
+				return r
+			}
+		}
+		return p
+	}
+	fmt.Printf(`
+Sluice is running.
+
+  Send mail to   smtp://%[1]s   (no auth from loopback; e.g.
+                 swaks --server %[1]s --from me@localhost --to you@%[2]s
+                 or: bin/sluice-local-send is not needed, any SMTP client works)
+  %-14[2]s delivered to the local capture server %[3]s;
+                 each message lands as a file in %[4]s/
+  other domains  go to their real MX on port 25
+  Logs (JSON)    %[5]s/{ingress,scheduler,deliverer,bouncer}.log
+                 e.g. tail -f %[5]s/deliverer.log
+  Metrics        http://%[6]s/metrics (ingress)  :9102 scheduler  :9103 deliverer  :9104 bouncer
+  NATS           %[7]s   JetStream files in %[8]s/
+                 e.g. nats --server %[7]s stream ls
+  Config         %[9]s
+
+Ctrl-C stops everything.
+`, smtp, testDomain, s.Capture.Addr, rel(filepath.Join(dataDir, "capture")), rel(filepath.Join(dataDir, "logs")),
+		s.Metrics["ingress"], s.NATS.ClientURL(), rel(filepath.Join(dataDir, "jetstream")), rel(s.ConfigPath))
+}

@@ -1,0 +1,332 @@
+// Package stack starts a whole Sluice system on one machine: an embedded
+// single-node JetStream server, a capture destination for a test domain, and
+// the four services as separate processes running the production binaries.
+// `make run` (cmd/sluice-local) and the end-to-end tests both use it, so what a
+// newcomer runs is what the tests prove.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/sluice-mta/sluice/services/capture"
+	"github.com/sluice-mta/sluice/services/embedded"
+)
+
+// Services lists the service binaries in start order.
+var Services = []string{"scheduler", "bouncer", "deliverer", "ingress"}
+
+// Options configure a Stack.
+type Options struct {
+	// BinDir holds sluice-ingress, sluice-scheduler, sluice-deliverer and sluice-bouncer.
+	BinDir string
+	// DataDir holds JetStream files, logs, captured mail and the generated config.
+	DataDir string
+	// NATSListen is the embedded server's client address.
+	NATSListen string
+	// SyncAlways makes JetStream fsync every write.
+	SyncAlways bool
+	// CaptureListen is the capture destination's address; empty disables it.
+	CaptureListen string
+	// CaptureOptions script the capture destination (tests).
+	CaptureOptions capture.Options
+	// TestDomain is routed to the capture destination.
+	TestDomain string
+	// Config is merged over the generated configuration, section by section
+	// (e.g. {"deliverer": {"routes": {...}}}).
+	Config map[string]map[string]any
+	// Env is added to every service's environment (e.g. OTEL_*).
+	Env []string
+	// Deliverers is how many deliverer processes to start (default 1).
+	Deliverers int
+	// MetricsAddrs fixes the metrics address of named processes; the others
+	// get a free loopback port.
+	MetricsAddrs map[string]string
+	// Log receives the stack's own messages.
+	Log *slog.Logger
+}
+
+// Stack is a running system.
+type Stack struct {
+	opts       Options
+	NATS       *embedded.Server
+	Capture    *capture.Server
+	ConfigPath string
+	// Ports of each service's metrics endpoint, by process name.
+	Metrics map[string]string
+
+	mu    sync.Mutex
+	procs map[string]*Proc
+}
+
+// Proc is one service process.
+type Proc struct {
+	Name string
+	bin  string
+	args []string
+	env  []string
+	log  string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start brings the system up and returns once every process has started.
+func Start(ctx context.Context, o Options) (*Stack, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Deliverers <= 0 {
+		o.Deliverers = 1
+	}
+	if o.TestDomain == "" {
+		o.TestDomain = "example.test"
+	}
+	for _, d := range []string{"jetstream", "logs", "capture"} {
+		if err := os.MkdirAll(filepath.Join(o.DataDir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	s := &Stack{opts: o, procs: map[string]*Proc{}, Metrics: map[string]string{}}
+	ns, err := embedded.Start(embedded.Options{
+		Listen: o.NATSListen, StoreDir: filepath.Join(o.DataDir, "jetstream"), SyncAlways: o.SyncAlways,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.NATS = ns
+	if o.CaptureListen != "" {
+		co := o.CaptureOptions
+		if co.Dir == "" {
+			co.Dir = filepath.Join(o.DataDir, "capture")
+		}
+		co.Log = o.Log
+		c, err := capture.Listen(o.CaptureListen, co)
+		if err != nil {
+			ns.Shutdown()
+			return nil, fmt.Errorf("capture destination: %w", err)
+		}
+		s.Capture = c
+	}
+	if err := s.writeConfig(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	for _, svc := range Services {
+		n := 1
+		if svc == "deliverer" {
+			n = o.Deliverers
+		}
+		for i := 0; i < n; i++ {
+			name := svc
+			if n > 1 {
+				name = fmt.Sprintf("%s-%d", svc, i+1)
+			}
+			env := append([]string{}, o.Env...)
+			if addr, ok := o.MetricsAddrs[name]; ok {
+				env = append(env, "SLUICE_METRICS_LISTEN="+addr)
+				s.Metrics[name] = addr
+			} else if addr, err := freeAddr(); err == nil {
+				env = append(env, "SLUICE_METRICS_LISTEN="+addr)
+				s.Metrics[name] = addr
+			}
+			if svc == "deliverer" {
+				env = append(env, "SLUICE_INSTANCE="+name)
+			}
+			p := &Proc{
+				Name: name,
+				bin:  filepath.Join(o.BinDir, "sluice-"+svc),
+				args: []string{"-config", s.ConfigPath},
+				env:  env,
+				log:  filepath.Join(o.DataDir, "logs", name+".log"),
+			}
+			if err := p.Start(); err != nil {
+				s.Close()
+				return nil, err
+			}
+			s.procs[name] = p
+		}
+	}
+	return s, nil
+}
+
+// Proc returns the named process ("ingress", "deliverer", "deliverer-2", ...).
+func (s *Stack) Proc(name string) *Proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.procs[name]
+}
+
+// Procs returns every process.
+func (s *Stack) Procs() []*Proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Proc, 0, len(s.procs))
+	for _, svc := range Services {
+		for name, p := range s.procs {
+			if name == svc || (len(name) > len(svc) && name[:len(svc)+1] == svc+"-") {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// SMTPAddr is where the ingress listens.
+func (s *Stack) SMTPAddr() string { return s.section("ingress")["listen"].(string) }
+
+func (s *Stack) section(name string) map[string]any {
+	return s.opts.Config[name]
+}
+
+// Close stops every process gracefully, then the capture server and NATS.
+func (s *Stack) Close() {
+	procs := s.Procs()
+	// Stop in reverse start order: the ingress first, so nothing new comes in.
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].Stop(10 * time.Second)
+	}
+	if s.Capture != nil {
+		s.Capture.Close()
+	}
+	if s.NATS != nil {
+		s.NATS.Shutdown()
+	}
+}
+
+func (s *Stack) writeConfig() error {
+	o := s.opts
+	host, _ := os.Hostname()
+	cfg := map[string]map[string]any{
+		"nats":      {"url": s.NATS.ClientURL()},
+		"queue":     {"replicas": 1},
+		"ingress":   {"listen": "127.0.0.1:2525", "hostname": "sluice.localhost"},
+		"scheduler": {},
+		"deliverer": {"hostname": host},
+		"bouncer":   {"hostname": "sluice.localhost"},
+	}
+	if s.Capture != nil {
+		cfg["deliverer"]["routes"] = map[string]any{o.TestDomain: s.Capture.Addr}
+	}
+	for sec, kv := range o.Config {
+		if cfg[sec] == nil {
+			cfg[sec] = map[string]any{}
+		}
+		for k, v := range kv {
+			cfg[sec][k] = v
+		}
+	}
+	s.opts.Config = cfg
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	s.ConfigPath = filepath.Join(o.DataDir, "sluice.yaml")
+	return os.WriteFile(s.ConfigPath, b, 0o644)
+}
+
+// Start starts the process, appending its output to its log file.
+func (p *Proc) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := os.Stat(p.bin); err != nil {
+		return fmt.Errorf("%s: binary missing (run `make build`): %w", p.Name, err)
+	}
+	lf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		lf.Close()
+		close(done)
+	}()
+	p.cmd, p.done = cmd, done
+	return nil
+}
+
+// Done is closed when the current run of the process ends.
+func (p *Proc) Done() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.done
+}
+
+// Pid is the current process id.
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Log is the path of the process's log file.
+func (p *Proc) Log() string { return p.log }
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (p *Proc) Kill() {
+	p.signal(syscall.SIGKILL, 5*time.Second)
+}
+
+// Stop sends SIGTERM, waits up to grace, then kills.
+func (p *Proc) Stop(grace time.Duration) {
+	if !p.signal(syscall.SIGTERM, grace) {
+		p.signal(syscall.SIGKILL, 5*time.Second)
+	}
+}
+
+// ExitCode returns the exit code of the last run, or -1.
+func (p *Proc) ExitCode() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.ProcessState == nil {
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+func (p *Proc) signal(sig syscall.Signal, wait time.Duration) bool {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	default:
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+		return true
+	case <-time.After(wait):
+		return false
+	}
+}
+
+// ErrExited is returned by Supervise when a process keeps dying.
+var ErrExited = errors.New("process exited")
