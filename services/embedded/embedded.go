@@ -49,15 +49,15 @@ func Start(o Options) (*Server, error) {
 		return nil, errors.New("embedded nats: a store directory is required")
 	}
 	opts := &server.Options{
-		ServerName:         "sluice-embedded",
-		Host:               host,
-		Port:               port,
-		JetStream:          true,
-		StoreDir:           o.StoreDir,
-		SyncAlways:         o.SyncAlways,
-		MaxPayload:         o.MaxPayload,
-		JetStreamMaxStore:  o.MaxStore,
-		NoSigs:             true,
+		ServerName:            "sluice-embedded",
+		Host:                  host,
+		Port:                  port,
+		JetStream:             true,
+		StoreDir:              o.StoreDir,
+		SyncAlways:            o.SyncAlways,
+		MaxPayload:            o.MaxPayload,
+		JetStreamMaxStore:     o.MaxStore,
+		NoSigs:                true,
 		DisableShortFirstPing: true,
 	}
 	ns, err := server.NewServer(opts)

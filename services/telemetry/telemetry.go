@@ -142,6 +142,15 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 // Serve starts the HTTP endpoint with /metrics and /healthz on addr and
 // returns the server so main can shut it down; ready reports readiness.
 func (t *Telemetry) Serve(addr string, ready func() error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener %s: %w", addr, err)
+	}
+	return t.ServeListener(ln, ready), nil
+}
+
+// ServeListener is Serve on an existing listener.
+func (t *Telemetry) ServeListener(ln net.Listener, ready func() error) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(t.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -153,13 +162,9 @@ func (t *Telemetry) Serve(addr string, ready func() error) (*http.Server, error)
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics listener %s: %w", addr, err)
-	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	return srv, nil
+	return srv
 }
 
 // headerCarrier adapts nats.Header to the TextMapCarrier interface. NATS
