@@ -1,0 +1,337 @@
+// Package courier makes one delivery attempt of a job: it finds the
+// destination's hosts (package mx), tries them in order, and runs one SMTP
+// transaction for all of the job's recipients (package smtpclient) on the
+// first server that lets it. It returns one result per recipient and records
+// the steps as trace spans: dns.mx, dns.address, smtp.connect,
+// smtp.starttls and smtp.transaction.
+//
+// Which failures move on to the next address or MX host, and which end the
+// attempt, follows RFC 5321 §5.1 and Postfix's habits:
+//
+//   - connection refused or timed out, a 4xx/5xx greeting or EHLO reply, a
+//     failed STARTTLS: the next address, then the next host. A server whose
+//     STARTTLS fails is never retried without TLS in the same attempt.
+//   - a job with require_tls (RFC 8689) at a server without STARTTLS, or
+//     without REQUIRETLS after it: the next host; 550 5.7.10 / 5.7.30 if none
+//     qualifies.
+//   - once MAIL FROM was sent, the replies are the answer of the destination
+//     and the attempt ends with them.
+//
+// When no server was reached, the recipients get the first temporary error
+// met, or the first error if every one was permanent: a dead primary MX is
+// worth a retry even when a backup refused.
+package courier
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluice-mta/sluice/deliverer/mx"
+	"github.com/sluice-mta/sluice/deliverer/smtpclient"
+	"github.com/sluice-mta/sluice/deliverer/status"
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+)
+
+// Router finds the hosts of a destination; *mx.Resolver implements it.
+type Router interface {
+	Route(ctx context.Context, domain string) (mx.Route, error)
+	Addrs(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+var _ Router = (*mx.Resolver)(nil)
+
+// Courier makes delivery attempts. It is safe for concurrent use.
+type Courier struct {
+	router Router
+	dialer *smtpclient.Dialer
+	tracer trace.Tracer
+}
+
+// New returns a Courier.
+func New(router Router, dialer *smtpclient.Dialer, tracer trace.Tracer) *Courier {
+	return &Courier{router: router, dialer: dialer, tracer: tracer}
+}
+
+// Deliver makes one attempt to deliver body to the recipients of job and
+// returns a result per recipient, in the job's order, with notify and orcpt
+// copied for the bouncer.
+func (c *Courier) Deliver(ctx context.Context, job *sluicev1.Job, body io.Reader) []*sluicev1.RecipientResult {
+	outcomes := c.attempt(ctx, job, body)
+	res := make([]*sluicev1.RecipientResult, len(job.Recipients))
+	for i, r := range job.Recipients {
+		rr := &sluicev1.RecipientResult{Address: r.Address, Notify: r.Notify, Orcpt: r.Orcpt}
+		o := outcomes[i]
+		if o.err == nil {
+			rr.Outcome = sluicev1.Outcome_OUTCOME_DELIVERED
+			rr.Code, rr.EnhancedCode, rr.Text, rr.RemoteHost = 250, o.enhanced, o.text, o.host
+		} else {
+			rr.Outcome = o.err.Outcome()
+			rr.Reason = o.err.Reason
+			rr.Code, rr.EnhancedCode, rr.Text, rr.RemoteHost = uint32(o.err.Code), o.err.Enhanced, o.err.Text, o.err.RemoteHost
+		}
+		res[i] = rr
+	}
+	return res
+}
+
+type outcome struct {
+	err      *status.Error
+	enhanced string
+	text     string
+	host     string
+}
+
+func all(n int, e *status.Error) []outcome {
+	out := make([]outcome, n)
+	for i := range out {
+		out[i].err = e
+	}
+	return out
+}
+
+func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, body io.Reader) []outcome {
+	n := len(job.Recipients)
+	route, err := c.route(ctx, job.Domain)
+	if err != nil {
+		return all(n, status.Classify(err, sluicev1.Reason_REASON_DNS, ""))
+	}
+	var failures []*status.Error
+	for _, h := range route.Hosts {
+		addrs := h.Addrs
+		if len(addrs) == 0 {
+			addrs, err = c.addrs(ctx, h.Name)
+			if err != nil {
+				e := status.Classify(err, sluicev1.Reason_REASON_DNS, "")
+				if e.Permanent {
+					// An MX host without addresses is a broken record that
+					// its owner will likely fix: defer, like Postfix.
+					e = &status.Error{Code: 451, Enhanced: "4.4.3", Reason: sluicev1.Reason_REASON_DNS, Err: e,
+						Text: fmt.Sprintf("MX host %s of %s: %s", h.Name, route.Domain, e.Text)}
+				}
+				failures = append(failures, e)
+				continue
+			}
+		}
+	addrLoop:
+		for _, a := range addrs {
+			if err := ctx.Err(); err != nil {
+				failures = append(failures, status.Classify(err, sluicev1.Reason_REASON_INTERNAL, ""))
+				break
+			}
+			sess, err := c.connect(ctx, h, a)
+			if err != nil {
+				failures = append(failures, status.Classify(err, sluicev1.Reason_REASON_CONNECT, ""))
+				continue
+			}
+			if e := c.secure(ctx, sess, job); e != nil {
+				sess.Close()
+				failures = append(failures, e)
+				if e.Reason == sluicev1.Reason_REASON_REQUIRE_TLS {
+					// Another address of the same host is the same server.
+					break addrLoop
+				}
+				continue
+			}
+			out := c.transaction(ctx, sess, h, job, body)
+			sess.Close()
+			return out
+		}
+	}
+	return all(n, pick(failures, route.Domain))
+}
+
+// pick chooses the error reported when no server took the transaction.
+func pick(failures []*status.Error, domain string) *status.Error {
+	if len(failures) == 0 {
+		return status.Temporary(sluicev1.Reason_REASON_DNS, 451, "4.4.3", fmt.Sprintf("no usable mail server for %s", domain))
+	}
+	for _, f := range failures {
+		if !f.Permanent {
+			return f
+		}
+	}
+	return failures[0]
+}
+
+func (c *Courier) route(ctx context.Context, domain string) (mx.Route, error) {
+	ctx, span := c.tracer.Start(ctx, "dns.mx", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("sluice.destination_domain", domain)))
+	defer span.End()
+	r, err := c.router.Route(ctx, domain)
+	if err != nil {
+		fail(span, status.Classify(err, sluicev1.Reason_REASON_DNS, ""))
+		return r, err
+	}
+	hosts := make([]string, len(r.Hosts))
+	for i, h := range r.Hosts {
+		hosts[i] = fmt.Sprintf("%d %s:%d", h.Preference, h.Name, h.Port)
+	}
+	span.SetAttributes(attribute.StringSlice("sluice.mx.hosts", hosts),
+		attribute.Bool("sluice.mx.static", r.Static), attribute.Bool("sluice.mx.implicit", r.Implicit))
+	return r, nil
+}
+
+func (c *Courier) addrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	ctx, span := c.tracer.Start(ctx, "dns.address", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("server.address", host)))
+	defer span.End()
+	a, err := c.router.Addrs(ctx, host)
+	if err != nil {
+		fail(span, status.Classify(err, sluicev1.Reason_REASON_DNS, ""))
+		return nil, err
+	}
+	s := make([]string, len(a))
+	for i := range a {
+		s[i] = a[i].String()
+	}
+	span.SetAttributes(attribute.StringSlice("sluice.dns.addresses", s))
+	return a, nil
+}
+
+func serverAttrs(h mx.Host, a netip.Addr) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		attribute.String("server.address", h.Name),
+		attribute.Int("server.port", h.Port),
+		attribute.String("network.peer.address", a.String()),
+	}
+}
+
+func (c *Courier) connect(ctx context.Context, h mx.Host, a netip.Addr) (*smtpclient.Session, error) {
+	_, span := c.tracer.Start(ctx, "smtp.connect", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(serverAttrs(h, a)...))
+	defer span.End()
+	// The session lives on after this span, so it gets the attempt's ctx.
+	s, err := c.dialer.Connect(ctx, h.Name, netip.AddrPortFrom(a, uint16(h.Port)))
+	if err != nil {
+		fail(span, status.Classify(err, sluicev1.Reason_REASON_CONNECT, ""))
+		return nil, err
+	}
+	return s, nil
+}
+
+// secure runs STARTTLS when offered and enforces require_tls.
+func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluicev1.Job) *status.Error {
+	if s.Offers("STARTTLS") {
+		ctx, span := c.tracer.Start(ctx, "smtp.starttls", trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("server.address", s.RemoteHost())))
+		_, err := s.StartTLS(ctx)
+		if err != nil {
+			e := status.Classify(err, sluicev1.Reason_REASON_TLS, s.RemoteHost())
+			fail(span, e)
+			span.End()
+			return e
+		}
+		if st := s.TLS(); st != nil {
+			span.SetAttributes(attribute.String("tls.protocol.version", tlsVersion(st.Version)),
+				attribute.String("tls.cipher", tls.CipherSuiteName(st.CipherSuite)))
+		}
+		span.End()
+	}
+	if !job.RequireTls {
+		return nil
+	}
+	if s.TLS() == nil {
+		// RFC 8689 §4.2.1: a REQUIRETLS message must not travel in the clear.
+		return &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.10", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
+			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not offer STARTTLS"}
+	}
+	if !s.Offers("REQUIRETLS") {
+		// RFC 8689 §4.2.1: the next hop must promise to keep requiring
+		// TLS (5.7.30 "REQUIRETLS support required").
+		return &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.30", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
+			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not support REQUIRETLS"}
+	}
+	return nil
+}
+
+func (c *Courier) transaction(ctx context.Context, s *smtpclient.Session, h mx.Host, job *sluicev1.Job, body io.Reader) []outcome {
+	ctx, span := c.tracer.Start(ctx, "smtp.transaction", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(serverAttrs(h, s.Addr().Addr())...),
+		trace.WithAttributes(attribute.Int("sluice.recipients", len(job.Recipients)),
+			attribute.Bool("sluice.smtp.tls", s.TLS() != nil)))
+	defer span.End()
+	n := len(job.Recipients)
+	env := smtpclient.Envelope{
+		From:       job.MailFrom,
+		Size:       job.BodySize,
+		SMTPUTF8:   job.Smtputf8,
+		RequireTLS: job.RequireTls,
+		Ret:        job.Ret,
+		EnvID:      job.Envid,
+	}
+	for _, r := range job.Recipients {
+		env.Recipients = append(env.Recipients, smtpclient.Recipient{Address: r.Address, Notify: r.Notify, ORCPT: r.Orcpt})
+	}
+	res := s.Send(ctx, env, body)
+	out := make([]outcome, n)
+	var firstErr *status.Error
+	delivered := 0
+	for i, o := range res {
+		if o.Err != nil {
+			out[i].err = o.Err
+			if firstErr == nil {
+				firstErr = o.Err
+			}
+			continue
+		}
+		delivered++
+		out[i] = outcome{enhanced: o.Enhanced, text: o.Reply, host: s.RemoteHost()}
+		if delivered == 1 {
+			span.SetAttributes(attribute.Int("sluice.smtp.code", o.Code),
+				attribute.String("sluice.smtp.enhanced_code", o.Enhanced),
+				attribute.String("sluice.smtp.text", o.Reply))
+		}
+	}
+	span.SetAttributes(attribute.Int("sluice.recipients.delivered", delivered))
+	if firstErr != nil {
+		if delivered == 0 {
+			fail(span, firstErr)
+		} else {
+			span.SetStatus(codes.Error, fmt.Sprintf("%d of %d recipients not delivered: %s", n-delivered, n, firstErr.Error()))
+		}
+	}
+	return out
+}
+
+// fail marks span as failed with the error's reply.
+func fail(span trace.Span, e *status.Error) {
+	span.SetAttributes(
+		attribute.Int("sluice.smtp.code", e.Code),
+		attribute.String("sluice.smtp.enhanced_code", e.Enhanced),
+		attribute.String("sluice.smtp.text", e.Text),
+		attribute.String("sluice.reason", ReasonName(e.Reason)),
+		attribute.Bool("sluice.permanent", e.Permanent),
+	)
+	span.SetStatus(codes.Error, e.Error())
+}
+
+// ReasonName is the lower-case name of a reason used in spans and metric
+// labels: "dns", "connect", "tls", ..., "none" for unspecified.
+func ReasonName(r sluicev1.Reason) string {
+	if r == sluicev1.Reason_REASON_UNSPECIFIED {
+		return "none"
+	}
+	return strings.ToLower(strings.TrimPrefix(r.String(), "REASON_"))
+}
+
+func tlsVersion(v uint16) string {
+	switch v {
+	case 0x0304:
+		return "1.3"
+	case 0x0303:
+		return "1.2"
+	case 0x0302:
+		return "1.1"
+	case 0x0301:
+		return "1.0"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}

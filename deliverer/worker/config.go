@@ -1,0 +1,171 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluice-mta/sluice/services/config"
+)
+
+// Config is the deliverer's configuration: its own section and the shared
+// parts of the one Sluice configuration file.
+type Config struct {
+	NATS      config.NATS  `yaml:"nats"`
+	Queue     config.Queue `yaml:"queue"`
+	Deliverer Settings     `yaml:"deliverer"`
+}
+
+// Settings is the `deliverer` section.
+type Settings struct {
+	// Hostname is the name we give in EHLO. main defaults it to the
+	// machine's host name; it should have forward-confirmed reverse DNS.
+	Hostname string `yaml:"hostname" env:"SLUICE_DELIVERER_HOSTNAME"`
+	// Instance names this process in results and logs; main defaults it to
+	// "<hostname>-<pid>".
+	Instance string `yaml:"instance" env:"SLUICE_DELIVERER_INSTANCE"`
+	// DNSServer is the resolver as host:port; empty means the first
+	// nameserver of /etc/resolv.conf, which main reads.
+	DNSServer string `yaml:"dns_server" env:"SLUICE_DELIVERER_DNS_SERVER"`
+	// DNSTimeout bounds each DNS query.
+	DNSTimeout time.Duration `yaml:"dns_timeout" env:"SLUICE_DELIVERER_DNS_TIMEOUT"`
+	// SMTPPort is the port of MX hosts (25; tests use another).
+	SMTPPort int `yaml:"smtp_port" env:"SLUICE_DELIVERER_SMTP_PORT"`
+	// Routes maps a domain to "host:port" and overrides its MX records,
+	// like a Postfix transport map: exact, case-insensitive domain match.
+	Routes map[string]string `yaml:"routes"`
+	// Concurrency is how many deliveries this process runs at once.
+	Concurrency int `yaml:"concurrency" env:"SLUICE_DELIVERER_CONCURRENCY"`
+	// Weights share fetches between the priority classes (see Service).
+	Weights Weights `yaml:"weights"`
+	// AckWait is how long JetStream waits for an acknowledgement before it
+	// hands a job to another deliverer; running deliveries send progress
+	// every third of it.
+	AckWait time.Duration `yaml:"ack_wait" env:"SLUICE_DELIVERER_ACK_WAIT"`
+	// ConnectTimeout bounds each TCP connection to a remote server.
+	ConnectTimeout time.Duration `yaml:"connect_timeout" env:"SLUICE_DELIVERER_CONNECT_TIMEOUT"`
+	// CommandTimeout bounds the greeting and every command's reply (RFC
+	// 5321 §4.5.3.2).
+	CommandTimeout time.Duration `yaml:"command_timeout" env:"SLUICE_DELIVERER_COMMAND_TIMEOUT"`
+	// DataTimeout bounds the wait for the reply to the end of the message.
+	DataTimeout time.Duration `yaml:"data_timeout" env:"SLUICE_DELIVERER_DATA_TIMEOUT"`
+	// ShutdownTimeout is how long a stopping deliverer lets running
+	// deliveries finish before it interrupts them and hands their jobs back.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SLUICE_DELIVERER_SHUTDOWN_TIMEOUT"`
+
+	config.Telemetry `yaml:",inline"`
+}
+
+// Weights are the relative shares of the priority classes.
+type Weights struct {
+	High   int `yaml:"high"`
+	Normal int `yaml:"normal"`
+	Bulk   int `yaml:"bulk"`
+}
+
+// Default returns the defaults. Hostname and Instance depend on the machine
+// and are filled in by main.
+func Default() Config {
+	return Config{NATS: config.DefaultNATS(), Queue: config.DefaultQueue(), Deliverer: DefaultSettings()}
+}
+
+// DefaultSettings returns the defaults of the deliverer section.
+func DefaultSettings() Settings {
+	return Settings{
+		DNSTimeout:      5 * time.Second,
+		SMTPPort:        25,
+		Concurrency:     32,
+		Weights:         Weights{High: 8, Normal: 3, Bulk: 1},
+		AckWait:         30 * time.Second,
+		ConnectTimeout:  30 * time.Second,
+		CommandTimeout:  5 * time.Minute,
+		DataTimeout:     10 * time.Minute,
+		ShutdownTimeout: 10 * time.Second,
+		Telemetry:       config.Telemetry{MetricsListen: "127.0.0.1:9103", LogLevel: "info"},
+	}
+}
+
+// Validate implements config.Validator.
+func (c *Config) Validate() error {
+	if err := c.NATS.Validate(); err != nil {
+		return err
+	}
+	if err := c.Queue.Validate(); err != nil {
+		return err
+	}
+	return c.Deliverer.Validate()
+}
+
+// Validate reports the first bad field as "deliverer.<field>: ...".
+func (s Settings) Validate() error {
+	if s.Hostname == "" || strings.ContainsAny(s.Hostname, " \t\r\n") {
+		return fmt.Errorf("deliverer.hostname: %q, want a host name for EHLO", s.Hostname)
+	}
+	if strings.ContainsAny(s.Instance, " \t\r\n") {
+		return fmt.Errorf("deliverer.instance: %q must not contain spaces", s.Instance)
+	}
+	if s.DNSServer != "" {
+		if err := hostPort(s.DNSServer); err != nil {
+			return fmt.Errorf("deliverer.dns_server: %q: %v", s.DNSServer, err)
+		}
+	}
+	if s.DNSTimeout <= 0 {
+		return fmt.Errorf("deliverer.dns_timeout: %s, must be positive", s.DNSTimeout)
+	}
+	if s.SMTPPort <= 0 || s.SMTPPort > 65535 {
+		return fmt.Errorf("deliverer.smtp_port: %d, want 1..65535", s.SMTPPort)
+	}
+	for d, hp := range s.Routes {
+		if strings.TrimSpace(d) == "" || strings.ContainsAny(d, " \t@") {
+			return fmt.Errorf("deliverer.routes: %q is not a domain", d)
+		}
+		if err := hostPort(hp); err != nil {
+			return fmt.Errorf("deliverer.routes.%s: %q: %v", d, hp, err)
+		}
+	}
+	if s.Concurrency < 1 || s.Concurrency > 10000 {
+		return fmt.Errorf("deliverer.concurrency: %d, want 1..10000", s.Concurrency)
+	}
+	for _, w := range []struct {
+		name string
+		v    int
+	}{{"high", s.Weights.High}, {"normal", s.Weights.Normal}, {"bulk", s.Weights.Bulk}} {
+		// Zero would starve a class forever.
+		if w.v < 1 || w.v > 1000 {
+			return fmt.Errorf("deliverer.weights.%s: %d, want 1..1000", w.name, w.v)
+		}
+	}
+	if s.AckWait < time.Second {
+		return fmt.Errorf("deliverer.ack_wait: %s, want at least 1s", s.AckWait)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"connect_timeout", s.ConnectTimeout}, {"command_timeout", s.CommandTimeout}, {"data_timeout", s.DataTimeout}, {"shutdown_timeout", s.ShutdownTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("deliverer.%s: %s, must be positive", d.name, d.v)
+		}
+	}
+	if err := s.Telemetry.Validate(); err != nil {
+		return fmt.Errorf("deliverer.%w", err)
+	}
+	return nil
+}
+
+func hostPort(s string) error {
+	h, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if h == "" {
+		return errors.New("missing host")
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("bad port %q", p)
+	}
+	return nil
+}

@@ -1,0 +1,58 @@
+package worker
+
+import (
+	"bytes"
+	"io"
+
+	"go.opentelemetry.io/otel/metric"
+)
+
+// instruments are the service's metrics. Label values:
+//
+//	sluice_deliverer_attempts_total{result, reason}
+//	    result: delivered | deferred | failed (see summarize)
+//	    reason: none | dns | connect | tls | remote | timeout | throttled |
+//	            protocol | null_mx | no_domain | internal | require_tls
+//	sluice_deliverer_attempt_duration_seconds{result}   same result values
+//	sluice_deliverer_jobs_in_flight                     no labels
+//	sluice_deliverer_jobs_terminated_total{reason}      undecodable | invalid
+//	sluice_deliverer_result_publish_failures_total      no labels
+//
+// sluice_deliverer_connections_active is declared in smtpclient and
+// sluice_deliverer_dns_lookup_duration_seconds in mx.
+type instruments struct {
+	attempts        metric.Int64Counter
+	duration        metric.Float64Histogram
+	inFlight        metric.Int64UpDownCounter
+	terminated      metric.Int64Counter
+	publishFailures metric.Int64Counter
+}
+
+func newInstruments(m metric.Meter) (instruments, error) {
+	var i instruments
+	var err error
+	if i.attempts, err = m.Int64Counter("sluice_deliverer_attempts_total",
+		metric.WithDescription("Delivery attempts by result and reason.")); err != nil {
+		return i, err
+	}
+	if i.duration, err = m.Float64Histogram("sluice_deliverer_attempt_duration_seconds",
+		metric.WithDescription("Duration of delivery attempts, DNS to the end of the transaction."), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)); err != nil {
+		return i, err
+	}
+	if i.inFlight, err = m.Int64UpDownCounter("sluice_deliverer_jobs_in_flight",
+		metric.WithDescription("Jobs being worked on by this deliverer.")); err != nil {
+		return i, err
+	}
+	if i.terminated, err = m.Int64Counter("sluice_deliverer_jobs_terminated_total",
+		metric.WithDescription("Jobs terminated because they could not be decoded or were invalid.")); err != nil {
+		return i, err
+	}
+	if i.publishFailures, err = m.Int64Counter("sluice_deliverer_result_publish_failures_total",
+		metric.WithDescription("Results that could not be stored; their jobs were returned to the queue.")); err != nil {
+		return i, err
+	}
+	return i, nil
+}
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

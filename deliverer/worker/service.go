@@ -1,0 +1,634 @@
+// Package worker is the deliverer service: it takes ready jobs from the
+// SLUICE_JOBS stream, makes one delivery attempt per job (package courier),
+// publishes the attempt's Result to SLUICE_RESULTS and only then
+// acknowledges the job.
+//
+// # Consumers and classes
+//
+// Every priority class has one durable pull consumer (wire.DelivererConsumer)
+// filtered on its subjects, shared by all deliverer processes: JetStream hands
+// each job to exactly one of them, and adding processes adds throughput.
+//
+// One dispatcher goroutine per Service fetches and a bounded set of delivery
+// goroutines (Settings.Concurrency) work. Whenever slots are free the
+// dispatcher picks a class by smooth weighted round robin (see cycle;
+// default weights high 8, normal 3, bulk 1) and asks that consumer for up to
+// as many jobs as there are free slots (at most maxBatch) without waiting
+// (FetchNoWait). An empty class hands its turn to the next class of the
+// cycle. When every class is empty the dispatcher keeps one long-poll
+// (Fetch with idleWait) pending per class, each in a free slot, and sleeps
+// until one of them ends, so it waits on the server instead of spinning and
+// still starts a job as soon as any class gets one. High mail is therefore served first while bulk mail still gets
+// one turn in twelve under full load.
+//
+// # Acknowledgement
+//
+// A delivered, deferred or failed attempt is acknowledged only after its
+// Result is stored (PubAck). Retrying is the scheduler's business (message
+// schedules); this service never holds a job back for later. Jobs are Naked
+// with a short delay only for infrastructure trouble: the Result could not be
+// stored, the body could not be read from JetStream, or the process is
+// stopping. Undecodable jobs are terminated. A panic while handling a job
+// becomes a temporary REASON_INTERNAL result.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluice-mta/sluice/deliverer/courier"
+	"github.com/sluice-mta/sluice/deliverer/mx"
+	"github.com/sluice-mta/sluice/deliverer/smtpclient"
+	"github.com/sluice-mta/sluice/deliverer/status"
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/telemetry"
+)
+
+const (
+	// maxBatch is the most jobs one fetch asks for: small, so a class
+	// cannot grab many slots in one turn.
+	maxBatch = 8
+	// idleWait is how long an idle dispatcher's long-poll waits.
+	idleWait = 500 * time.Millisecond
+	// infraRetry is the Nak delay after trouble with our own infrastructure.
+	infraRetry = 2 * time.Second
+	// maxAckPending lets many deliverers hold many jobs at once.
+	maxAckPending = 20000
+)
+
+// Deps are the service's collaborators.
+type Deps struct {
+	JS     jetstream.JetStream
+	Tracer trace.Tracer
+	Meter  metric.Meter
+	Logger *slog.Logger
+	// Shuffle orders MX hosts of equal preference; nil is random.
+	Shuffle func(n int, swap func(i, j int))
+}
+
+// Service is a running deliverer.
+type Service struct {
+	cfg     Settings
+	js      jetstream.JetStream
+	tracer  trace.Tracer
+	log     *slog.Logger
+	courier *courier.Courier
+	m       instruments
+
+	consumers []jetstream.Consumer // in wire.Classes order
+	msgs      jetstream.Stream
+	bodies    jetstream.ObjectStore
+
+	slots      chan struct{}
+	stopFetch  context.CancelFunc
+	workCtx    context.Context
+	cancelWork context.CancelFunc
+	dispatcher sync.WaitGroup
+	polls      sync.WaitGroup
+	polling    [3]atomic.Bool
+	pollDone   chan struct{}
+	jobs       sync.WaitGroup
+	inFlight   atomic.Int64
+	closeOnce  sync.Once
+	started    atomic.Bool
+}
+
+// New builds a service. s.DNSServer must be set (main reads resolv.conf).
+func New(s Settings, d Deps) (*Service, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if s.DNSServer == "" {
+		return nil, errors.New("deliverer.dns_server: empty (main fills it from /etc/resolv.conf)")
+	}
+	if d.JS == nil || d.Tracer == nil || d.Meter == nil || d.Logger == nil {
+		return nil, errors.New("worker: JS, Tracer, Meter and Logger are required")
+	}
+	res, err := mx.New(mx.Config{Server: s.DNSServer, Timeout: s.DNSTimeout, Port: s.SMTPPort, Routes: s.Routes, Shuffle: d.Shuffle, Meter: d.Meter})
+	if err != nil {
+		return nil, err
+	}
+	dialer, err := smtpclient.New(smtpclient.Config{Hostname: s.Hostname, ConnectTimeout: s.ConnectTimeout,
+		CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout, Meter: d.Meter})
+	if err != nil {
+		return nil, err
+	}
+	m, err := newInstruments(d.Meter)
+	if err != nil {
+		return nil, err
+	}
+	if s.Instance == "" {
+		s.Instance = s.Hostname
+	}
+	return &Service{
+		cfg:      s,
+		js:       d.JS,
+		tracer:   d.Tracer,
+		log:      d.Logger.With("instance", s.Instance),
+		courier:  courier.New(res, dialer, d.Tracer),
+		m:        m,
+		slots:    make(chan struct{}, s.Concurrency),
+		pollDone: make(chan struct{}, 1),
+	}, nil
+}
+
+// ConsumerConfig is the shared durable consumer of one class.
+func ConsumerConfig(class sluicev1.Priority, ackWait time.Duration) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       wire.DelivererConsumer(class),
+		Description:   "Sluice deliverers: " + wire.ClassName(class) + " jobs",
+		FilterSubject: wire.JobFilter(class),
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxAckPending: maxAckPending,
+		// A job is never dropped by redelivery count: the scheduler's
+		// expiry is what ends a message's life.
+		MaxDeliver: -1,
+	}
+}
+
+// Start creates or updates the consumers and starts fetching. The streams
+// must exist (streams.Provision).
+func (s *Service) Start(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("worker: started twice")
+	}
+	for _, c := range wire.Classes {
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, wire.StreamJobs, ConsumerConfig(c, s.cfg.AckWait))
+		if err != nil {
+			return fmt.Errorf("deliverer consumer %s: %w", wire.DelivererConsumer(c), err)
+		}
+		s.consumers = append(s.consumers, cons)
+	}
+	var err error
+	if s.msgs, err = s.js.Stream(ctx, wire.StreamMessages); err != nil {
+		return fmt.Errorf("stream %s: %w", wire.StreamMessages, err)
+	}
+	if s.bodies, err = s.js.ObjectStore(ctx, wire.BucketBodies); err != nil {
+		return fmt.Errorf("object store %s: %w", wire.BucketBodies, err)
+	}
+	s.workCtx, s.cancelWork = context.WithCancel(context.Background())
+	fetchCtx, stop := context.WithCancel(context.Background())
+	s.stopFetch = stop
+	s.dispatcher.Add(1)
+	go s.dispatch(fetchCtx)
+	return nil
+}
+
+// Close stops fetching, lets running deliveries finish until ctx ends, then
+// interrupts the rest (their jobs go back to the queue) and returns. It is
+// safe to call twice.
+func (s *Service) Close(ctx context.Context) error {
+	if !s.started.Load() {
+		return nil
+	}
+	var err error
+	s.closeOnce.Do(func() {
+		s.stopFetch()
+		s.dispatcher.Wait()
+		s.polls.Wait()
+		done := make(chan struct{})
+		go func() { s.jobs.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			err = fmt.Errorf("deliverer: %d deliveries interrupted at shutdown", s.inFlight.Load())
+			s.cancelWork()
+			<-done
+		}
+		s.cancelWork()
+	})
+	return err
+}
+
+// InFlight is the number of jobs being worked on.
+func (s *Service) InFlight() int { return int(s.inFlight.Load()) }
+
+type fetched struct {
+	msg   jetstream.Msg
+	class int
+}
+
+// dispatch is the fetch loop described in the package documentation.
+func (s *Service) dispatch(ctx context.Context) {
+	defer s.dispatcher.Done()
+	cyc := newCycle(s.cfg.Weights.High, s.cfg.Weights.Normal, s.cfg.Weights.Bulk)
+	for {
+		// Wait for one free slot, then take what else is free.
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		free := 1
+		for free < maxBatch {
+			select {
+			case s.slots <- struct{}{}:
+				free++
+				continue
+			default:
+			}
+			break
+		}
+		got, empty := s.fetchRound(ctx, cyc, free)
+		for _, f := range got {
+			s.start(f)
+		}
+		used := len(got)
+		if len(got) == 0 {
+			used = s.idle(ctx, empty, free)
+		}
+		for i := used; i < free; i++ {
+			<-s.slots
+		}
+		if len(got) == 0 && used == 0 {
+			// Every class is empty and already long-polled: sleep until
+			// a poll ends.
+			select {
+			case <-s.pollDone:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// fetchRound returns up to free jobs from the first class, in cycle order,
+// that has any; otherwise it returns the classes it found empty, in the
+// order it tried them.
+func (s *Service) fetchRound(ctx context.Context, cyc *cycle, free int) ([]fetched, []int) {
+	var empty [3]bool
+	var order []int
+	for {
+		i := cyc.next(func(i int) bool { return empty[i] })
+		if i < 0 || ctx.Err() != nil {
+			return nil, order
+		}
+		b, err := s.consumers[i].FetchNoWait(free)
+		if got := s.collect(b, err, i); len(got) > 0 {
+			return got, nil
+		}
+		empty[i] = true
+		order = append(order, i)
+	}
+}
+
+// idle starts a long-poll on each empty class that has none yet, one free
+// slot each, and returns how many slots it gave to polls. A poll that gets
+// a job starts it in its slot; one that times out frees the slot. There is
+// at most one poll per class, so an idle deliverer sends three requests
+// every idleWait and wakes as soon as a job arrives.
+func (s *Service) idle(ctx context.Context, empty []int, free int) int {
+	used := 0
+	for _, i := range empty {
+		if used == free || ctx.Err() != nil {
+			break
+		}
+		if !s.polling[i].CompareAndSwap(false, true) {
+			continue
+		}
+		used++
+		s.polls.Add(1)
+		go s.poll(i)
+	}
+	return used
+}
+
+func (s *Service) poll(class int) {
+	defer s.polls.Done()
+	b, err := s.consumers[class].Fetch(1, jetstream.FetchMaxWait(idleWait))
+	got := s.collect(b, err, class)
+	s.polling[class].Store(false)
+	if len(got) > 0 {
+		s.start(got[0])
+		for _, f := range got[1:] { // Fetch(1) returns at most one
+			_ = f.msg.Nak()
+		}
+	} else {
+		<-s.slots
+	}
+	select {
+	case s.pollDone <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Service) collect(b jetstream.MessageBatch, err error, class int) []fetched {
+	if err != nil {
+		s.log.Warn("fetch jobs", "class", wire.ClassName(wire.Classes[class]), "err", err)
+		time.Sleep(100 * time.Millisecond) // JetStream is unreachable; do not spin.
+		return nil
+	}
+	var out []fetched
+	for m := range b.Messages() {
+		out = append(out, fetched{msg: m, class: class})
+	}
+	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		s.log.Warn("fetch jobs", "class", wire.ClassName(wire.Classes[class]), "err", err)
+	}
+	return out
+}
+
+// start runs one job in its own goroutine; its slot is already taken.
+func (s *Service) start(f fetched) {
+	s.jobs.Add(1)
+	s.inFlight.Add(1)
+	s.m.inFlight.Add(context.Background(), 1)
+	go func() {
+		defer func() {
+			s.m.inFlight.Add(context.Background(), -1)
+			s.inFlight.Add(-1)
+			<-s.slots
+			s.jobs.Done()
+		}()
+		stop := s.keepAlive(f.msg)
+		defer stop()
+		s.handle(s.workCtx, f.msg)
+	}()
+}
+
+// keepAlive tells JetStream every third of AckWait that the job is still
+// being worked on, so a long delivery is not handed to another deliverer.
+func (s *Service) keepAlive(msg jetstream.Msg) func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(s.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				_ = msg.InProgress()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// handle works on one job; every path ends in Ack, Nak or Term.
+func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+	job := &sluicev1.Job{}
+	if err := proto.Unmarshal(msg.Data(), job); err != nil || job.JobId == "" || len(job.Recipients) == 0 {
+		why := "invalid"
+		if err != nil {
+			why = "undecodable"
+		}
+		s.log.Error("terminating bad job", "subject", msg.Subject(), "why", why, "err", err)
+		s.m.terminated.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", why)))
+		_ = msg.TermWithReason(why + " job")
+		return
+	}
+	ctx = telemetry.Extract(ctx, msg.Headers())
+	s.queueWaitSpan(ctx, job)
+
+	started := time.Now()
+	ctx, span := s.tracer.Start(ctx, "deliverer.attempt", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("sluice.queue_id", job.QueueId),
+			attribute.String("sluice.job_id", job.JobId),
+			attribute.Int("sluice.attempt", int(job.Attempt)),
+			attribute.String("sluice.priority", wire.ClassName(job.Priority)),
+			attribute.String("sluice.destination_domain", job.Domain),
+			attribute.Int("sluice.recipients", len(job.Recipients)),
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", msg.Subject()),
+			attribute.String("messaging.consumer.group.name", wire.DelivererConsumer(job.Priority)),
+		))
+	defer span.End()
+	log := s.log.With("queue_id", job.QueueId, "job_id", job.JobId, "attempt", job.Attempt, "domain", job.Domain)
+
+	results, headers, infraErr := s.attempt(ctx, job, log)
+	if infraErr != nil {
+		span.SetStatus(codes.Error, infraErr.Error())
+		log.WarnContext(ctx, "job returned to the queue", "err", infraErr)
+		_ = msg.NakWithDelay(infraRetry)
+		return
+	}
+	if ctx.Err() != nil && !anyDelivered(results) {
+		// Interrupted by shutdown: another deliverer retries at once
+		// instead of the scheduler after a backoff.
+		span.SetStatus(codes.Error, "interrupted by shutdown")
+		_ = msg.Nak()
+		return
+	}
+	finished := time.Now()
+	res := &sluicev1.Result{
+		Schema:           wire.SchemaVersion,
+		Job:              job,
+		Recipients:       results,
+		StartedUnixNano:  started.UnixNano(),
+		FinishedUnixNano: finished.UnixNano(),
+		Deliverer:        s.cfg.Instance,
+	}
+	if !allDelivered(results) {
+		res.OriginalHeaders = headers
+	}
+	result, reason := summarize(results)
+	span.SetAttributes(attribute.String("sluice.result", result), attribute.String("sluice.reason", reason))
+	if result != "delivered" {
+		span.SetStatus(codes.Error, result+": "+reason)
+	}
+	if err := s.publish(ctx, job, res); err != nil {
+		s.m.publishFailures.Add(context.Background(), 1)
+		log.ErrorContext(ctx, "cannot store result; job returned to the queue", "err", err)
+		_ = msg.NakWithDelay(infraRetry)
+		return
+	}
+	s.m.attempts.Add(context.Background(), 1, metric.WithAttributes(attribute.String("result", result), attribute.String("reason", reason)))
+	s.m.duration.Record(context.Background(), finished.Sub(started).Seconds(), metric.WithAttributes(attribute.String("result", result)))
+	lv := slog.LevelInfo
+	if result != "delivered" {
+		lv = slog.LevelWarn
+	}
+	attrs := []any{"result", result, "reason", reason, "duration_ms", finished.Sub(started).Milliseconds()}
+	for _, r := range results {
+		if r.Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+			attrs = append(attrs, "first_error", fmt.Sprintf("%d %s %s", r.Code, r.EnhancedCode, r.Text), "remote_host", r.RemoteHost)
+			break
+		}
+		attrs = append(attrs, "remote_host", r.RemoteHost)
+		break
+	}
+	log.Log(ctx, lv, "attempt", attrs...)
+	ackCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := msg.DoubleAck(ackCtx); err != nil {
+		// The result is stored; a redelivered job would be a duplicate
+		// delivery, which the scheduler's result handling tolerates.
+		log.WarnContext(ctx, "ack failed after result was stored", "err", err)
+	}
+}
+
+// attempt reads the body and runs the courier. A non-nil error means our own
+// infrastructure failed and the job should be retried soon.
+func (s *Service) attempt(ctx context.Context, job *sluicev1.Job, log *slog.Logger) (res []*sluicev1.RecipientResult, headers []byte, infra error) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.ErrorContext(ctx, "panic in delivery", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			res = failAll(job, status.Temporary(sluicev1.Reason_REASON_INTERNAL, 451, "4.3.0", "internal error in the deliverer"))
+			headers, infra = nil, nil
+		}
+	}()
+	body, closeBody, err := s.openBody(ctx, job)
+	if err != nil {
+		var se *status.Error
+		if errors.As(err, &se) {
+			return failAll(job, se), nil, nil
+		}
+		return nil, nil, err
+	}
+	defer closeBody()
+	tap := newHeaderTap(body)
+	res = s.courier.Deliver(ctx, job, tap)
+	if !allDelivered(res) {
+		headers = tap.Headers()
+	}
+	return res, headers, nil
+}
+
+// openBody returns the message content: inline in the Message at
+// job.msg_seq, or streamed from the object store. A body that is gone is a
+// permanent failure (*status.Error); other errors are infrastructure trouble.
+func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, func(), error) {
+	missing := func(what string) error {
+		return status.Permanent(sluicev1.Reason_REASON_INTERNAL, 554, "5.3.0",
+			fmt.Sprintf("message content is no longer in the queue (%s); it was deleted before delivery", what))
+	}
+	if job.BodyObject != "" {
+		obj, err := s.bodies.Get(ctx, job.BodyObject)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return nil, nil, missing("object " + job.BodyObject)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("read body object %s: %w", job.BodyObject, err)
+		}
+		return obj, func() { obj.Close() }, nil
+	}
+	raw, err := s.msgs.GetMsg(ctx, job.MsgSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil, missing("sequence " + strconv.FormatUint(job.MsgSeq, 10))
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read message %d: %w", job.MsgSeq, err)
+	}
+	m := &sluicev1.Message{}
+	if err := proto.Unmarshal(raw.Data, m); err != nil || m.QueueId != job.QueueId {
+		// The sequence holds something else: our message is gone.
+		return nil, nil, missing("sequence " + strconv.FormatUint(job.MsgSeq, 10) + " holds another message")
+	}
+	if m.BodyObject != "" {
+		job.BodyObject = m.BodyObject
+		return s.openBody(ctx, job)
+	}
+	return bytesReader(m.Body), func() {}, nil
+}
+
+func (s *Service) publish(ctx context.Context, job *sluicev1.Job, res *sluicev1.Result) error {
+	data, err := proto.Marshal(res)
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg(wire.ResultSubject(job.JobId))
+	m.Data = data
+	m.Header.Set(wire.HeaderQueueID, job.QueueId)
+	m.Header.Set(wire.HeaderJobID, job.JobId)
+	m.Header.Set(wire.HeaderAttempt, strconv.FormatUint(uint64(job.Attempt), 10))
+	telemetry.Inject(ctx, m.Header)
+	// The attempt is over; a stopping service still stores its result.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, err = s.js.PublishMsg(pctx, m, jetstream.WithMsgID(fmt.Sprintf("%s/%d/result", job.JobId, job.Attempt)),
+		jetstream.WithExpectStream(wire.StreamResults))
+	return err
+}
+
+// queueWaitSpan records the time the job waited, from when it was
+// scheduled (or received) until now.
+func (s *Service) queueWaitSpan(ctx context.Context, job *sluicev1.Job) {
+	from := job.ScheduledUnixNano
+	if from == 0 {
+		from = job.ReceivedUnixNano
+	}
+	if from == 0 {
+		return
+	}
+	attrs := []attribute.KeyValue{
+		attribute.String("sluice.queue_id", job.QueueId),
+		attribute.String("sluice.job_id", job.JobId),
+		attribute.Int("sluice.attempt", int(job.Attempt)),
+		attribute.String("sluice.priority", wire.ClassName(job.Priority)),
+	}
+	if job.LastReason != sluicev1.Reason_REASON_UNSPECIFIED {
+		attrs = append(attrs, attribute.String("sluice.defer_reason", courier.ReasonName(job.LastReason)))
+	}
+	_, span := s.tracer.Start(ctx, "queue wait", trace.WithTimestamp(time.Unix(0, from)), trace.WithAttributes(attrs...))
+	span.End(trace.WithTimestamp(time.Now()))
+}
+
+func failAll(job *sluicev1.Job, e *status.Error) []*sluicev1.RecipientResult {
+	out := make([]*sluicev1.RecipientResult, len(job.Recipients))
+	for i, r := range job.Recipients {
+		out[i] = &sluicev1.RecipientResult{Address: r.Address, Outcome: e.Outcome(), Reason: e.Reason,
+			Code: uint32(e.Code), EnhancedCode: e.Enhanced, Text: e.Text, RemoteHost: e.RemoteHost,
+			Notify: r.Notify, Orcpt: r.Orcpt}
+	}
+	return out
+}
+
+func allDelivered(rs []*sluicev1.RecipientResult) bool {
+	for _, r := range rs {
+		if r.Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+			return false
+		}
+	}
+	return true
+}
+
+func anyDelivered(rs []*sluicev1.RecipientResult) bool {
+	for _, r := range rs {
+		if r.Outcome == sluicev1.Outcome_OUTCOME_DELIVERED {
+			return true
+		}
+	}
+	return false
+}
+
+// summarize gives the attempt's metric labels: result is "deferred" when any
+// recipient is deferred, else "failed" when any failed, else "delivered";
+// reason is the reason of the first recipient with that outcome, "none" for
+// delivered attempts.
+func summarize(rs []*sluicev1.RecipientResult) (result, reason string) {
+	for _, want := range []sluicev1.Outcome{sluicev1.Outcome_OUTCOME_TEMPORARY, sluicev1.Outcome_OUTCOME_PERMANENT} {
+		for _, r := range rs {
+			if r.Outcome == want {
+				if want == sluicev1.Outcome_OUTCOME_TEMPORARY {
+					return "deferred", courier.ReasonName(r.Reason)
+				}
+				return "failed", courier.ReasonName(r.Reason)
+			}
+		}
+	}
+	return "delivered", "none"
+}
