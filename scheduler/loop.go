@@ -1,0 +1,135 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// handler processes one input and settles it (ack, nak or term) itself.
+type handler func(ctx context.Context, msg jetstream.Msg)
+
+// loop pulls from one durable consumer and hands each message to a fixed
+// pool of workers. Pulling is batched (one pull request asks for up to batch
+// messages) and the workers overlap their JetStream round trips, which is
+// where the throughput comes from.
+type loop struct {
+	name     string
+	it       jetstream.MessagesContext
+	log      *slog.Logger
+	m        *instruments
+	work     chan jetstream.Msg
+	done     chan struct{}
+	stopOnce sync.Once
+	stopped  chan struct{}
+}
+
+func startLoop(ctx context.Context, name string, cons jetstream.Consumer, batch, workers int, log *slog.Logger, m *instruments, h handler) (*loop, error) {
+	it, err := cons.Messages(jetstream.PullMaxMessages(batch))
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: consume %s: %w", name, err)
+	}
+	l := &loop{
+		name: name, it: it, log: log, m: m,
+		work:    make(chan jetstream.Msg),
+		done:    make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for msg := range l.work {
+				l.handle(ctx, h, msg)
+			}
+		}()
+	}
+	go func() {
+		defer close(l.done)
+		l.dispatch()
+		close(l.work)
+		wg.Wait()
+	}()
+	return l, nil
+}
+
+// dispatch feeds the workers until the iterator is drained.
+func (l *loop) dispatch() {
+	for {
+		msg, err := l.it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return
+		}
+		if err != nil {
+			// Missed heartbeats and similar are reported here; the
+			// iterator keeps pulling after them.
+			l.log.Warn("consumer error", "input", l.name, "err", err)
+			select {
+			case <-l.stopped:
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		l.work <- msg
+	}
+}
+
+// handle runs h on msg, turning a panic into a logged, delayed redelivery so
+// that one bad input cannot take the consumer down; an input that panics
+// repeatedly is terminated.
+func (l *loop) handle(ctx context.Context, h handler, msg jetstream.Msg) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.log.Error("panic handling input", "input", l.name, "subject", msg.Subject(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			if md, err := msg.Metadata(); err == nil && md.NumDelivered >= maxPanics {
+				_ = msg.TermWithReason("scheduler panicked repeatedly")
+				l.m.terminated.Add(ctx, 1, metric.WithAttributes(attrInput.String(l.name), attrReason.String("panic")))
+				return
+			}
+			_ = msg.NakWithDelay(infraRetryDelay)
+		}
+	}()
+	hctx, cancel := context.WithTimeout(ctx, handleTimeout)
+	defer cancel()
+	h(hctx, msg)
+}
+
+// maxPanics is how many deliveries of an input may panic before it is
+// terminated.
+const maxPanics = 5
+
+// stop stops pulling; messages already pulled are still handled.
+func (l *loop) stop() {
+	l.stopOnce.Do(func() {
+		close(l.stopped)
+		l.it.Drain()
+	})
+}
+
+// wait waits up to d for the loop to finish and reports whether it did.
+func (l *loop) wait(d time.Duration) bool {
+	if d <= 0 {
+		select {
+		case <-l.done:
+			return true
+		default:
+			return false
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.done:
+		return true
+	case <-t.C:
+		return false
+	}
+}

@@ -1,0 +1,257 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/scheduler/policy"
+	"github.com/sluice-mta/sluice/scheduler/refs"
+	"github.com/sluice-mta/sluice/services/telemetry"
+)
+
+// result applies one deliverer report (step 4 of the pipeline). This is the
+// one place where an outcome becomes an action:
+//
+//   - delivered: done; a success DSN if the recipient asked for one;
+//   - permanent: done; a failure DSN;
+//   - temporary, job expired: done; a failure DSN with status 4.4.7;
+//   - temporary: a retry job as a message schedule on the job's schedule
+//     subject, firing into its class subject at the next attempt time.
+//
+// Every output (DSN requests, the schedule) is published and acknowledged by
+// JetStream before the job is marked final and the result acknowledged, and
+// each output's message id is derived from the job, attempt and kind, so a
+// redelivered result yields nothing twice.
+func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
+	ctx = telemetry.Extract(ctx, msg.Headers())
+	ctx, span := s.tracer.Start(ctx, "scheduler.result",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(consumeAttrs(msg, wire.ConsumerResults)...))
+	defer span.End()
+
+	var r sluicev1.Result
+	if err := proto.Unmarshal(msg.Data(), &r); err != nil {
+		s.term(ctx, span, msg, s.log, "results", "undecodable", err)
+		return
+	}
+	job := r.GetJob()
+	if job.GetJobId() == "" || job.GetQueueId() == "" || !wire.ValidToken(job.GetJobId()) {
+		s.term(ctx, span, msg, s.log, "results", "no_job", errors.New("result carries no valid job"))
+		return
+	}
+	span.SetAttributes(
+		attrQueueID.String(job.GetQueueId()), attrJobID.String(job.GetJobId()),
+		attrAttempt.Int64(int64(job.GetAttempt())), attrPriority.String(wire.ClassName(job.GetPriority())),
+		attrDomain.String(job.GetDomain()),
+	)
+	log := s.log.With("queue_id", job.GetQueueId(), "job_id", job.GetJobId(), "attempt", job.GetAttempt())
+
+	now := s.now()
+	d := policy.Decide(job, r.GetRecipients(), now)
+	span.SetAttributes(attrDelivered.Int(len(d.Delivered)), attrFailed.Int(len(d.Failed)), attrDeferred.Int(len(d.Retry)))
+
+	var (
+		futures    []jetstream.PubAckFuture
+		bounced    []sluicev1.BounceKind
+		suppressed []string
+	)
+	bounce := func(kind sluicev1.BounceKind, rcpts []*sluicev1.RecipientResult) error {
+		b := &sluicev1.Bounce{
+			Schema: wire.SchemaVersion, Job: job, Kind: kind, Recipients: rcpts,
+			OriginalHeaders: r.GetOriginalHeaders(), CreatedUnixNano: now.UnixNano(),
+		}
+		data, err := proto.Marshal(b)
+		if err != nil {
+			return err
+		}
+		id := jobMsgID(job) + "/" + kindName(kind)
+		f, err := s.js.PublishMsgAsync(newMsg(ctx, wire.BounceSubject(job.GetJobId()), id, job, data))
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+		bounced = append(bounced, kind)
+		return nil
+	}
+	// suppress returns why no DSN may be sent about this job, or "".
+	suppress := func() string {
+		switch {
+		case job.GetIsDsn():
+			return "dsn"
+		case job.GetMailFrom() == "":
+			return "null_sender"
+		}
+		return ""
+	}
+
+	if len(d.Failed) > 0 {
+		want := policy.Filter(d.Failed, policy.WantsFailure)
+		switch {
+		case len(want) == 0:
+			suppressed = append(suppressed, "notify_never")
+		case !policy.MayBounce(job):
+			suppressed = append(suppressed, suppress())
+		default:
+			if err := bounce(sluicev1.BounceKind_BOUNCE_KIND_FAILED, want); err != nil {
+				s.retryLater(ctx, span, msg, log, "publish bounce request", err)
+				return
+			}
+		}
+	}
+	if want := policy.Filter(d.Delivered, policy.WantsSuccess); len(want) > 0 {
+		if !policy.MayBounce(job) {
+			suppressed = append(suppressed, suppress())
+		} else if err := bounce(sluicev1.BounceKind_BOUNCE_KIND_DELIVERED, want); err != nil {
+			s.retryLater(ctx, span, msg, log, "publish success DSN request", err)
+			return
+		}
+	}
+
+	var next *sluicev1.Job
+	if len(d.Retry) > 0 {
+		expires := time.Time{}
+		if e := job.GetExpiresUnixNano(); e != 0 {
+			expires = time.Unix(0, e)
+		}
+		at := policy.NextAttempt(now, s.cfg.Scheduler.Retry.Policy().Backoff(job.GetAttempt(), s.random), expires)
+		next = policy.RetryJob(job, d.Retry, now, at)
+		span.SetAttributes(attrDeferReason.String(reasonName(next.GetLastReason())), attrNextAttempt.String(at.UTC().Format(time.RFC3339)))
+		f, err := s.schedule(ctx, next, at)
+		if err != nil {
+			s.retryLater(ctx, span, msg, log, "publish retry schedule", err)
+			return
+		}
+		futures = append(futures, f)
+	}
+
+	acks, err := waitAll(ctx, futures)
+	if err != nil {
+		s.retryLater(ctx, span, msg, log, "publish result outputs", err)
+		return
+	}
+	// When JetStream reports every output as a duplicate, an earlier
+	// delivery of this result already produced them (and was counted); the
+	// rest of the work below is idempotent.
+	replay := len(acks) > 0
+	for _, a := range acks {
+		replay = replay && a.Duplicate
+	}
+	if d.Final() {
+		if err := s.complete(ctx, job, log); err != nil {
+			s.retryLater(ctx, span, msg, log, "complete job", err)
+			return
+		}
+	}
+	if err := msg.Ack(); err != nil {
+		log.WarnContext(ctx, "ack result", "err", err)
+	}
+	if replay {
+		log.InfoContext(ctx, "result already applied by an earlier delivery")
+		return
+	}
+	s.record(ctx, log, &r, d, bounced, suppressed, next, now)
+}
+
+// schedule publishes the retry job to the job's schedule subject as a
+// one-shot JetStream message schedule that fires into the job's class
+// subject at at (with second resolution, hence policy.NextAttempt rounding
+// up). JetStream copies the payload and the other headers, trace context
+// included, into the fired message and then removes the schedule. The
+// message id "<job id>/<next attempt>" makes a redelivered result's second
+// schedule a duplicate; JetStream strips it from the fired job.
+func (s *Service) schedule(ctx context.Context, next *sluicev1.Job, at time.Time) (jetstream.PubAckFuture, error) {
+	data, err := proto.Marshal(next)
+	if err != nil {
+		return nil, err
+	}
+	m := newMsg(ctx, wire.ScheduleSubject(next.GetJobId()), jobMsgID(next), next, data)
+	m.Header.Set(jetstream.ScheduleHeader, "@at "+at.UTC().Format(time.RFC3339))
+	m.Header.Set(jetstream.ScheduleTargetHeader, wire.JobSubject(next.GetPriority(), next.GetJobId()))
+	return s.js.PublishMsgAsync(m)
+}
+
+// complete marks a job final. For a message split into several jobs that
+// means removing the job from the open-jobs entry; the job that empties it
+// (or the only job of the message) deletes the message from SLUICE_MSGS and
+// its body object. Every step tolerates having been done already, because
+// a result is redelivered when the scheduler dies before acknowledging it.
+func (s *Service) complete(ctx context.Context, job *sluicev1.Job, log *slog.Logger) error {
+	if job.GetJobsTotal() > 1 {
+		last, err := refs.Done(ctx, s.refs, job.GetQueueId(), job.GetJobId())
+		if err != nil {
+			return err
+		}
+		if !last {
+			return nil
+		}
+	}
+	deleted := false
+	if seq := job.GetMsgSeq(); seq != 0 {
+		if err := s.msgs.DeleteMsg(ctx, seq); err == nil {
+			deleted = true
+		} else if _, gerr := s.msgs.GetMsg(ctx, seq); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			// The deletion failed and the message is still there (or we
+			// cannot tell): try again later.
+			return fmt.Errorf("delete message %d: %w", seq, err)
+		}
+	}
+	if name := job.GetBodyObject(); name != "" {
+		if err := s.bodies.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			return fmt.Errorf("delete body %s: %w", name, err)
+		}
+	}
+	if deleted {
+		s.m.messagesCompleted.Add(ctx, 1)
+		log.InfoContext(ctx, "message completed", "msg_seq", job.GetMsgSeq())
+	}
+	return nil
+}
+
+// record counts and logs what a result led to, once it is all durable.
+func (s *Service) record(ctx context.Context, log *slog.Logger, r *sluicev1.Result, d policy.Decision, bounced []sluicev1.BounceKind, suppressed []string, next *sluicev1.Job, now time.Time) {
+	job := r.GetJob()
+	for _, k := range bounced {
+		s.m.bouncesRequested.Add(ctx, 1, metric.WithAttributes(attrKind.String(kindName(k))))
+		log.InfoContext(ctx, "bounce requested", "kind", kindName(k))
+	}
+	for _, reason := range suppressed {
+		s.m.bouncesSuppressed.Add(ctx, 1, metric.WithAttributes(attrReason.String(reason)))
+		log.InfoContext(ctx, "bounce suppressed", "reason", reason)
+	}
+	if d.Expired {
+		s.m.expired.Add(ctx, 1)
+		log.InfoContext(ctx, "job expired", "domain", job.GetDomain())
+	}
+	if next != nil {
+		reason := reasonName(next.GetLastReason())
+		s.m.retriesScheduled.Add(ctx, 1, metric.WithAttributes(attrReason.String(reason)))
+		log.InfoContext(ctx, "retry scheduled", "domain", job.GetDomain(), "reason", reason,
+			"next_attempt", next.GetAttempt(), "at", time.Unix(0, next.GetNotBeforeUnixNano()).UTC().Format(time.RFC3339),
+			"recipients", len(next.GetRecipients()), "last_error", next.GetLastError())
+	}
+	if len(d.Delivered) > 0 && job.GetReceivedUnixNano() != 0 {
+		finished := r.GetFinishedUnixNano()
+		if finished == 0 {
+			finished = now.UnixNano()
+		}
+		delay := time.Duration(finished - job.GetReceivedUnixNano()).Seconds()
+		if delay < 0 {
+			delay = 0
+		}
+		for range d.Delivered {
+			s.m.deliveryDelay.Record(ctx, delay)
+		}
+	}
+	trace.SpanFromContext(ctx).AddEvent("result applied", trace.WithAttributes(attribute.Bool("sluice.final", d.Final())))
+}

@@ -1,0 +1,211 @@
+// Package scheduler is Sluice's queue manager. It owns queue policy and
+// applies it at the two points where mail changes state:
+//
+//   - The splitter consumes accepted messages from SLUICE_MSGS, splits their
+//     recipients by destination domain into jobs, gives each job a priority
+//     class and publishes it to that class's subject in SLUICE_JOBS.
+//   - The result processor consumes deliverers' reports from SLUICE_RESULTS
+//     and decides, per recipient, between done, bounce and retry. Retries are
+//     JetStream message schedules on the job's schedule subject, so a pending
+//     retry is as durable as the queue itself and survives any restart.
+//     When every job of a message is final, the message and its body are
+//     deleted.
+//
+// Both consumers acknowledge an input only after everything it produced is
+// durably published, and every publish carries a Nats-Msg-Id derived from the
+// input, so a redelivered input after a crash produces no duplicates within
+// JetStream's duplicate window. The policy itself (backoff, expiry, classes,
+// splitting) lives in package policy, without I/O.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/streams"
+)
+
+// Consumer settings shared by both durable consumers.
+const (
+	// ackWait is how long JetStream waits for an acknowledgement before
+	// redelivering. Handling one input takes a few round trips; this only
+	// matters when a scheduler dies holding inputs.
+	ackWait = 30 * time.Second
+	// maxAckPending bounds the inputs in flight across all scheduler
+	// instances sharing a consumer.
+	maxAckPending = 4096
+	// handleTimeout bounds the work on one input, below ackWait so that an
+	// input is never redelivered while it is still being handled.
+	handleTimeout = 20 * time.Second
+	// infraRetryDelay is the redelivery delay after a failure of our own
+	// infrastructure (JetStream unavailable, a publish not acknowledged).
+	infraRetryDelay = 2 * time.Second
+)
+
+// Option changes how a Service reads time and randomness; tests use them.
+type Option func(*Service)
+
+// WithClock makes the service read the time from now.
+func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// WithRandom makes the service draw retry jitter from random, which returns
+// values in [0, 1).
+func WithRandom(random func() float64) Option { return func(s *Service) { s.random = random } }
+
+// Service is one scheduler instance. Any number of instances may run; they
+// share the two durable consumers.
+type Service struct {
+	cfg    Config
+	js     jetstream.JetStream
+	tracer trace.Tracer
+	log    *slog.Logger
+	m      *instruments
+	now    func() time.Time
+	random func() float64
+
+	msgs   jetstream.Stream
+	refs   jetstream.KeyValue
+	bodies jetstream.ObjectStore
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	cancel  context.CancelFunc
+	loops   []*loop
+}
+
+// New returns a service for a validated configuration. It does no I/O.
+func New(cfg Config, js jetstream.JetStream, tracer trace.Tracer, meter metric.Meter, log *slog.Logger, opts ...Option) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := newInstruments(meter)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg: cfg, js: js, tracer: tracer, log: log, m: m,
+		now: time.Now, random: rand.Float64,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
+}
+
+// Start binds to the streams, creates or updates the two durable consumers
+// and starts consuming. The streams must exist (streams.Provision).
+func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started || s.closed {
+		return errors.New("scheduler: Start called twice or after Close")
+	}
+	var err error
+	if s.msgs, err = s.js.Stream(ctx, wire.StreamMessages); err != nil {
+		return fmt.Errorf("scheduler: stream %s: %w", wire.StreamMessages, err)
+	}
+	if s.refs, err = s.js.KeyValue(ctx, wire.BucketRefs); err != nil {
+		return fmt.Errorf("scheduler: bucket %s: %w", wire.BucketRefs, err)
+	}
+	if s.bodies, err = streams.Bodies(ctx, s.js, s.cfg.Queue); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	msgCons, err := s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, "Sluice scheduler: splits accepted messages into delivery jobs")
+	if err != nil {
+		return err
+	}
+	resCons, err := s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, "Sluice scheduler: applies delivery results (done, bounce, retry)")
+	if err != nil {
+		return err
+	}
+	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	set := s.cfg.Scheduler
+	splitLoop, err := startLoop(base, "messages", msgCons, set.Batch, set.Concurrency, s.log, s.m, s.split)
+	if err != nil {
+		cancel()
+		return err
+	}
+	resLoop, err := startLoop(base, "results", resCons, set.Batch, set.Concurrency, s.log, s.m, s.result)
+	if err != nil {
+		splitLoop.stop()
+		splitLoop.wait(time.Second)
+		cancel()
+		return err
+	}
+	s.loops = []*loop{splitLoop, resLoop}
+	s.cancel = cancel
+	s.started = true
+	return nil
+}
+
+func (s *Service) consumer(ctx context.Context, stream, name, desc string) (jetstream.Consumer, error) {
+	c, err := s.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   desc,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxAckPending: maxAckPending,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: consumer %s on %s: %w", name, stream, err)
+	}
+	return c, nil
+}
+
+// Ready reports whether the service is consuming, for /healthz.
+func (s *Service) Ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started || s.closed {
+		return errors.New("scheduler not running")
+	}
+	return nil
+}
+
+// Close stops pulling new inputs, lets the ones already pulled finish for up
+// to the configured shutdown timeout, then abandons the rest (JetStream
+// redelivers them to another instance after the ack wait). It is safe to call
+// twice and before Start.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	loops, cancel := s.loops, s.cancel
+	s.mu.Unlock()
+	for _, l := range loops {
+		l.stop()
+	}
+	deadline := time.Now().Add(s.cfg.Scheduler.ShutdownTimeout)
+	clean := true
+	for _, l := range loops {
+		if !l.wait(time.Until(deadline)) {
+			clean = false
+		}
+	}
+	if cancel != nil {
+		cancel()
+	}
+	for _, l := range loops {
+		l.wait(time.Minute)
+	}
+	if !clean {
+		return errors.New("scheduler: in-flight work abandoned at shutdown")
+	}
+	return nil
+}

@@ -1,0 +1,132 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/scheduler/policy"
+	"github.com/sluice-mta/sluice/scheduler/refs"
+	"github.com/sluice-mta/sluice/services/telemetry"
+)
+
+// split turns one accepted message into its first-attempt jobs (step 2 of
+// the pipeline). The order matters for crash safety: the open-jobs entry is
+// written before any job exists, so no job can finish before it is counted;
+// the message is acknowledged only after every job's PubAck, so a crash in
+// between redelivers the message and the jobs' message ids ("<job id>/1")
+// make the second publish a no-op.
+func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
+	ctx = telemetry.Extract(ctx, msg.Headers())
+	ctx, span := s.tracer.Start(ctx, "scheduler.split",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(consumeAttrs(msg, wire.ConsumerScheduler)...))
+	defer span.End()
+
+	var m sluicev1.Message
+	if err := proto.Unmarshal(msg.Data(), &m); err != nil {
+		s.term(ctx, span, msg, s.log, "messages", "undecodable", err)
+		return
+	}
+	span.SetAttributes(attrQueueID.String(m.GetQueueId()), attrRecipients.Int(len(m.GetRecipients())))
+	log := s.log.With("queue_id", m.GetQueueId())
+	if m.GetQueueId() == "" || !wire.ValidToken(m.GetQueueId()) {
+		s.term(ctx, span, msg, log, "messages", "undecodable", errors.New("message has no valid queue id"))
+		return
+	}
+	if len(m.GetRecipients()) == 0 {
+		s.term(ctx, span, msg, log, "messages", "no_recipients", errors.New("message has no recipients"))
+		return
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		s.term(ctx, span, msg, log, "messages", "undecodable", err)
+		return
+	}
+
+	now := s.now()
+	jobs := policy.MakeJobs(&m, policy.JobParams{
+		Seq: md.Sequence.Stream, Now: now, Lifetime: s.cfg.Queue.Lifetime, Rules: s.cfg.Scheduler.PriorityRules,
+	})
+	span.SetAttributes(attrJobs.Int(len(jobs)))
+	if len(jobs) > 1 {
+		ids := make([]string, len(jobs))
+		for i, j := range jobs {
+			ids[i] = j.GetJobId()
+		}
+		if err := refs.Create(ctx, s.refs, m.GetQueueId(), ids); err != nil {
+			s.retryLater(ctx, span, msg, log, "record open jobs", err)
+			return
+		}
+	}
+
+	futures := make([]jetstream.PubAckFuture, 0, len(jobs))
+	for _, j := range jobs {
+		data, err := proto.Marshal(j)
+		if err != nil {
+			s.retryLater(ctx, span, msg, log, "encode job", err)
+			return
+		}
+		f, err := s.js.PublishMsgAsync(newMsg(ctx, wire.JobSubject(j.GetPriority(), j.GetJobId()), jobMsgID(j), j, data))
+		if err != nil {
+			s.retryLater(ctx, span, msg, log, "publish job", err)
+			return
+		}
+		futures = append(futures, f)
+	}
+	acks, err := waitAll(ctx, futures)
+	if err != nil {
+		s.retryLater(ctx, span, msg, log, "publish job", err)
+		return
+	}
+	if err := msg.Ack(); err != nil {
+		// The jobs are stored; a redelivery republishes them as duplicates
+		// that JetStream drops.
+		log.WarnContext(ctx, "ack message", "err", err)
+	}
+	for i, j := range jobs {
+		// A duplicate is a job an earlier delivery of this message
+		// already created.
+		if !acks[i].Duplicate {
+			s.m.jobsCreated.Add(ctx, 1, metric.WithAttributes(attrClass.String(wire.ClassName(j.GetPriority()))))
+		}
+	}
+	if log.Enabled(ctx, slog.LevelDebug) {
+		for _, j := range jobs {
+			log.DebugContext(ctx, "job created", "job_id", j.GetJobId(), "domain", j.GetDomain(),
+				"class", wire.ClassName(j.GetPriority()), "recipients", len(j.GetRecipients()))
+		}
+	}
+}
+
+// term terminates an input that can never be processed: it is logged,
+// counted and never redelivered, so it cannot block the consumer.
+func (s *Service) term(ctx context.Context, span trace.Span, msg jetstream.Msg, log *slog.Logger, input, reason string, err error) {
+	span.RecordError(err)
+	span.SetStatus(codes.Error, reason)
+	log.ErrorContext(ctx, "input terminated", "input", input, "reason", reason, "subject", msg.Subject(), "err", err)
+	s.m.terminated.Add(ctx, 1, metric.WithAttributes(attrInput.String(input), attrReason.String(reason)))
+	if terr := msg.TermWithReason(reason); terr != nil {
+		log.WarnContext(ctx, "terminate input", "err", terr)
+	}
+}
+
+// retryLater asks for a redelivery shortly after a failure of our own
+// infrastructure. Delivery retries never come here: they are schedules.
+func (s *Service) retryLater(ctx context.Context, span trace.Span, msg jetstream.Msg, log *slog.Logger, what string, err error) {
+	span.RecordError(err)
+	span.SetStatus(codes.Error, what)
+	log.WarnContext(ctx, what+" failed; will retry", "subject", msg.Subject(), "err", err)
+	if nerr := msg.NakWithDelay(infraRetryDelay); nerr != nil {
+		log.WarnContext(ctx, "nak input", "err", nerr)
+	}
+}
