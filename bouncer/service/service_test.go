@@ -524,3 +524,24 @@ func TestLargeDSNGoesToTheObjectStore(t *testing.T) {
 		t.Errorf("quoted headers kept although the DSN was over the inline limit")
 	}
 }
+
+func TestDelayedDSNForDefaultNotify(t *testing.T) {
+	h := start(t, nil)
+	b := bounce(sluicev1.BounceKind_BOUNCE_KIND_DELAYED)
+	b.Recipients = b.Recipients[1:]
+	b.Recipients[0].Code, b.Recipients[0].EnhancedCode, b.Recipients[0].Text = 451, "4.7.1", "greylisted"
+	h.publish(b, "r1")
+	h.waitIdle()
+	msgs, hdrs := h.stored()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages, want 1 (no NOTIFY means DELAY too by default)", len(msgs))
+	}
+	if got := hdrs[0].Get(jetstream.MsgIDHeader); got != "dsn-"+jobID+"-2-delayed" {
+		t.Errorf("Nats-Msg-Id = %q", got)
+	}
+	r := parseDSN(t, msgs[0].GetBody())
+	rc := r.recipients[0]
+	if rc.Get("Action") != "delayed" || rc.Get("Status") != "4.7.1" || rc.Get("Will-Retry-Until") == "" {
+		t.Errorf("recipient fields: %v", rc.Map())
+	}
+}
