@@ -1,0 +1,282 @@
+package smtpd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluice-mta/sluice/ingress/address"
+	"github.com/sluice-mta/sluice/ingress/received"
+	"github.com/sluice-mta/sluice/ingress/relay"
+	"github.com/sluice-mta/sluice/ingress/store"
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/proto/wire"
+)
+
+type backend struct{ s *Server }
+
+var _ smtp.Backend = (*backend)(nil)
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	se := &session{s: b.s, conn: c}
+	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
+		se.client = ap
+	}
+	b.s.metrics.sessions.Add(b.s.ctx, 1)
+	return se, nil
+}
+
+// session is one SMTP connection's state. go-smtp calls its methods from
+// the connection's goroutine, except Data under BDAT (its own goroutine) and
+// Logout (from whoever closes the connection), so the envelope is guarded.
+type session struct {
+	s      *Server
+	conn   *smtp.Conn
+	client netip.AddrPort
+	logout sync.Once
+
+	mu   sync.Mutex
+	env  *envelope
+	user string // authenticated user; set once AUTH exists
+}
+
+// envelope is one transaction's MAIL FROM and RCPT TO.
+type envelope struct {
+	from       string
+	opts       smtp.MailOptions
+	rcpts      []*sluicev1.Recipient
+	mtPriority *int
+}
+
+var _ smtp.Session = (*session)(nil)
+
+func (se *session) Mail(from string, opts *smtp.MailOptions) error {
+	if se.s.draining.Load() {
+		return errShuttingDown
+	}
+	if opts == nil {
+		opts = &smtp.MailOptions{}
+	}
+	// The null reverse-path <> is valid (RFC 5321 §4.5.5) and used by
+	// bounces; any other sender must be a routable address, because a DSN
+	// may have to go back to it.
+	if from != "" {
+		if _, err := address.Parse(from, opts.UTF8); err != nil {
+			return badAddress(err, true)
+		}
+	}
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	se.env = &envelope{from: from, opts: *opts}
+	return nil
+}
+
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if opts == nil {
+		opts = &smtp.RcptOptions{}
+	}
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if se.env == nil {
+		return errNoTransaction
+	}
+	if len(se.env.rcpts) >= se.s.opts.Settings.MaxRecipients {
+		return errTooManyRecipients
+	}
+	a, err := address.Parse(to, se.env.opts.UTF8)
+	if err != nil {
+		return badAddress(err, false)
+	}
+	d := se.s.policy.Decide(relay.Request{Client: se.client.Addr(), AuthUser: se.user, Domain: a.Domain})
+	if !d.Allowed {
+		se.s.log.Info("relay denied", "client", se.client.String(), "helo", se.conn.Hostname(), "domain", a.Domain, "reason", d.Reason.String())
+		return errRelayDenied
+	}
+	se.env.rcpts = append(se.env.rcpts, &sluicev1.Recipient{
+		Address: to,
+		Notify:  notifyBits(opts.Notify),
+		Orcpt:   orcpt(opts),
+	})
+	// go-smtp takes MT-PRIORITY on RCPT TO (RFC 6710 §3 defines it on
+	// MAIL FROM, which go-smtp refuses). A message has one priority: the
+	// first value given wins.
+	if opts.MTPriority != nil && se.env.mtPriority == nil {
+		p := *opts.MTPriority
+		se.env.mtPriority = &p
+	}
+	return nil
+}
+
+func (se *session) Reset() {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	se.env = nil
+}
+
+func (se *session) Logout() error {
+	se.logout.Do(func() { se.s.metrics.sessions.Add(context.Background(), -1) })
+	return nil
+}
+
+// Data receives the content, stores the message and gives the reply. Every
+// return is an *smtp.SMTPError (see replies.go), including the 250.
+func (se *session) Data(r io.Reader) error {
+	se.mu.Lock()
+	env := se.env
+	user := se.user
+	se.mu.Unlock()
+	if env == nil || len(env.rcpts) == 0 {
+		return errNoTransaction
+	}
+	se.s.inflight.Add(1)
+	defer se.s.inflight.Done()
+
+	ctx, span := se.s.opts.Tracer.Start(se.s.ctx, "ingress.receive",
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.String("client.address", se.client.Addr().String()),
+			attribute.Int("client.port", int(se.client.Port())),
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.operation.type", "send"),
+			attribute.Int("sluice.recipients", len(env.rcpts)),
+		))
+	defer span.End()
+
+	// Read the whole content before storing: a transaction is stored
+	// completely or not at all, and go-smtp has already capped its size.
+	var content bytes.Buffer
+	if env.opts.Size > 0 && env.opts.Size <= se.s.opts.Settings.MaxMessageBytes {
+		content.Grow(int(env.opts.Size))
+	}
+	if _, err := io.Copy(&content, r); err != nil {
+		reply := readFailure(err)
+		span.SetStatus(codes.Error, "reading DATA failed")
+		span.SetAttributes(attribute.Int("smtp.reply_code", reply.Code))
+		se.s.metrics.received.Add(ctx, 1, resultAttr(resultRejected))
+		se.s.log.InfoContext(ctx, "message not received", "client", se.client.String(), "reply", reply.Code, "err", err)
+		return reply
+	}
+
+	now := time.Now()
+	qid := wire.NewQueueID(now)
+	forRcpt := ""
+	if len(env.rcpts) == 1 {
+		forRcpt = env.rcpts[0].GetAddress()
+	}
+	header := received.Fields{
+		Helo:     se.conn.Hostname(),
+		Client:   se.client.Addr(),
+		By:       se.s.opts.Settings.Hostname,
+		Protocol: received.Protocol(se.isTLS(), user != ""),
+		ID:       qid,
+		For:      forRcpt,
+		Date:     now,
+	}.Header()
+	size := int64(len(header) + content.Len())
+	span.SetAttributes(
+		attribute.String("sluice.queue_id", qid),
+		attribute.String("messaging.destination.name", wire.MessageSubject(qid)),
+		attribute.Int64("messaging.message.body.size", size),
+	)
+
+	m := &sluicev1.Message{
+		QueueId:          qid,
+		MailFrom:         env.from,
+		Recipients:       env.rcpts,
+		ReceivedUnixNano: now.UnixNano(),
+		ClientAddr:       se.client.Addr().String(),
+		Helo:             se.conn.Hostname(),
+		AuthUser:         user,
+		Ret:              string(env.opts.Return),
+		Envid:            env.opts.EnvelopeID,
+		Smtputf8:         env.opts.UTF8,
+		BodyType:         string(env.opts.Body),
+		RequireTls:       env.opts.RequireTLS,
+	}
+	if env.mtPriority != nil {
+		m.MtPriority, m.HasMtPriority = int32(*env.mtPriority), true
+	}
+
+	start := time.Now()
+	rcpt, err := se.s.opts.Store.Put(ctx, m, io.MultiReader(bytes.NewReader(header), &content), size)
+	elapsed := time.Since(start).Seconds()
+	if err != nil {
+		se.s.metrics.storeDuration.Record(ctx, elapsed, resultAttr(resultFailed))
+		se.s.metrics.received.Add(ctx, 1, resultAttr(resultFailed))
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "store failed")
+		span.SetAttributes(attribute.Int("smtp.reply_code", errStorage.Code))
+		full := errors.Is(err, store.ErrFull)
+		se.s.log.WarnContext(ctx, "message not stored", "queue_id", qid, "client", se.client.String(), "queue_full", full, "err", err)
+		return errStorage
+	}
+	se.s.metrics.storeDuration.Record(ctx, elapsed, resultAttr(resultAccepted))
+	se.s.metrics.received.Add(ctx, 1, resultAttr(resultAccepted))
+	se.s.metrics.size.Record(ctx, size)
+	span.SetAttributes(attribute.Int64("sluice.msg_seq", int64(rcpt.Seq)), attribute.Int("smtp.reply_code", 250))
+	se.s.log.InfoContext(ctx, "message accepted", "queue_id", qid, "client", se.client.String(),
+		"from", env.from, "recipients", len(env.rcpts), "size", size, "seq", rcpt.Seq, "duplicate", rcpt.Duplicate)
+	return queued(qid)
+}
+
+// readFailure maps an error from reading DATA to a reply. go-smtp's own
+// size error is already the right reply (552 5.3.4, RFC 1870 §6.2 and RFC
+// 3463 "message too big for system") and is passed through unchanged.
+func readFailure(err error) *smtp.SMTPError {
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		return se
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return errLineTooLong
+	}
+	// The client went away or timed out: it will not read a reply, and
+	// nothing was stored, so the transaction simply failed.
+	return errStorage
+}
+
+func (se *session) isTLS() bool {
+	_, ok := se.conn.TLSConnectionState()
+	return ok
+}
+
+// notifyBits converts RFC 3461 §4.1 NOTIFY keywords to the sluicev1 bit set.
+func notifyBits(ns []smtp.DSNNotify) uint32 {
+	var bits uint32
+	for _, n := range ns {
+		switch n {
+		case smtp.DSNNotifyNever:
+			bits |= uint32(sluicev1.Notify_NOTIFY_NEVER)
+		case smtp.DSNNotifySuccess:
+			bits |= uint32(sluicev1.Notify_NOTIFY_SUCCESS)
+		case smtp.DSNNotifyFailure:
+			bits |= uint32(sluicev1.Notify_NOTIFY_FAILURE)
+		case smtp.DSNNotifyDelayed:
+			bits |= uint32(sluicev1.Notify_NOTIFY_DELAY)
+		}
+	}
+	return bits
+}
+
+// orcpt renders RFC 3461 §4.2 ORCPT as "addr-type;address" with the
+// address xtext-decoded (go-smtp decodes it), or "" when not given.
+func orcpt(o *smtp.RcptOptions) string {
+	if o.OriginalRecipient == "" {
+		return ""
+	}
+	t := string(o.OriginalRecipientType)
+	if t == "" {
+		t = string(smtp.DSNAddressTypeRFC822)
+	}
+	return strings.ToLower(t) + ";" + o.OriginalRecipient
+}
