@@ -4,7 +4,7 @@ package worker
 // round robin (the algorithm of nginx's upstream balancer): every turn each
 // eligible class gains its weight in credit, the class with the most credit
 // is chosen and pays back the sum of the eligible weights. With weights
-// 8/3/1 twelve turns go H N H H B H H N H H N H-like, interleaved rather
+// 8/3/1 twelve turns go H N H H B H N H H H N H, interleaved rather
 // than in bursts, so bulk gets one turn in twelve however busy the other
 // classes are. A class found empty is skipped for the rest of the round
 // (skip), which hands its turn to the next one instead of idling.

@@ -238,6 +238,7 @@ type tlsMsg struct {
 	version    uint16
 	to         []string
 	requireTLS bool
+	helo       string
 }
 
 func startTLSServer(t *testing.T, requireTLS bool) *tlsServer {
@@ -296,7 +297,7 @@ func (s *tlsSession) Data(r io.Reader) error {
 	}
 	st, ok := s.c.TLSConnectionState()
 	s.s.mu.Lock()
-	s.s.got = append(s.s.got, tlsMsg{tls: ok, version: st.Version, to: s.to, requireTLS: s.req})
+	s.s.got = append(s.s.got, tlsMsg{tls: ok, version: st.Version, to: s.to, requireTLS: s.req, helo: s.c.Hostname()})
 	s.s.mu.Unlock()
 	return nil
 }

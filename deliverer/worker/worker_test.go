@@ -324,8 +324,8 @@ func TestStartTLS(t *testing.T) {
 	r := e.result(t, job, 10*time.Second)
 	check(t, r.Recipients[0], delivered)
 	got := plain.messages()
-	if len(got) != 1 || !got[0].tls || got[0].version < 0x0303 || len(got[0].to) != 2 {
-		t.Fatalf("server saw %+v, want one message over TLS 1.2+", got)
+	if len(got) != 1 || !got[0].tls || got[0].version < 0x0303 || len(got[0].to) != 2 || got[0].helo != "deliverer.test" {
+		t.Fatalf("server saw %+v, want one message over TLS 1.2+ after EHLO deliverer.test", got)
 	}
 
 	// TLS without REQUIRETLS at the server cannot carry a REQUIRETLS message.
