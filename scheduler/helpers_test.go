@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 // harness is one scheduler on its own embedded JetStream server, with
 // recorded spans and metrics.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	js     jetstream.JetStream
 	svc    *Service
@@ -54,7 +54,7 @@ type harness struct {
 	tracer trace.Tracer
 }
 
-func start(t *testing.T, mutate func(*Config)) *harness {
+func start(t testing.TB, mutate func(*Config)) *harness {
 	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
@@ -76,7 +76,9 @@ func start(t *testing.T, mutate func(*Config)) *harness {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	svc, err := New(cfg, js, tp.Tracer("scheduler"), mp.Meter("scheduler"), log, WithRandom(func() float64 { return 0.5 }))
+	// The service has its own connection, as it would in production.
+	_, svcJS := srv.Connect(t)
+	svc, err := New(cfg, svcJS, tp.Tracer("scheduler"), mp.Meter("scheduler"), log, WithRandom(func() float64 { return 0.5 }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +222,12 @@ func (h *harness) bounce(jobID string) (*sluicev1.Bounce, *jetstream.RawStreamMs
 // at least n deliveries and holds none pending.
 func (h *harness) settled(stream, consumer string, n uint64) {
 	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	h.settledFor(stream, consumer, n, 10*time.Second)
+}
+
+func (h *harness) settledFor(stream, consumer string, n uint64, wait time.Duration) {
+	h.t.Helper()
+	deadline := time.Now().Add(wait)
 	for {
 		c, err := h.js.Consumer(h.ctx, stream, consumer)
 		if err != nil {

@@ -85,17 +85,20 @@ func Decide(job *sluicev1.Job, results []*sluicev1.RecipientResult, now time.Tim
 }
 
 // Expire returns a copy of a temporary recipient result reported as expired:
-// outcome permanent, reason EXPIRED, status 4.4.7. The last reply code,
-// remote host and text stay, so the DSN can say what the last attempt met.
+// outcome permanent, reason EXPIRED, status 4.4.7. The last attempt's reply
+// moves into the text ("delivery time expired; last attempt: 451 4.7.1 try
+// later") and the reply code is cleared, so a DSN's Diagnostic-Code does not
+// present our 4.4.7 as something the remote server said; the remote host
+// stays for the Remote-MTA field.
 func Expire(rr *sluicev1.RecipientResult) *sluicev1.RecipientResult {
 	e := proto.Clone(rr).(*sluicev1.RecipientResult)
 	e.Outcome = sluicev1.Outcome_OUTCOME_PERMANENT
 	e.Reason = sluicev1.Reason_REASON_EXPIRED
 	e.EnhancedCode = ExpiredStatus
-	if rr.GetText() != "" {
-		e.Text = ExpiredText + "; last attempt: " + rr.GetText()
-	} else {
-		e.Text = ExpiredText
+	e.Code = 0
+	e.Text = ExpiredText
+	if last := LastError(rr); last != "" {
+		e.Text += "; last attempt: " + last
 	}
 	return e
 }

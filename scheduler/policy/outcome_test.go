@@ -8,6 +8,7 @@ import (
 )
 
 func TestDecide(t *testing.T) {
+	const rr2host = "mx.x"
 	now := time.Unix(1_800_000_000, 0)
 	job := &sluicev1.Job{
 		JobId: "Q-0", Attempt: 2, ExpiresUnixNano: now.Add(time.Hour).UnixNano(),
@@ -16,7 +17,7 @@ func TestDecide(t *testing.T) {
 	results := []*sluicev1.RecipientResult{
 		{Address: "a@x", Outcome: sluicev1.Outcome_OUTCOME_DELIVERED},
 		{Address: "b@x", Outcome: sluicev1.Outcome_OUTCOME_PERMANENT, Code: 550, EnhancedCode: "5.1.1"},
-		{Address: "c@x", Outcome: sluicev1.Outcome_OUTCOME_TEMPORARY, Reason: sluicev1.Reason_REASON_REMOTE, Code: 451, EnhancedCode: "4.7.1", Text: "later", Notify: 8},
+		{Address: "c@x", Outcome: sluicev1.Outcome_OUTCOME_TEMPORARY, Reason: sluicev1.Reason_REASON_REMOTE, Code: 451, EnhancedCode: "4.7.1", Text: "later", Notify: 8, RemoteHost: rr2host},
 		// d@x is not reported: it is retried as an internal problem.
 	}
 	d := Decide(job, results, now)
@@ -45,7 +46,7 @@ func TestDecide(t *testing.T) {
 	}
 	e := d.Failed[1]
 	if e.Address != "c@x" || e.EnhancedCode != "4.4.7" || e.Reason != sluicev1.Reason_REASON_EXPIRED ||
-		e.Outcome != sluicev1.Outcome_OUTCOME_PERMANENT || e.Text != "delivery time expired; last attempt: later" || e.Code != 451 {
+		e.Outcome != sluicev1.Outcome_OUTCOME_PERMANENT || e.Text != "delivery time expired; last attempt: 451 4.7.1 later" || e.Code != 0 || e.RemoteHost != rr2host {
 		t.Errorf("expired recipient %v", e)
 	}
 	if results[2].EnhancedCode != "4.7.1" {
