@@ -306,6 +306,11 @@ func (s *Session) StartTLS(ctx context.Context) (bool, error) {
 }
 
 // Envelope is what one transaction sends.
+//
+// There is no body type: go-smtp declares BODY=8BITMIME whenever the server
+// offers 8BITMIME (which is right for 7-bit content too), and sends 8-bit
+// content as it is to a server that does not, like Postfix does by default
+// instead of bouncing or downgrading (RFC 6152 §3 would have us convert).
 type Envelope struct {
 	From       string
 	Recipients []Recipient

@@ -361,6 +361,14 @@ func (s *Service) start(f fetched) {
 		}()
 		stop := s.keepAlive(f.msg)
 		defer stop()
+		defer func() {
+			// attempt turns panics of a delivery into results; this is
+			// the last resort for the rest of the handling.
+			if p := recover(); p != nil {
+				s.log.Error("panic handling job", "subject", f.msg.Subject(), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				_ = f.msg.NakWithDelay(infraRetry)
+			}
+		}()
 		s.handle(s.workCtx, f.msg)
 	}()
 }
