@@ -1,19 +1,19 @@
 # The Makefile knows every module of the workspace: `go test ./...` does not
 # cross module boundaries, so every target loops over MODULES.
-MODULES := proto services ingress scheduler deliverer bouncer deploy
+MODULES := proto services ingress scheduler deliverer bouncer cli deploy
 BIN     := $(CURDIR)/bin
 GO      ?= go
 # Fuzz and race-heavy packages need more than the default 10 minutes on 2 cores.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build test vet lint run proto clean tidy
+.PHONY: all build test vet lint run proto clean tidy jaeger
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./ingress/cmd/sluice-ingress ./scheduler/cmd/sluice-scheduler \
-		./deliverer/cmd/sluice-deliverer ./bouncer/cmd/sluice-bouncer ./deploy/cmd/sluice-local
+		./deliverer/cmd/sluice-deliverer ./bouncer/cmd/sluice-bouncer ./deploy/cmd/sluice-local ./cli/cmd/sluice
 
 test:
 	@set -e; for m in $(MODULES); do \
@@ -33,8 +33,17 @@ tidy:
 # run builds everything and starts the whole system on this machine: an
 # embedded JetStream server, the four services as separate processes and a
 # capture destination for the test domain example.test.
+# When bin/jaeger exists (make jaeger), it is started too and receives every
+# service's traces.
 run: build
-	$(BIN)/sluice-local -bin $(BIN) -data $(CURDIR)/data
+	$(BIN)/sluice-local -bin $(BIN) -data $(CURDIR)/data -jaeger $(BIN)/jaeger -jaeger-config $(CURDIR)/deploy/jaeger/config.yaml
+
+# jaeger builds Jaeger v1.76.0 from the Go module proxy into bin/jaeger (a few
+# minutes, once). Its module lives outside the workspace on purpose.
+jaeger: $(BIN)/jaeger
+$(BIN)/jaeger:
+	@mkdir -p $(BIN)
+	cd deploy/jaeger && GOWORK=off $(GO) build -o $(BIN)/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
 
 # proto regenerates the Go code of the wire schemas (needs protoc and
 # protoc-gen-go; the generated code is committed, so builds do not).

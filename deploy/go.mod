@@ -4,7 +4,6 @@ go 1.26.0
 
 require (
 	github.com/emersion/go-smtp v0.25.1
-	github.com/sluice-mta/sluice/services v0.0.0
 	gopkg.in/yaml.v3 v3.0.1
 )
 
@@ -19,12 +18,13 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/sluice-mta/sluice/services v0.0.0-00010101000000-000000000000
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
 
-replace github.com/sluice-mta/sluice/services => ../services
-
 replace github.com/sluice-mta/sluice/proto => ../proto
+
+replace github.com/sluice-mta/sluice/services => ../services

@@ -286,8 +286,12 @@ func TestTwoDeliverersShareASlowDestination(t *testing.T) {
 			t.Errorf("%s delivered %d times", r, c)
 		}
 	}
-	a := w.metric("deliverer-1", "sluice_deliverer_attempts_total", `result="delivered"`)
-	b := w.metric("deliverer-2", "sluice_deliverer_attempts_total", `result="delivered"`)
+	var a, b float64
+	eventually(t, 10*time.Second, "deliverers count every delivery", func() bool {
+		a = w.metric("deliverer-1", "sluice_deliverer_attempts_total", `result="delivered"`)
+		b = w.metric("deliverer-2", "sluice_deliverer_attempts_total", `result="delivered"`)
+		return a+b >= n
+	})
 	t.Logf("deliverer-1 delivered %v, deliverer-2 delivered %v", a, b)
 	if a+b != n || a < n/6 || b < n/6 {
 		t.Fatalf("work split %v/%v of %d: both deliverers must take a share", a, b, n)

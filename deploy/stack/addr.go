@@ -1,16 +1,39 @@
 package stack
 
-import "net"
+import (
+	"fmt"
+	"net"
+	"os"
+	"sync"
+)
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+var (
+	portMu   sync.Mutex
+	nextPort = 20000 + (os.Getpid()%500)*20
+)
+
+// FreeAddr returns a loopback address whose port was free a moment ago. Ports
+// come from below Linux's ephemeral range (32768+), so the port cannot be
+// taken meanwhile by an outgoing connection of another test; each call in a
+// process returns a new port.
+func FreeAddr() (string, error) {
+	portMu.Lock()
+	defer portMu.Unlock()
+	for i := 0; i < 2000; i++ {
+		p := nextPort
+		nextPort++
+		if nextPort >= 32000 {
+			nextPort = 20000
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr, nil
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return "", fmt.Errorf("no free loopback port found in 20000-32000")
 }
 
-// FreeAddr is freeAddr for callers that pick ports for the stack.
-func FreeAddr() (string, error) { return freeAddr() }
+func freeAddr() (string, error) { return FreeAddr() }

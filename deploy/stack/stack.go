@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +54,14 @@ type Options struct {
 	// MetricsAddrs fixes the metrics address of named processes; the others
 	// get a free loopback port.
 	MetricsAddrs map[string]string
+	// JaegerBin, when it names an existing file, is started with
+	// JaegerConfig before the services, which then export traces to it.
+	JaegerBin    string
+	JaegerConfig string
+	// JaegerQuery and JaegerOTLP are its query (UI/API) and OTLP/HTTP
+	// addresses; empty picks the defaults 127.0.0.1:16686 and :4318.
+	JaegerQuery string
+	JaegerOTLP  string
 	// Log receives the stack's own messages.
 	Log *slog.Logger
 }
@@ -63,6 +72,10 @@ type Stack struct {
 	NATS       *embedded.Server
 	Capture    *capture.Server
 	ConfigPath string
+	// Jaeger is the Jaeger process, nil when none was started.
+	Jaeger *Proc
+	// JaegerUI is Jaeger's query address (UI and API), when started.
+	JaegerUI string
 	// Ports of each service's metrics endpoint, by process name.
 	Metrics map[string]string
 
@@ -124,6 +137,14 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.Close()
 		return nil, err
 	}
+	if o.JaegerBin != "" {
+		if _, err := os.Stat(o.JaegerBin); err == nil {
+			if err := s.startJaeger(); err != nil {
+				s.Close()
+				return nil, err
+			}
+		}
+	}
 	for _, svc := range Services {
 		n := 1
 		if svc == "deliverer" {
@@ -135,6 +156,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 				name = fmt.Sprintf("%s-%d", svc, i+1)
 			}
 			env := append([]string{}, o.Env...)
+			if s.Jaeger != nil {
+				env = append(env, "OTEL_EXPORTER_OTLP_ENDPOINT=http://"+s.opts.JaegerOTLP, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf")
+			}
 			if addr, ok := o.MetricsAddrs[name]; ok {
 				env = append(env, "SLUICE_METRICS_LISTEN="+addr)
 				s.Metrics[name] = addr
@@ -197,6 +221,9 @@ func (s *Stack) Close() {
 	// Stop in reverse start order: the ingress first, so nothing new comes in.
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].Stop(10 * time.Second)
+	}
+	if s.Jaeger != nil {
+		s.Jaeger.Stop(5 * time.Second)
 	}
 	if s.Capture != nil {
 		s.Capture.Close()
@@ -330,3 +357,52 @@ func (p *Proc) signal(sig syscall.Signal, wait time.Duration) bool {
 
 // ErrExited is returned by Supervise when a process keeps dying.
 var ErrExited = errors.New("process exited")
+
+// startJaeger starts Jaeger and waits until its query API answers.
+func (s *Stack) startJaeger() error {
+	o := &s.opts
+	if o.JaegerQuery == "" {
+		o.JaegerQuery = "127.0.0.1:16686"
+	}
+	if o.JaegerOTLP == "" {
+		o.JaegerOTLP = "127.0.0.1:4318"
+	}
+	grpcQ, _ := freeAddr()
+	grpcOTLP, _ := freeAddr()
+	p := &Proc{
+		Name: "jaeger",
+		bin:  o.JaegerBin,
+		args: []string{"--config", o.JaegerConfig},
+		env: []string{
+			"SLUICE_JAEGER_QUERY=" + o.JaegerQuery,
+			"SLUICE_JAEGER_QUERY_GRPC=" + grpcQ,
+			"SLUICE_JAEGER_OTLP_HTTP=" + o.JaegerOTLP,
+			"SLUICE_JAEGER_OTLP_GRPC=" + grpcOTLP,
+		},
+		log: filepath.Join(o.DataDir, "logs", "jaeger.log"),
+	}
+	if err := p.Start(); err != nil {
+		return err
+	}
+	s.Jaeger = p
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + o.JaegerQuery + "/api/services")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				s.JaegerUI = o.JaegerQuery
+				return nil
+			}
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("jaeger exited at start; see %s", p.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("jaeger not answering on %s after 30s; see %s", o.JaegerQuery, p.log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

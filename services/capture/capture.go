@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"os"
@@ -84,6 +85,9 @@ func Listen(addr string, o Options) (*Server, error) {
 	s := &Server{Addr: ln.Addr().String(), opts: o, ln: ln, seen: map[string]int{}, notify: make(chan struct{})}
 	s.srv = smtp.NewServer(&backend{s: s})
 	s.srv.Domain = o.Domain
+	// Clients that hang up mid-session are normal here (tests, killed
+	// deliverers); go-smtp would print each one to stderr.
+	s.srv.ErrorLog = stdlog.New(io.Discard, "", 0)
 	s.srv.MaxMessageBytes = 64 << 20
 	s.srv.MaxRecipients = 10000
 	s.srv.ReadTimeout = time.Minute

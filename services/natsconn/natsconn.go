@@ -23,6 +23,10 @@ func Connect(cfg config.NATS, name string, wait time.Duration, log *slog.Logger)
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.Timeout(cfg.RequestTimeout),
 		nats.RetryOnFailedConnect(false),
+		// Fail publishes at once while disconnected instead of buffering them:
+		// a buffered publish could be stored after its sender gave up (the
+		// ingress would already have answered 451), or never.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("nats disconnected", "err", err)

@@ -28,6 +28,8 @@ func main() {
 	testDomain := flag.String("test-domain", "example.test", "domain delivered to the capture destination")
 	deliverers := flag.Int("deliverers", 1, "number of deliverer processes")
 	syncAlways := flag.Bool("sync-always", false, "fsync every JetStream write")
+	jaeger := flag.String("jaeger", "bin/jaeger", "Jaeger binary to start next to Sluice, if it exists (make jaeger builds it)")
+	jaegerConfig := flag.String("jaeger-config", "deploy/jaeger/config.yaml", "Jaeger configuration")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -51,6 +53,8 @@ func main() {
 		MetricsAddrs:  metrics,
 		Config:        map[string]map[string]any{"ingress": {"listen": *smtp}},
 		Env:           os.Environ(),
+		JaegerBin:     *jaeger,
+		JaegerConfig:  *jaegerConfig,
 		Log:           log,
 	})
 	if err != nil {
@@ -58,6 +62,12 @@ func main() {
 		os.Exit(1)
 	}
 	printBanner(s, *smtp, *testDomain, dataDir)
+	if s.Jaeger != nil {
+		fmt.Printf("  Traces         http://%s  (Jaeger; pick service sluice-ingress, or search by tag sluice.queue_id=<id from the 250 reply>)\n", s.JaegerUI)
+	} else {
+		fmt.Printf("  Traces         Jaeger is not built: run `make jaeger` once (a few minutes), then `make run` again\n")
+	}
+	fmt.Print("\nCtrl-C stops everything.\n\n")
 
 	// Supervise: restart a process that exits while we are running, as a
 	// container orchestrator would.
@@ -108,7 +118,7 @@ Sluice is running.
 
   Send mail to   smtp://%[1]s   (no auth from loopback; e.g.
                  swaks --server %[1]s --from me@localhost --to you@%[2]s
-                 or: bin/sluice-local-send is not needed, any SMTP client works)
+                 any SMTP client works)
   %-14[2]s delivered to the local capture server %[3]s;
                  each message lands as a file in %[4]s/
   other domains  go to their real MX on port 25
@@ -118,8 +128,6 @@ Sluice is running.
   NATS           %[7]s   JetStream files in %[8]s/
                  e.g. nats --server %[7]s stream ls
   Config         %[9]s
-
-Ctrl-C stops everything.
 `, smtp, testDomain, s.Capture.Addr, rel(filepath.Join(dataDir, "capture")), rel(filepath.Join(dataDir, "logs")),
 		s.Metrics["ingress"], s.NATS.ClientURL(), rel(filepath.Join(dataDir, "jetstream")), rel(s.ConfigPath))
 }

@@ -1,0 +1,52 @@
+// Command sluice is the operator's tool. It talks to the running services
+// over NATS request/reply (their admin APIs, discoverable with
+// `nats micro ls`), never to their streams or internals, except for
+// `sluice headers`, which only reads a message file.
+//
+//	sluice queue  list|show|stats|log|hold|release|delete|retry|prioritize ...
+//	sluice doctor dns|dnsbl|connect|auth ...
+//	sluice headers [FILE]
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `usage: sluice <command> [arguments]
+
+commands:
+  queue    see and steer the queue (list, show, stats, log, hold, release, delete, retry, prioritize)
+  doctor   check DNS, blacklists, connectivity and SPF/DKIM/DMARC from every deliverer
+  headers  analyse a message's Received headers, authentication results and DSN content
+
+Global flags (before or after the command): -server nats://host:4222, -creds FILE, -timeout 5s.
+Run "sluice <command> -h" for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run dispatches to a command and returns the exit status: 0 success, 1 the
+// command failed, 2 bad usage.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	switch args[0] {
+	case "queue":
+		return runQueue(args[1:], stdin, stdout, stderr)
+	case "doctor":
+		return runDoctor(args[1:], stdin, stdout, stderr)
+	case "headers":
+		return runHeaders(args[1:], stdin, stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
