@@ -68,6 +68,7 @@ type worldOpts struct {
 	deliverers int
 	config     map[string]map[string]any
 	env        []string
+	jaeger     bool // start bin/jaeger next to the services
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -117,7 +118,18 @@ func newWorld(t *testing.T, o worldOpts) *world {
 		}
 	}
 	dataDir := t.TempDir()
+	var jaegerBin, jaegerCfg, jaegerQuery, jaegerOTLP string
+	if o.jaeger {
+		jaegerBin, _ = filepath.Abs("../../bin/jaeger")
+		jaegerCfg, _ = filepath.Abs("../jaeger/config.yaml")
+		jaegerQuery, _ = stack.FreeAddr()
+		jaegerOTLP, _ = stack.FreeAddr()
+	}
 	st, err := stack.Start(context.Background(), stack.Options{
+		JaegerBin:    jaegerBin,
+		JaegerConfig: jaegerCfg,
+		JaegerQuery:  jaegerQuery,
+		JaegerOTLP:   jaegerOTLP,
 		BinDir:     binDir,
 		DataDir:    dataDir,
 		NATSListen: natsAddr,
