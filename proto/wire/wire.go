@@ -12,6 +12,8 @@
 //	SLUICE_BOUNCES  work queue            sluice.bounce.<job_id>           DSN requests
 //	sluice_bodies   object store                                          bodies too large to inline
 //	sluice_refs     key-value                                             open jobs of split messages
+//
+// Queue events, held jobs and the admin API are described in events.go.
 package wire
 
 import (

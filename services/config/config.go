@@ -203,11 +203,16 @@ type Queue struct {
 	// SyncAlways makes the embedded server fsync every write; it applies to
 	// the server `make run` starts, not to an external cluster.
 	SyncAlways bool `yaml:"sync_always" env:"SLUICE_QUEUE_SYNC_ALWAYS"`
+	// EventsRetention is how long the history of every job (SLUICE_EVENTS,
+	// what `sluice queue log` prints) is kept. The schedulers rebuild their
+	// queue index from these events when they start, so it must be at
+	// least Lifetime.
+	EventsRetention time.Duration `yaml:"events_retention" env:"SLUICE_QUEUE_EVENTS_RETENTION"`
 }
 
 // DefaultQueue returns the defaults.
 func DefaultQueue() Queue {
-	return Queue{Replicas: 1, Lifetime: 5 * 24 * time.Hour, MaxBytes: 0, InlineBodyLimit: 768 << 10}
+	return Queue{Replicas: 1, Lifetime: 5 * 24 * time.Hour, MaxBytes: 0, InlineBodyLimit: 768 << 10, EventsRetention: 7 * 24 * time.Hour}
 }
 
 // Validate implements Validator.
@@ -223,6 +228,9 @@ func (q Queue) Validate() error {
 	}
 	if q.InlineBodyLimit < 1024 || q.InlineBodyLimit > 900<<10 {
 		return fmt.Errorf("queue.inline_body_limit: %d, want 1024..921600", q.InlineBodyLimit)
+	}
+	if q.EventsRetention < q.Lifetime {
+		return fmt.Errorf("queue.events_retention: %s is shorter than queue.lifetime %s; the queue index is rebuilt from events, so they must outlive every job", q.EventsRetention, q.Lifetime)
 	}
 	return nil
 }

@@ -54,9 +54,11 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			// Schedules require discard-old, so this stream has no byte or
 			// count cap that could drop a job; the message stream's cap is
 			// the backpressure point.
-			Name:              wire.StreamJobs,
-			Description:       "Sluice: delivery jobs by priority class, and their retry schedules",
-			Subjects:          []string{wire.SubjectJobs + ".>", wire.SubjectSchedule + ".>"},
+			Name:        wire.StreamJobs,
+			Description: "Sluice: delivery jobs by priority class, their retry schedules, and held jobs",
+			// Held jobs wait on their own subjects, which no consumer
+			// reads, until an operator releases them.
+			Subjects:          []string{wire.SubjectJobs + ".>", wire.SubjectSchedule + ".>", wire.SubjectHeld + ".>"},
 			Retention:         jetstream.WorkQueuePolicy,
 			Discard:           jetstream.DiscardOld,
 			MaxBytes:          -1,
@@ -93,6 +95,24 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			Replicas:    q.Replicas,
 			Duplicates:  DuplicateWindow,
 		},
+		{
+			// The history of every job: what `sluice queue log` prints and
+			// what the schedulers build their queue index from. Limits
+			// retention by age only, so no event a live job needs is
+			// dropped for space.
+			Name:        wire.StreamEvents,
+			Description: "Sluice: every state change of every job (received, attempts, outcomes, operator actions)",
+			Subjects:    []string{wire.SubjectEvents + ".>"},
+			Retention:   jetstream.LimitsPolicy,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      q.EventsRetention,
+			MaxBytes:    -1,
+			MaxMsgs:     -1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    q.Replicas,
+			Duplicates:  DuplicateWindow,
+			AllowDirect: true,
+		},
 	}
 }
 
@@ -116,7 +136,28 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 	if _, err := Refs(ctx, js, q); err != nil {
 		return err
 	}
+	if _, err := Held(ctx, js, q); err != nil {
+		return err
+	}
 	return nil
+}
+
+// Held returns the bucket of hold and delete marks, keyed by job id, that
+// deliverers check before every attempt and the scheduler checks before it
+// schedules a retry, creating it if needed. A mark outlives any job it can
+// be about.
+func Held(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      wire.BucketHeld,
+		Description: "Sluice: jobs on hold or deleted by an operator",
+		TTL:         q.Lifetime + lifetimeGrace,
+		Storage:     jetstream.FileStorage,
+		Replicas:    q.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketHeld, err)
+	}
+	return kv, nil
 }
 
 // Bodies returns the object store for large bodies, creating it if needed.
