@@ -20,6 +20,15 @@
 // When no server was reached, the recipients get the first temporary error
 // met, or the first error if every one was permanent: a dead primary MX is
 // worth a retry even when a backup refused.
+//
+// With a Signer (WithSigner), the message is DKIM-signed once a server is
+// ready for the transaction and before MAIL FROM, in a dkim.sign span: the
+// signer reads the whole body (spooling it, see package dkim) and the
+// DKIM-Signature fields go in front of it. Signing when a server is ready,
+// not before connecting, means an attempt that reaches nobody does not read
+// a large body for nothing. A failure to read the body for signing defers
+// the recipients (451 4.3.0): sending unsigned mail could make it fail
+// DMARC at the destination.
 package courier
 
 import (
@@ -34,6 +43,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sluice-mta/sluice/deliverer/dkim"
 	"github.com/sluice-mta/sluice/deliverer/mx"
 	"github.com/sluice-mta/sluice/deliverer/smtpclient"
 	"github.com/sluice-mta/sluice/deliverer/status"
@@ -48,16 +58,41 @@ type Router interface {
 
 var _ Router = (*mx.Resolver)(nil)
 
+// Signer signs a message before it is sent; *dkim.Signer implements it.
+type Signer interface {
+	Sign(body io.Reader, envelopeFrom string) (*dkim.Signed, error)
+}
+
+var _ Signer = (*dkim.Signer)(nil)
+
 // Courier makes delivery attempts. It is safe for concurrent use.
 type Courier struct {
 	router Router
 	dialer *smtpclient.Dialer
 	tracer trace.Tracer
+	signer Signer
+}
+
+// Option configures a Courier.
+type Option func(*Courier)
+
+// WithSigner makes the courier DKIM-sign every message with s; nil (or a
+// *dkim.Signer without keys) sends mail unsigned.
+func WithSigner(s *dkim.Signer) Option {
+	return func(c *Courier) {
+		if s != nil && !s.Empty() {
+			c.signer = s
+		}
+	}
 }
 
 // New returns a Courier.
-func New(router Router, dialer *smtpclient.Dialer, tracer trace.Tracer) *Courier {
-	return &Courier{router: router, dialer: dialer, tracer: tracer}
+func New(router Router, dialer *smtpclient.Dialer, tracer trace.Tracer, opts ...Option) *Courier {
+	c := &Courier{router: router, dialer: dialer, tracer: tracer}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Deliver makes one attempt to deliver body to the recipients of job and
@@ -140,8 +175,14 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, body io.Reader
 				}
 				continue
 			}
-			out := c.transaction(ctx, sess, h, job, body)
+			msg, added, done, e := c.sign(ctx, job, body)
+			if e != nil {
+				sess.Close()
+				return all(n, e)
+			}
+			out := c.transaction(ctx, sess, h, job, msg, added)
 			sess.Close()
+			done()
 			return out
 		}
 	}
@@ -252,7 +293,28 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 	return nil
 }
 
-func (c *Courier) transaction(ctx context.Context, s *smtpclient.Session, h mx.Host, job *sluicev1.Job, body io.Reader) []outcome {
+// sign returns the message to send, how many bytes signing added, and a
+// function that releases the signer's spool.
+func (c *Courier) sign(ctx context.Context, job *sluicev1.Job, body io.Reader) (io.Reader, int64, func(), *status.Error) {
+	if c.signer == nil {
+		return body, 0, func() {}, nil
+	}
+	_, span := c.tracer.Start(ctx, "dkim.sign")
+	defer span.End()
+	signed, err := c.signer.Sign(body, job.MailFrom)
+	if err != nil {
+		e := status.Temporary(sluicev1.Reason_REASON_INTERNAL, 451, "4.3.0", "cannot read the message to sign it")
+		e.Err = err
+		span.RecordError(err)
+		fail(span, e)
+		return nil, 0, nil, e
+	}
+	span.SetAttributes(attribute.String("sluice.dkim.domain", signed.Domain),
+		attribute.StringSlice("sluice.dkim.selectors", signed.Selectors))
+	return signed, signed.Added, func() { _ = signed.Close() }, nil
+}
+
+func (c *Courier) transaction(ctx context.Context, s *smtpclient.Session, h mx.Host, job *sluicev1.Job, body io.Reader, added int64) []outcome {
 	ctx, span := c.tracer.Start(ctx, "smtp.transaction", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(serverAttrs(h, s.Addr().Addr())...),
 		trace.WithAttributes(attribute.Int("sluice.recipients", len(job.Recipients)),
@@ -266,6 +328,10 @@ func (c *Courier) transaction(ctx context.Context, s *smtpclient.Session, h mx.H
 		RequireTLS: job.RequireTls,
 		Ret:        job.Ret,
 		EnvID:      job.Envid,
+	}
+	if env.Size > 0 {
+		// RFC 1870 §4: the declared size should be the size we send.
+		env.Size += added
 	}
 	for _, r := range job.Recipients {
 		env.Recipients = append(env.Recipients, smtpclient.Recipient{Address: r.Address, Notify: r.Notify, ORCPT: r.Orcpt})

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sluice-mta/sluice/deliverer/dkim"
 	"github.com/sluice-mta/sluice/services/config"
 )
 
@@ -56,6 +58,31 @@ type Settings struct {
 	// deliveries finish before it interrupts them and hands their jobs back.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SLUICE_DELIVERER_SHUTDOWN_TIMEOUT"`
 
+	// EgressIPs are the addresses this deliverer's mail leaves from, as
+	// receivers see them (after NAT). The doctor checks their reverse DNS,
+	// DNSBL listings and SPF authorisation. Empty means main guesses the
+	// primary outbound address of the host, and the doctor says it guessed.
+	EgressIPs []string `yaml:"egress_ips"`
+	// SendingDomains are the domains we send mail for; `sluice doctor dns`
+	// checks that they have MX and address records (receivers check that
+	// bounces to the envelope sender could be delivered).
+	SendingDomains []string `yaml:"sending_domains"`
+	// DNSBLZones are the blocklists each egress IP is checked against.
+	DNSBLZones []string `yaml:"dnsbl_zones"`
+	// DNSBLInterval is how often the deliverer checks its egress IPs
+	// against DNSBLZones on its own, to keep the
+	// sluice_deliverer_dnsbl_listed gauge current for alerts; 0 checks
+	// only when asked (`sluice doctor dnsbl`).
+	DNSBLInterval time.Duration `yaml:"dnsbl_interval" env:"SLUICE_DELIVERER_DNSBL_INTERVAL"`
+	// DKIM lists the signing keys: outgoing mail is signed by the keys of
+	// its From domain (or the closest parent domain with keys), else of its
+	// envelope sender's domain (see package dkim).
+	DKIM []dkim.KeyConfig `yaml:"dkim"`
+	// DoctorProbeDomains are well-known domains whose MX hosts `sluice
+	// doctor connect` tries when a destination cannot be reached at all: if
+	// none of theirs answers either, outbound port 25 is blocked.
+	DoctorProbeDomains []string `yaml:"doctor_probe_domains"`
+
 	config.Telemetry `yaml:",inline"`
 }
 
@@ -84,7 +111,13 @@ func DefaultSettings() Settings {
 		CommandTimeout:  5 * time.Minute,
 		DataTimeout:     10 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
-		Telemetry:       config.Telemetry{MetricsListen: "127.0.0.1:9103", LogLevel: "info"},
+		// Zones that answer queries for free at low volume; Spamhaus refuses
+		// queries that come through large public resolvers (the doctor
+		// reports that as an error, not as "not listed").
+		DNSBLZones:         []string{"zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org"},
+		DNSBLInterval:      time.Hour,
+		DoctorProbeDomains: []string{"gmail.com", "outlook.com", "yahoo.com"},
+		Telemetry:          config.Telemetry{MetricsListen: "127.0.0.1:9103", LogLevel: "info"},
 	}
 }
 
@@ -149,10 +182,103 @@ func (s Settings) Validate() error {
 			return fmt.Errorf("deliverer.%s: %s, must be positive", d.name, d.v)
 		}
 	}
+	if err := s.validateIdentity(); err != nil {
+		return err
+	}
 	if err := s.Telemetry.Validate(); err != nil {
 		return fmt.Errorf("deliverer.%w", err)
 	}
 	return nil
+}
+
+// validateIdentity checks the sending identity: egress addresses, domains,
+// blocklists and DKIM keys. Key files are read here, so that a missing or
+// malformed key stops the deliverer at start with the field named, rather
+// than sending unsigned mail.
+func (s Settings) validateIdentity() error {
+	seen := map[netip.Addr]bool{}
+	for i, ip := range s.EgressIPs {
+		a, err := netip.ParseAddr(strings.TrimSpace(ip))
+		if err != nil || a.Zone() != "" {
+			return fmt.Errorf("deliverer.egress_ips[%d]: %q is not an IP address", i, ip)
+		}
+		if seen[a.Unmap()] {
+			return fmt.Errorf("deliverer.egress_ips[%d]: %s is listed twice", i, ip)
+		}
+		seen[a.Unmap()] = true
+	}
+	for _, l := range []struct {
+		name string
+		v    []string
+	}{{"sending_domains", s.SendingDomains}, {"dnsbl_zones", s.DNSBLZones}, {"doctor_probe_domains", s.DoctorProbeDomains}} {
+		for i, d := range l.v {
+			if !isDomain(d) {
+				return fmt.Errorf("deliverer.%s[%d]: %q is not a domain name", l.name, i, d)
+			}
+		}
+	}
+	if s.DNSBLInterval < 0 || (s.DNSBLInterval > 0 && s.DNSBLInterval < time.Minute) {
+		return fmt.Errorf("deliverer.dnsbl_interval: %s, want 0 (off) or at least 1m (blocklists rate-limit)", s.DNSBLInterval)
+	}
+	type sel struct{ domain, selector string }
+	selectors := map[sel]bool{}
+	for i, k := range s.DKIM {
+		switch {
+		case !isDomain(k.Domain):
+			return fmt.Errorf("deliverer.dkim[%d].domain: %q is not a domain name", i, k.Domain)
+		case !isLabel(k.Selector):
+			return fmt.Errorf("deliverer.dkim[%d].selector: %q, want a DNS label like \"s2025\"", i, k.Selector)
+		case k.KeyFile == "":
+			return fmt.Errorf("deliverer.dkim[%d].key_file: empty, want a PEM private key file", i)
+		}
+		id := sel{strings.ToLower(k.Domain), strings.ToLower(k.Selector)}
+		if selectors[id] {
+			return fmt.Errorf("deliverer.dkim[%d].selector: %s._domainkey.%s is configured twice", i, k.Selector, k.Domain)
+		}
+		selectors[id] = true
+		if _, err := dkim.LoadKey(k); err != nil {
+			return fmt.Errorf("deliverer.dkim[%d].key_file: %s: %v", i, k.KeyFile, err)
+		}
+	}
+	return nil
+}
+
+// DKIMSigner loads the DKIM keys and returns the signer the courier uses.
+// Without keys it returns a signer that sends mail unsigned.
+func (s Settings) DKIMSigner() (*dkim.Signer, error) {
+	sg, err := dkim.Load(s.DKIM, dkim.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("deliverer.%w", err)
+	}
+	return sg, nil
+}
+
+// isDomain accepts host names: dot-separated labels of letters, digits and
+// hyphens (underscores too, for zones like _dmarc), without a final dot.
+func isDomain(d string) bool {
+	d = strings.TrimSuffix(d, ".")
+	if d == "" || len(d) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(d, ".") {
+		if !isLabel(l) {
+			return false
+		}
+	}
+	return true
+}
+
+func isLabel(l string) bool {
+	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func hostPort(s string) error {

@@ -134,6 +134,10 @@ func New(s Settings, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	signer, err := s.DKIMSigner()
+	if err != nil {
+		return nil, err
+	}
 	if s.Instance == "" {
 		s.Instance = s.Hostname
 	}
@@ -142,7 +146,7 @@ func New(s Settings, d Deps) (*Service, error) {
 		js:       d.JS,
 		tracer:   d.Tracer,
 		log:      d.Logger.With("instance", s.Instance),
-		courier:  courier.New(res, dialer, d.Tracer),
+		courier:  courier.New(res, dialer, d.Tracer, courier.WithSigner(signer)),
 		m:        m,
 		slots:    make(chan struct{}, s.Concurrency),
 		pollDone: make(chan struct{}, 1),
