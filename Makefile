@@ -6,7 +6,7 @@ GO      ?= go
 # Fuzz and race-heavy packages need more than the default 10 minutes on 2 cores.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build test vet lint run proto clean tidy jaeger
+.PHONY: all build test vet lint run proto clean tidy jaeger bench
 
 all: build
 
@@ -44,6 +44,13 @@ jaeger: $(BIN)/jaeger
 $(BIN)/jaeger:
 	@mkdir -p $(BIN)
 	cd deploy/jaeger && GOWORK=off $(GO) build -o $(BIN)/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+
+# bench runs the same SMTP load against Sluice and Postfix (installed from
+# Debian when run as root) with the harness in ../shared/bench, and prints one
+# table with ratios; then the deliverer scaling benchmark. Never part of test.
+bench: build
+	deploy/bench/relay.sh
+	cd deploy && $(GO) test ./e2e -run '^$$' -bench DeliverersSlow -benchtime 1x
 
 # proto regenerates the Go code of the wire schemas (needs protoc and
 # protoc-gen-go; the generated code is committed, so builds do not).

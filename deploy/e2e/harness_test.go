@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 // recipients' mail server (dest.test, found by MX) and the senders' mail
 // server (sender.test, where DSNs arrive, found by a static route).
 type world struct {
-	t       *testing.T
+	t       testing.TB
 	st      *stack.Stack
 	dns     *dnstest.Server
 	dest    *capture.Server
@@ -71,7 +71,7 @@ type worldOpts struct {
 	jaeger     bool // start bin/jaeger next to the services
 }
 
-func newWorld(t *testing.T, o worldOpts) *world {
+func newWorld(t testing.TB, o worldOpts) *world {
 	t.Helper()
 	w := &world{t: t}
 	w.dns = dnstest.Start(t)
@@ -130,12 +130,12 @@ func newWorld(t *testing.T, o worldOpts) *world {
 		JaegerConfig: jaegerCfg,
 		JaegerQuery:  jaegerQuery,
 		JaegerOTLP:   jaegerOTLP,
-		BinDir:     binDir,
-		DataDir:    dataDir,
-		NATSListen: natsAddr,
-		Config:     cfg,
-		Deliverers: o.deliverers,
-		Env:        o.env,
+		BinDir:       binDir,
+		DataDir:      dataDir,
+		NATSListen:   natsAddr,
+		Config:       cfg,
+		Deliverers:   o.deliverers,
+		Env:          o.env,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -47,6 +47,8 @@ type Options struct {
 	// Config is merged over the generated configuration, section by section
 	// (e.g. {"deliverer": {"routes": {...}}}).
 	Config map[string]map[string]any
+	// Routes are static routes (domain -> host:port) added to the deliverer's.
+	Routes map[string]string
 	// Env is added to every service's environment (e.g. OTEL_*).
 	Env []string
 	// Deliverers is how many deliverer processes to start (default 1).
@@ -244,8 +246,15 @@ func (s *Stack) writeConfig() error {
 		"deliverer": {"hostname": host},
 		"bouncer":   {"hostname": "sluice.localhost"},
 	}
+	routes := map[string]any{}
 	if s.Capture != nil {
-		cfg["deliverer"]["routes"] = map[string]any{o.TestDomain: s.Capture.Addr}
+		routes[o.TestDomain] = s.Capture.Addr
+	}
+	for d, hp := range o.Routes {
+		routes[d] = hp
+	}
+	if len(routes) > 0 {
+		cfg["deliverer"]["routes"] = routes
 	}
 	for sec, kv := range o.Config {
 		if cfg[sec] == nil {

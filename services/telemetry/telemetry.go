@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -153,6 +154,13 @@ func (t *Telemetry) Serve(addr string, ready func() error) (*http.Server, error)
 func (t *Telemetry) ServeListener(ln net.Listener, ready func() error) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(t.Registry, promhttp.HandlerOpts{}))
+	// Profiles on the same (by default loopback-only) address, so where a
+	// service spends its CPU can be read in production: go tool pprof
+	// http://127.0.0.1:9103/debug/pprof/profile?seconds=10
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if ready != nil {
 			if err := ready(); err != nil {

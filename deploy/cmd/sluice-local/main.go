@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,8 @@ func main() {
 	syncAlways := flag.Bool("sync-always", false, "fsync every JetStream write")
 	jaeger := flag.String("jaeger", "bin/jaeger", "Jaeger binary to start next to Sluice, if it exists (make jaeger builds it)")
 	jaegerConfig := flag.String("jaeger-config", "deploy/jaeger/config.yaml", "Jaeger configuration")
+	var routes routeFlags
+	flag.Var(&routes, "route", "extra static route `domain=host:port` (repeatable), e.g. for a benchmark sink")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -52,6 +55,7 @@ func main() {
 		Deliverers:    *deliverers,
 		MetricsAddrs:  metrics,
 		Config:        map[string]map[string]any{"ingress": {"listen": *smtp}},
+		Routes:        routes.m,
 		Env:           os.Environ(),
 		JaegerBin:     *jaeger,
 		JaegerConfig:  *jaegerConfig,
@@ -61,7 +65,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "sluice-local:", err)
 		os.Exit(1)
 	}
-	printBanner(s, *smtp, *testDomain, dataDir)
+	printBanner(s, *smtp, *testDomain, dataDir, routes.m)
 	if s.Jaeger != nil {
 		fmt.Printf("  Traces         http://%s  (Jaeger; pick service sluice-ingress, or search by tag sluice.queue_id=<id from the 250 reply>)\n", s.JaegerUI)
 	} else {
@@ -104,7 +108,7 @@ func main() {
 	wg.Wait()
 }
 
-func printBanner(s *stack.Stack, smtp, testDomain, dataDir string) {
+func printBanner(s *stack.Stack, smtp, testDomain, dataDir string, routes map[string]string) {
 	rel := func(p string) string {
 		if wd, err := os.Getwd(); err == nil {
 			if r, err := filepath.Rel(wd, p); err == nil {
@@ -130,4 +134,24 @@ Sluice is running.
   Config         %[9]s
 `, smtp, testDomain, s.Capture.Addr, rel(filepath.Join(dataDir, "capture")), rel(filepath.Join(dataDir, "logs")),
 		s.Metrics["ingress"], s.NATS.ClientURL(), rel(filepath.Join(dataDir, "jetstream")), rel(s.ConfigPath))
+	for d, hp := range routes {
+		fmt.Printf("  route          %s -> %s\n", d, hp)
+	}
+}
+
+// routeFlags collects -route domain=host:port flags.
+type routeFlags struct{ m map[string]string }
+
+func (r *routeFlags) String() string { return fmt.Sprint(r.m) }
+
+func (r *routeFlags) Set(v string) error {
+	d, hp, ok := strings.Cut(v, "=")
+	if !ok || d == "" || hp == "" {
+		return fmt.Errorf("want domain=host:port, got %q", v)
+	}
+	if r.m == nil {
+		r.m = map[string]string{}
+	}
+	r.m[strings.ToLower(d)] = hp
+	return nil
 }
