@@ -32,6 +32,12 @@ type Settings struct {
 	Batch int `yaml:"batch" env:"SLUICE_SCHEDULER_BATCH"`
 	// ShutdownTimeout bounds how long Close waits for in-flight work.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SLUICE_SCHEDULER_SHUTDOWN_TIMEOUT"`
+	// Instance names this scheduler in the admin API; main defaults it to
+	// "<hostname>-<pid>".
+	Instance string `yaml:"instance" env:"SLUICE_SCHEDULER_INSTANCE"`
+	// StatsWindow is the recent window of the delivery delay percentiles
+	// `sluice queue stats` shows.
+	StatsWindow time.Duration `yaml:"stats_window" env:"SLUICE_SCHEDULER_STATS_WINDOW"`
 
 	config.Telemetry `yaml:",inline"`
 }
@@ -56,6 +62,7 @@ func DefaultSettings() Settings {
 		Concurrency:     64,
 		Batch:           256,
 		ShutdownTimeout: 5 * time.Second,
+		StatsWindow:     time.Hour,
 		Telemetry:       config.Telemetry{MetricsListen: "127.0.0.1:9102", LogLevel: "info"},
 	}
 }
@@ -92,6 +99,9 @@ func (s Settings) Validate() error {
 	}
 	if s.ShutdownTimeout <= 0 {
 		return errors.New("scheduler.shutdown_timeout: must be positive")
+	}
+	if s.StatsWindow < time.Minute {
+		return fmt.Errorf("scheduler.stats_window: %s, want at least 1m", s.StatsWindow)
 	}
 	if err := s.Telemetry.Validate(); err != nil {
 		return fmt.Errorf("scheduler.%w", err)

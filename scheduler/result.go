@@ -7,14 +7,18 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/scheduler/events"
+	"github.com/sluice-mta/sluice/scheduler/hold"
 	"github.com/sluice-mta/sluice/scheduler/policy"
 	"github.com/sluice-mta/sluice/scheduler/refs"
 	"github.com/sluice-mta/sluice/services/telemetry"
@@ -59,6 +63,19 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 
 	now := s.now()
 	d := policy.Decide(job, r.GetRecipients(), now)
+	// An operator may have held or deleted the job while it was being
+	// attempted: a held job's retry is parked instead of scheduled, and
+	// what a deleted job would have retried is dropped.
+	mark, marked, err := hold.Get(ctx, s.held, job.GetJobId())
+	if err != nil {
+		s.retryLater(ctx, span, msg, log, "read hold mark", err)
+		return
+	}
+	held := marked && mark.Action != admin.MarkDelete
+	var dropped []*sluicev1.RecipientResult
+	if marked && mark.Action == admin.MarkDelete && len(d.Retry) > 0 {
+		dropped, d.Retry = d.Retry, nil
+	}
 	span.SetAttributes(attrDelivered.Int(len(d.Delivered)), attrFailed.Int(len(d.Failed)), attrDeferred.Int(len(d.Retry)))
 
 	var (
@@ -127,13 +144,26 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 		at := policy.NextAttempt(now, s.cfg.Scheduler.Retry.Policy().Backoff(job.GetAttempt(), s.random), expires)
 		next = policy.RetryJob(job, d.Retry, now, at)
 		span.SetAttributes(attrDeferReason.String(reasonName(next.GetLastReason())), attrNextAttempt.String(at.UTC().Format(time.RFC3339)))
-		f, err := s.schedule(ctx, next, at)
+		var f jetstream.PubAckFuture
+		if held {
+			f, err = s.park(ctx, next)
+		} else {
+			f, err = s.schedule(ctx, next, at)
+		}
 		if err != nil {
 			s.retryLater(ctx, span, msg, log, "publish retry schedule", err)
 			return
 		}
 		futures = append(futures, f)
 	}
+
+	ev := s.outcomeEvent(ctx, &r, d, dropped, next, held, now)
+	f, err := s.events.Async(ctx, ev, events.MsgID(job, ev.Type))
+	if err != nil {
+		s.retryLater(ctx, span, msg, log, "publish outcome event", err)
+		return
+	}
+	futures = append(futures, f)
 
 	acks, err := waitAll(ctx, futures)
 	if err != nil {
@@ -151,6 +181,14 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 		if err := s.complete(ctx, job, log); err != nil {
 			s.retryLater(ctx, span, msg, log, "complete job", err)
 			return
+		}
+		if held {
+			// The job finished while on hold: drop the hold and any copy
+			// parked before the attempt ended.
+			if err := s.unpark(ctx, job.GetJobId()); err != nil {
+				s.retryLater(ctx, span, msg, log, "clear hold of finished job", err)
+				return
+			}
 		}
 	}
 	if err := msg.Ack(); err != nil {
@@ -179,6 +217,81 @@ func (s *Service) schedule(ctx context.Context, next *sluicev1.Job, at time.Time
 	m.Header.Set(jetstream.ScheduleHeader, "@at "+at.UTC().Format(time.RFC3339))
 	m.Header.Set(jetstream.ScheduleTargetHeader, wire.JobSubject(next.GetPriority(), next.GetJobId()))
 	return s.js.PublishMsgAsync(m)
+}
+
+// park puts the retry of a held job on its held subject instead of
+// scheduling it; `sluice queue release` schedules it later.
+func (s *Service) park(ctx context.Context, next *sluicev1.Job) (jetstream.PubAckFuture, error) {
+	data, err := proto.Marshal(next)
+	if err != nil {
+		return nil, err
+	}
+	h := nats.Header{}
+	telemetry.Inject(ctx, h)
+	return s.js.PublishMsgAsync(hold.ParkMsg(next, data, h, "scheduler", "result"))
+}
+
+// unpark removes the hold mark and parked copy of a finished job.
+func (s *Service) unpark(ctx context.Context, jobID string) error {
+	if err := s.jobs.Purge(ctx, jetstream.WithPurgeSubject(wire.HeldSubject(jobID))); err != nil {
+		return err
+	}
+	return hold.Clear(ctx, s.held, jobID)
+}
+
+// outcomeEvent is the event recording what an attempt led to: deferred
+// (with the next attempt), or the final delivered, bounced, expired, or
+// deleted when an operator deleted the job during the attempt.
+func (s *Service) outcomeEvent(ctx context.Context, r *sluicev1.Result, d policy.Decision, dropped []*sluicev1.RecipientResult, next *sluicev1.Job, held bool, now time.Time) *admin.QueueEvent {
+	job := r.GetJob()
+	typ, state := wire.EventDelivered, admin.StateDone
+	switch {
+	case next != nil:
+		typ, state = wire.EventDeferred, admin.StateDeferred
+		if held {
+			state = admin.StateHeld
+		}
+	case len(dropped) > 0:
+		typ = wire.EventDeleted
+	case d.Expired:
+		typ = wire.EventExpired
+	case len(d.Failed) > 0:
+		typ = wire.EventBounced
+	}
+	ev := events.New(ctx, typ, job, state, now)
+	ev.Instance = r.GetDeliverer()
+	if t := r.GetStartedUnixNano(); t != 0 {
+		ev.Started = time.Unix(0, t).UTC()
+	}
+	all := make([]*sluicev1.RecipientResult, 0, len(r.GetRecipients()))
+	all = append(append(append(append(all, d.Delivered...), d.Failed...), d.Retry...), dropped...)
+	ev.Recipients = events.Recipients(all)
+	for _, rr := range all {
+		if ev.RemoteHost == "" {
+			ev.RemoteHost = rr.GetRemoteHost()
+		}
+	}
+	// The reason and reply shown for the job: the first deferred
+	// recipient's when it is retried, else the first failure's.
+	for _, group := range [][]*sluicev1.RecipientResult{d.Retry, d.Failed, dropped} {
+		if len(group) > 0 {
+			ev.Reason, ev.Error = events.ReasonName(group[0].GetReason()), events.Reply(group[0])
+			if h := group[0].GetRemoteHost(); h != "" {
+				ev.RemoteHost = h
+			}
+			break
+		}
+	}
+	if next != nil {
+		ev.NextAttempt = time.Unix(0, next.GetNotBeforeUnixNano()).UTC()
+		if held {
+			ev.Note = "the job is on hold: the retry waits for a release"
+		}
+	}
+	if len(dropped) > 0 {
+		ev.Note = "deleted by an operator during the attempt: deferred recipients dropped"
+	}
+	return ev
 }
 
 // complete marks a job final. For a message split into several jobs that

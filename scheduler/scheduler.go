@@ -31,7 +31,11 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/scheduler/admin"
+	"github.com/sluice-mta/sluice/scheduler/events"
+	"github.com/sluice-mta/sluice/scheduler/index"
 	"github.com/sluice-mta/sluice/services/streams"
 )
 
@@ -74,8 +78,17 @@ type Service struct {
 	random func() float64
 
 	msgs   jetstream.Stream
+	jobs   jetstream.Stream
 	refs   jetstream.KeyValue
+	held   jetstream.KeyValue
 	bodies jetstream.ObjectStore
+	events *events.Publisher
+	meter  metric.Meter
+
+	// index is the queue index the admin API answers from, fed by follower.
+	index    *index.Index
+	follower *index.Follower
+	admin    *admin.Server
 
 	mu      sync.Mutex
 	started bool
@@ -94,8 +107,10 @@ func New(cfg Config, js jetstream.JetStream, tracer trace.Tracer, meter metric.M
 		return nil, err
 	}
 	s := &Service{
-		cfg: cfg, js: js, tracer: tracer, log: log, m: m,
+		cfg: cfg, js: js, tracer: tracer, log: log, m: m, meter: meter,
 		now: time.Now, random: rand.Float64,
+		events: events.NewPublisher(js),
+		index:  index.New(cfg.Scheduler.StatsWindow),
 	}
 	for _, o := range opts {
 		o(s)
@@ -119,6 +134,12 @@ func (s *Service) Start(ctx context.Context) error {
 		return fmt.Errorf("scheduler: bucket %s: %w", wire.BucketRefs, err)
 	}
 	if s.bodies, err = streams.Bodies(ctx, s.js, s.cfg.Queue); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	if s.jobs, err = s.js.Stream(ctx, wire.StreamJobs); err != nil {
+		return fmt.Errorf("scheduler: stream %s: %w", wire.StreamJobs, err)
+	}
+	if s.held, err = streams.Held(ctx, s.js, s.cfg.Queue); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	msgCons, err := s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, "Sluice scheduler: splits accepted messages into delivery jobs")
@@ -146,6 +167,38 @@ func (s *Service) Start(ctx context.Context) error {
 	s.loops = []*loop{splitLoop, resLoop}
 	s.cancel = cancel
 	s.started = true
+	if err := s.startAdmin(ctx); err != nil {
+		s.mu.Unlock()
+		_ = s.Close()
+		s.mu.Lock()
+		return err
+	}
+	return nil
+}
+
+// startAdmin starts following the events into the queue index and serves
+// the queue admin API from it.
+func (s *Service) startAdmin(ctx context.Context) error {
+	f, err := index.Follow(ctx, s.js, s.index, streams.LifetimeGrace, s.log)
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	s.follower = f
+	instance := s.cfg.Scheduler.Instance
+	if instance == "" {
+		instance = "scheduler"
+	}
+	a, err := admin.Start(ctx, admin.Deps{
+		JS: s.js, Index: s.index, Loader: f, Events: s.events, Held: s.held,
+		Complete: func(ctx context.Context, job *sluicev1.Job) error {
+			return s.complete(ctx, job, s.log.With("queue_id", job.GetQueueId(), "job_id", job.GetJobId()))
+		},
+		Tracer: s.tracer, Meter: s.meter, Log: s.log, Now: s.now, Instance: instance,
+	})
+	if err != nil {
+		return err
+	}
+	s.admin = a
 	return nil
 }
 
@@ -187,7 +240,11 @@ func (s *Service) Close() error {
 	}
 	s.closed = true
 	loops, cancel := s.loops, s.cancel
+	adm, fol := s.admin, s.follower
 	s.mu.Unlock()
+	if adm != nil {
+		adm.Close()
+	}
 	for _, l := range loops {
 		l.stop()
 	}
@@ -203,6 +260,9 @@ func (s *Service) Close() error {
 	}
 	for _, l := range loops {
 		l.wait(time.Minute)
+	}
+	if fol != nil {
+		fol.Stop()
 	}
 	if !clean {
 		return errors.New("scheduler: in-flight work abandoned at shutdown")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/scheduler/events"
 	"github.com/sluice-mta/sluice/scheduler/policy"
 	"github.com/sluice-mta/sluice/scheduler/refs"
 	"github.com/sluice-mta/sluice/services/telemetry"
@@ -79,6 +80,16 @@ func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
 		f, err := s.js.PublishMsgAsync(newMsg(ctx, wire.JobSubject(j.GetPriority(), j.GetJobId()), jobMsgID(j), j, data))
 		if err != nil {
 			s.retryLater(ctx, span, msg, log, "publish job", err)
+			return
+		}
+		futures = append(futures, f)
+	}
+	// The received events go with the jobs: the queue index learns of a
+	// job no later than the message is acknowledged.
+	for _, j := range jobs {
+		f, err := s.events.Async(ctx, events.Received(ctx, j, now), events.MsgID(j, wire.EventReceived))
+		if err != nil {
+			s.retryLater(ctx, span, msg, log, "publish received event", err)
 			return
 		}
 		futures = append(futures, f)

@@ -21,6 +21,13 @@
 // still starts a job as soon as any class gets one. High mail is therefore served first while bulk mail still gets
 // one turn in twelve under full load.
 //
+// # Operators
+//
+// Before an attempt the service reads the job's operator mark (see steer):
+// a held job is parked and a deleted one dropped instead of attempted. Then
+// it records an "attempt" event in SLUICE_EVENTS and only then attempts, so
+// the job's history shows every attempt, even one cut short by a crash.
+//
 // # Acknowledgement
 //
 // A delivered, deferred or failed attempt is acknowledged only after its
@@ -95,6 +102,11 @@ type Service struct {
 	consumers []jetstream.Consumer // in wire.Classes order
 	msgs      jetstream.Stream
 	bodies    jetstream.ObjectStore
+	// held holds operators' hold and delete marks (see steer).
+	held jetstream.KeyValue
+	// steered counts jobs not attempted because of an operator's mark;
+	// action: hold, delete.
+	steered metric.Int64Counter
 
 	slots      chan struct{}
 	stopFetch  context.CancelFunc
@@ -141,7 +153,13 @@ func New(s Settings, d Deps) (*Service, error) {
 	if s.Instance == "" {
 		s.Instance = s.Hostname
 	}
+	steered, err := d.Meter.Int64Counter("sluice_deliverer_jobs_steered_total",
+		metric.WithDescription("Jobs not attempted because an operator held or deleted them, by action."))
+	if err != nil {
+		return nil, err
+	}
 	return &Service{
+		steered:  steered,
 		cfg:      s,
 		js:       d.JS,
 		tracer:   d.Tracer,
@@ -188,6 +206,9 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	if s.bodies, err = s.js.ObjectStore(ctx, wire.BucketBodies); err != nil {
 		return fmt.Errorf("object store %s: %w", wire.BucketBodies, err)
+	}
+	if s.held, err = s.js.KeyValue(ctx, wire.BucketHeld); err != nil {
+		return fmt.Errorf("key-value %s: %w", wire.BucketHeld, err)
 	}
 	s.workCtx, s.cancelWork = context.WithCancel(context.Background())
 	fetchCtx, stop := context.WithCancel(context.Background())
@@ -431,6 +452,17 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	defer span.End()
 	log := s.log.With("queue_id", job.QueueId, "job_id", job.JobId, "attempt", job.Attempt, "domain", job.Domain)
 
+	// An operator may have held or deleted the job since it was queued.
+	if s.steer(ctx, msg, job, log) {
+		return
+	}
+	// The attempt is recorded before it is made.
+	if err := s.recordAttempt(ctx, msg, job); err != nil {
+		span.SetStatus(codes.Error, "cannot record the attempt")
+		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
+		_ = msg.NakWithDelay(infraRetry)
+		return
+	}
 	results, headers, infraErr := s.attempt(ctx, job, log)
 	if infraErr != nil {
 		span.SetStatus(codes.Error, infraErr.Error())

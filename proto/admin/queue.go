@@ -275,3 +275,19 @@ type QueueRecipientResult struct {
 	Reply      string `json:"reply,omitempty"`
 	RemoteHost string `json:"remote_host,omitempty"`
 }
+
+// Marks in the wire.BucketHeld bucket, keyed by job id. Deliverers read the
+// mark of every job before they attempt it, and the scheduler before it
+// schedules a retry: a held job is parked on wire.HeldSubject instead, a
+// deleted one is dropped.
+const (
+	MarkHold   = "hold"
+	MarkDelete = "delete"
+)
+
+// QueueMark is the value of a mark.
+type QueueMark struct {
+	Action string    `json:"action"`
+	Time   time.Time `json:"time"`
+	Actor  string    `json:"actor,omitempty"`
+}

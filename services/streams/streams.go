@@ -16,10 +16,10 @@ import (
 	"github.com/sluice-mta/sluice/services/config"
 )
 
-// Retention of messages and bodies beyond the queue lifetime. The scheduler
-// deletes each message as soon as its last job finishes; this only bounds
-// what a lost deletion could leave behind.
-const lifetimeGrace = 24 * time.Hour
+// LifetimeGrace is how long messages, jobs and bodies are kept beyond the
+// queue lifetime. The scheduler deletes each message as soon as its last job
+// finishes; this only bounds what a lost deletion could leave behind.
+const LifetimeGrace = 24 * time.Hour
 
 // DuplicateWindow is how long JetStream remembers Nats-Msg-Id values, so a
 // publish retried by a service after a crash or timeout is stored once.
@@ -27,7 +27,7 @@ const DuplicateWindow = 10 * time.Minute
 
 // Configs returns the stream configurations for the queue settings.
 func Configs(q config.Queue) []jetstream.StreamConfig {
-	maxAge := q.Lifetime + lifetimeGrace
+	maxAge := q.Lifetime + LifetimeGrace
 	return []jetstream.StreamConfig{
 		{
 			// Accepted messages. Discard-new with a byte cap makes a full
@@ -150,7 +150,7 @@ func Held(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstrea
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      wire.BucketHeld,
 		Description: "Sluice: jobs on hold or deleted by an operator",
-		TTL:         q.Lifetime + lifetimeGrace,
+		TTL:         q.Lifetime + LifetimeGrace,
 		Storage:     jetstream.FileStorage,
 		Replicas:    q.Replicas,
 	})
@@ -165,7 +165,7 @@ func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstr
 	os, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      wire.BucketBodies,
 		Description: "Sluice: message bodies too large to store inline",
-		TTL:         q.Lifetime + lifetimeGrace,
+		TTL:         q.Lifetime + LifetimeGrace,
 		Storage:     jetstream.FileStorage,
 		Replicas:    q.Replicas,
 	})
@@ -181,7 +181,7 @@ func Refs(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstrea
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      wire.BucketRefs,
 		Description: "Sluice: open jobs of messages split across destinations",
-		TTL:         q.Lifetime + lifetimeGrace,
+		TTL:         q.Lifetime + LifetimeGrace,
 		Storage:     jetstream.FileStorage,
 		Replicas:    q.Replicas,
 	})

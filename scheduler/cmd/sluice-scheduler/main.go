@@ -67,6 +67,10 @@ func run(cfg scheduler.Config) error {
 		return err
 	}
 
+	if cfg.Scheduler.Instance == "" {
+		host, _ := os.Hostname()
+		cfg.Scheduler.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
 	svc, err := scheduler.New(cfg, js, tel.Tracer, tel.Meter, log)
 	if err != nil {
 		return err

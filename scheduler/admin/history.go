@@ -1,0 +1,195 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	api "github.com/sluice-mta/sluice/proto/admin"
+	"github.com/sluice-mta/sluice/proto/wire"
+)
+
+// maxEvents bounds the events returned for one id.
+const maxEvents = 2000
+
+// history reads the events of a message (id is a queue id) or of one job,
+// oldest first, from SLUICE_EVENTS.
+func (s *Server) history(ctx context.Context, id string) ([]api.QueueEvent, error) {
+	if !wire.ValidToken(id) {
+		return nil, errorf(400, "bad id %q", id)
+	}
+	qid, jobID := id, ""
+	if q := wire.QueueIDOf(id); q != "" {
+		qid, jobID = q, id
+	}
+	evs, err := s.readEvents(ctx, qid, jobID)
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) == 0 && jobID != "" {
+		// A queue id never contains "-", but be lenient with ids that do.
+		if evs, err = s.readEvents(ctx, id, ""); err != nil {
+			return nil, err
+		}
+	}
+	if len(evs) == 0 {
+		return nil, errorf(404, "unknown id %s: no message or job with this id in the queue or its history", id)
+	}
+	return evs, nil
+}
+
+func (s *Server) readEvents(ctx context.Context, qid, jobID string) ([]api.QueueEvent, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cons, err := s.d.JS.OrderedConsumer(ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{wire.EventFilter(qid)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pending := info.NumPending
+	var out []api.QueueEvent
+	for pending > 0 && len(out) < maxEvents {
+		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			pending--
+			var ev api.QueueEvent
+			if json.Unmarshal(msg.Data(), &ev) != nil {
+				continue
+			}
+			if jobID == "" || ev.JobID == jobID {
+				out = append(out, ev)
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	return out, nil
+}
+
+// fold turns events into the state of each job they are about, in order of
+// first appearance.
+func fold(evs []api.QueueEvent) []api.QueueJob {
+	var order []string
+	jobs := map[string]*api.QueueJob{}
+	for i := range evs {
+		ev := &evs[i]
+		j, ok := jobs[ev.JobID]
+		if !ok {
+			j = &api.QueueJob{JobID: ev.JobID, QueueID: ev.QueueID, Recipients: []api.QueueRecipientStatus{}, Attempts: []api.QueueAttempt{}}
+			jobs[ev.JobID] = j
+			order = append(order, ev.JobID)
+		}
+		apply(j, ev)
+	}
+	out := make([]api.QueueJob, 0, len(order))
+	for _, id := range order {
+		out = append(out, *jobs[id])
+	}
+	return out
+}
+
+func apply(j *api.QueueJob, ev *api.QueueEvent) {
+	if j.TraceID == "" {
+		j.TraceID = ev.TraceID
+	}
+	if ev.Priority != "" {
+		j.Priority = ev.Priority
+	}
+	if ev.State != "" {
+		j.State = ev.State
+	}
+	j.Updated = ev.Time
+	attempt := func(n uint32) *api.QueueAttempt {
+		for i := range j.Attempts {
+			if j.Attempts[i].Attempt == n {
+				return &j.Attempts[i]
+			}
+		}
+		j.Attempts = append(j.Attempts, api.QueueAttempt{Attempt: n})
+		return &j.Attempts[len(j.Attempts)-1]
+	}
+	switch ev.Type {
+	case wire.EventReceived:
+		j.Envelope = ev.Envelope
+		if ev.Envelope != nil && len(j.Recipients) == 0 {
+			for _, r := range ev.Envelope.Recipients {
+				j.Recipients = append(j.Recipients, api.QueueRecipientStatus{Address: r, Status: "pending"})
+			}
+		}
+	case wire.EventAttempt:
+		a := attempt(ev.Attempt)
+		a.Started, a.Deliverer = ev.Time, ev.Instance
+		j.NextAttempt = time.Time{}
+	case wire.EventDeferred, wire.EventDelivered, wire.EventBounced, wire.EventExpired:
+		a := attempt(ev.Attempt)
+		if a.Started.IsZero() {
+			a.Started = ev.Started
+		}
+		if a.Deliverer == "" {
+			a.Deliverer = ev.Instance
+		}
+		a.Finished, a.Result, a.Reason, a.Reply, a.RemoteHost = ev.Time, ev.Type, ev.Reason, ev.Error, ev.RemoteHost
+		if a.Reply == "" {
+			for _, r := range ev.Recipients {
+				if r.Reply != "" {
+					a.Reply = r.Reply
+					break
+				}
+			}
+		}
+		j.NextAttempt = ev.NextAttempt
+		if ev.Type != wire.EventDeferred {
+			j.Outcome = ev.Type
+		}
+		for _, r := range ev.Recipients {
+			st := "pending"
+			switch r.Outcome {
+			case "delivered":
+				st = "delivered"
+			case "failed":
+				st = "failed"
+			}
+			setRecipient(j, api.QueueRecipientStatus{Address: r.Address, Status: st, Reason: r.Reason, Reply: r.Reply})
+		}
+	case wire.EventDeleted:
+		j.Outcome = ev.Type
+		j.NextAttempt = time.Time{}
+		for i := range j.Recipients {
+			if j.Recipients[i].Status == "pending" {
+				j.Recipients[i].Status = "deleted"
+			}
+		}
+	case wire.EventScheduled, wire.EventReleased, wire.EventHeld:
+		if !ev.NextAttempt.IsZero() || ev.Type != wire.EventHeld {
+			j.NextAttempt = ev.NextAttempt
+		}
+	}
+}
+
+func setRecipient(j *api.QueueJob, st api.QueueRecipientStatus) {
+	for i := range j.Recipients {
+		if j.Recipients[i].Address == st.Address {
+			j.Recipients[i] = st
+			return
+		}
+	}
+	j.Recipients = append(j.Recipients, st)
+}
