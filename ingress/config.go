@@ -27,9 +27,16 @@ type Config struct {
 }
 
 // Settings is the ingress section.
+//
+// The ingress has up to three listeners. Listen is the port-25 service
+// (relay for TrustedNetworks and inbound MX for MX.AcceptedDomains, told
+// apart per recipient, as Postfix's smtpd does); Submission.Listen (587,
+// STARTTLS) and Submission.ListenTLS (465, implicit TLS) serve
+// authenticated users only. An empty address disables a listener.
 type Settings struct {
-	// Listen is the SMTP listener's host:port.
+	// Listen is the host:port of the relay and MX listener; "" disables it.
 	Listen string `yaml:"listen" env:"SLUICE_INGRESS_LISTEN"`
+
 	// Hostname is the name the server greets with and writes into the
 	// Received header's "by" clause (RFC 5321 §4.4).
 	Hostname string `yaml:"hostname" env:"SLUICE_INGRESS_HOSTNAME"`
@@ -53,7 +60,91 @@ type Settings struct {
 	// progress finish before it closes their connections.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace" env:"SLUICE_INGRESS_SHUTDOWN_GRACE"`
 
+	// TLS is the server certificate. With it the relay/MX listener offers
+	// STARTTLS; the submission listeners require it.
+	TLS TLSFiles `yaml:"tls"`
+	// Submission configures authenticated submission (RFC 6409, RFC 8314).
+	Submission Submission `yaml:"submission"`
+	// MX configures the domains the ingress is the inbound MX for.
+	MX MX `yaml:"mx"`
+	// ReloadInterval is how often the credentials and recipients files are
+	// checked for changes (modification time and size) and re-read; 0 turns
+	// polling off, leaving SIGHUP as the only way to reload them.
+	ReloadInterval time.Duration `yaml:"reload_interval" env:"SLUICE_INGRESS_RELOAD_INTERVAL"`
+
+	// Defences against abusive clients (package guard) and inbound
+	// authentication (package authres). With the guard, ReadTimeout is the
+	// time each complete line may take, however slowly it trickles in
+	// (Postfix's smtpd_per_record_deadline), not only each read.
+
+	// DataTimeout is the time a client has for a message's content, from
+	// the 354 reply (or the first BDAT) to its end.
+	DataTimeout time.Duration `yaml:"data_timeout" env:"SLUICE_INGRESS_DATA_TIMEOUT"`
+	// MaxHeaderBytes is the largest header section a message may have;
+	// a larger one is refused with 552 5.3.4.
+	MaxHeaderBytes int64 `yaml:"max_header_bytes" env:"SLUICE_INGRESS_MAX_HEADER_BYTES"`
+	// MaxConnections is the number of connections open at once on each
+	// listener; 0 means no limit. Over it, 421 4.7.0.
+	MaxConnections int `yaml:"max_connections" env:"SLUICE_INGRESS_MAX_CONNECTIONS"`
+	// MaxConnectionsPerClient is the number of connections open at once
+	// from one IP address on each listener; 0 means no limit.
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client" env:"SLUICE_INGRESS_MAX_CONNECTIONS_PER_CLIENT"`
+	// MaxErrors is the number of 5xx replies after which a session is
+	// closed with 421 4.7.0 (Postfix's smtpd_hard_error_limit); 0 means no
+	// limit.
+	MaxErrors int `yaml:"max_errors" env:"SLUICE_INGRESS_MAX_ERRORS"`
+	// MaxCommandsWithoutMail is the number of commands other than MAIL,
+	// RCPT, DATA, BDAT and QUIT (NOOP, RSET, VRFY, EHLO, ...) a session may
+	// send before a MAIL is accepted, counted again after each; then 421
+	// 4.7.0 (Postfix's smtpd_junk_command_limit). 0 means no limit.
+	MaxCommandsWithoutMail int `yaml:"max_commands_without_mail" env:"SLUICE_INGRESS_MAX_COMMANDS_WITHOUT_MAIL"`
+	// DNSServer is the resolver (host:port) for SPF, DKIM and DMARC checks
+	// of inbound MX mail; "" uses the system's resolver.
+	DNSServer string `yaml:"dns_server" env:"SLUICE_INGRESS_DNS_SERVER"`
+	// DMARCReject refuses inbound MX mail at DATA (550 5.7.1) when it fails
+	// DMARC and the sender's domain publishes p=reject; otherwise such mail
+	// is accepted and the result recorded in Authentication-Results.
+	DMARCReject bool `yaml:"dmarc_reject" env:"SLUICE_INGRESS_DMARC_REJECT"`
+
 	config.Telemetry `yaml:",inline"`
+}
+
+// TLSFiles names a PEM certificate chain and its private key.
+type TLSFiles struct {
+	CertFile string `yaml:"cert_file" env:"SLUICE_INGRESS_TLS_CERT_FILE"`
+	KeyFile  string `yaml:"key_file" env:"SLUICE_INGRESS_TLS_KEY_FILE"`
+}
+
+// Enabled reports whether a certificate is configured.
+func (t TLSFiles) Enabled() bool { return t.CertFile != "" }
+
+// Submission is the message submission service.
+type Submission struct {
+	// Listen is the STARTTLS submission listener (port 587); "" disables it.
+	Listen string `yaml:"listen" env:"SLUICE_INGRESS_SUBMISSION_LISTEN"`
+	// ListenTLS is the implicit-TLS submission listener (port 465, RFC 8314
+	// "submissions"); "" disables it.
+	ListenTLS string `yaml:"listen_tls" env:"SLUICE_INGRESS_SUBMISSION_LISTEN_TLS"`
+	// CredentialsFile holds the users, one "name:bcrypt-hash[:domains]" per
+	// line (see package auth).
+	CredentialsFile string `yaml:"credentials_file" env:"SLUICE_INGRESS_SUBMISSION_CREDENTIALS_FILE"`
+}
+
+// Enabled reports whether a submission listener is configured.
+func (s Submission) Enabled() bool { return s.Listen != "" || s.ListenTLS != "" }
+
+// MX is the inbound mail exchanger service for our own domains.
+type MX struct {
+	// AcceptedDomains are accepted from any client. The deliverer's static
+	// routes send them on to the internal host (domain -> host:port).
+	AcceptedDomains []string `yaml:"accepted_domains" env:"SLUICE_INGRESS_MX_ACCEPTED_DOMAINS"`
+	// RecipientsFile lists the existing recipients of AcceptedDomains (see
+	// package recipients); others get 550 5.1.1 at RCPT time. Without it
+	// every local part is accepted, and an unknown one bounces later.
+	RecipientsFile string `yaml:"recipients_file" env:"SLUICE_INGRESS_MX_RECIPIENTS_FILE"`
+	// RecipientDelimiter separates a subaddress ("+" makes alice+tag match
+	// alice); "" turns subaddressing off.
+	RecipientDelimiter string `yaml:"recipient_delimiter" env:"SLUICE_INGRESS_MX_RECIPIENT_DELIMITER"`
 }
 
 // Default returns the configuration used when the file says nothing.
@@ -78,6 +169,7 @@ func DefaultSettings() Settings {
 		WriteTimeout:    5 * time.Minute,
 		MaxLineLength:   2000,
 		ShutdownGrace:   5 * time.Second,
+		ReloadInterval:  10 * time.Second,
 		Telemetry:       config.Telemetry{MetricsListen: "127.0.0.1:9101", LogLevel: "info"},
 	}
 }
@@ -96,8 +188,47 @@ func (c Config) Validate() error {
 // Validate reports the first invalid field of the ingress section by its
 // YAML path.
 func (s Settings) Validate() error {
-	if _, _, err := net.SplitHostPort(s.Listen); err != nil {
-		return fmt.Errorf("ingress.listen: %q: %v", s.Listen, err)
+	for _, l := range []struct{ field, addr string }{
+		{"ingress.listen", s.Listen},
+		{"ingress.submission.listen", s.Submission.Listen},
+		{"ingress.submission.listen_tls", s.Submission.ListenTLS},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			return fmt.Errorf("%s: %q: %v", l.field, l.addr, err)
+		}
+	}
+	if s.Listen == "" && !s.Submission.Enabled() {
+		return errors.New("ingress.listen: empty, and no submission listener either: nothing to serve")
+	}
+	if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
+		return errors.New("ingress.tls.cert_file and ingress.tls.key_file: give both or neither")
+	}
+	if s.Submission.Enabled() {
+		// RFC 8314 §3 and RFC 4954 §4: passwords only travel encrypted.
+		if !s.TLS.Enabled() {
+			return errors.New("ingress.tls.cert_file: required by the submission listeners (AUTH only over TLS)")
+		}
+		if s.Submission.CredentialsFile == "" {
+			return errors.New("ingress.submission.credentials_file: required by the submission listeners")
+		}
+	}
+	for i, d := range s.MX.AcceptedDomains {
+		d = strings.TrimSuffix(strings.TrimSpace(d), ".")
+		if d == "" || strings.ContainsAny(d, " \t@[]") || !strings.Contains(d, ".") {
+			return fmt.Errorf("ingress.mx.accepted_domains[%d]: %q is not a fully qualified domain", i, s.MX.AcceptedDomains[i])
+		}
+	}
+	if s.MX.RecipientsFile != "" && len(s.MX.AcceptedDomains) == 0 {
+		return errors.New("ingress.mx.recipients_file: set, but ingress.mx.accepted_domains is empty")
+	}
+	if strings.ContainsAny(s.MX.RecipientDelimiter, "@ \t") || len(s.MX.RecipientDelimiter) > 1 {
+		return fmt.Errorf("ingress.mx.recipient_delimiter: %q, want one character other than @", s.MX.RecipientDelimiter)
+	}
+	if s.ReloadInterval < 0 {
+		return errors.New("ingress.reload_interval: must not be negative")
 	}
 	if strings.TrimSpace(s.Hostname) == "" || strings.ContainsAny(s.Hostname, " \t\r\n()[];") {
 		return fmt.Errorf("ingress.hostname: %q is not a host name", s.Hostname)

@@ -1,7 +1,7 @@
 // Package relay decides whether a client may hand the ingress mail for a
 // recipient. It is the guard against being an open relay: only trusted
-// networks (and, once submission and inbound MX exist, authenticated users
-// and mail for our own domains) may use Sluice to reach a domain. The policy
+// networks and authenticated submission users may use Sluice to reach any
+// domain; anyone else may only send to the domains Sluice is the MX for. The policy
 // is pure: it is given everything it needs and does no I/O, so it is tested
 // as a table.
 package relay
@@ -61,29 +61,52 @@ type Decision struct {
 	Reason  Reason
 }
 
-// Decide returns whether the request may be accepted. An authenticated user
-// may send anywhere (RFC 6409 submission), a trusted network may relay
-// anywhere, and anyone may send to a local domain; everything else would
+// Decide returns whether the request may be accepted. Mail for a local
+// domain is accepted from anyone (inbound MX; the caller then checks that
+// the recipient exists), an authenticated user may send anywhere (RFC 6409
+// submission), a trusted network may relay anywhere; everything else would
 // make us an open relay and is denied.
 func (p Policy) Decide(r Request) Decision {
+	if p.IsLocal(r.Domain) {
+		return Decision{Allowed: true, Reason: AllowedLocalDomain}
+	}
 	if r.AuthUser != "" {
 		return Decision{Allowed: true, Reason: AllowedAuthenticated}
 	}
-	if r.Client.IsValid() {
-		// An IPv4 client on a dual-stack listener shows up as ::ffff:a.b.c.d;
-		// unmap it so that 127.0.0.0/8 matches.
-		c := r.Client.Unmap()
-		for _, n := range p.Trusted {
-			if n.Contains(c) {
-				return Decision{Allowed: true, Reason: AllowedTrustedNetwork}
-			}
-		}
-	}
-	domain := strings.TrimSuffix(r.Domain, ".")
-	for _, d := range p.LocalDomains {
-		if strings.EqualFold(domain, strings.TrimSuffix(d, ".")) {
-			return Decision{Allowed: true, Reason: AllowedLocalDomain}
-		}
+	if p.IsTrusted(r.Client) {
+		return Decision{Allowed: true, Reason: AllowedTrustedNetwork}
 	}
 	return Decision{Allowed: false, Reason: DeniedUntrusted}
+}
+
+// IsLocal reports whether domain is one of LocalDomains. Names compare
+// case-insensitively and a trailing dot is ignored; an address literal
+// such as [192.0.2.1] is never local.
+func (p Policy) IsLocal(domain string) bool {
+	domain = strings.TrimSuffix(domain, ".")
+	if domain == "" {
+		return false
+	}
+	for _, d := range p.LocalDomains {
+		if strings.EqualFold(domain, strings.TrimSuffix(d, ".")) {
+			return true
+		}
+	}
+	return false
+}
+
+// IsTrusted reports whether client is in a trusted network.
+func (p Policy) IsTrusted(client netip.Addr) bool {
+	if !client.IsValid() {
+		return false
+	}
+	// An IPv4 client on a dual-stack listener shows up as ::ffff:a.b.c.d;
+	// unmap it so that 127.0.0.0/8 matches.
+	c := client.Unmap()
+	for _, n := range p.Trusted {
+		if n.Contains(c) {
+			return true
+		}
+	}
+	return false
 }

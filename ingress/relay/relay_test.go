@@ -26,6 +26,10 @@ func TestDecide(t *testing.T) {
 		{"subdomain is not local", Request{Client: netip.MustParseAddr("192.0.2.7"), Domain: "mail.example.org"}, Decision{false, DeniedUntrusted}},
 		{"authenticated", Request{Client: netip.MustParseAddr("192.0.2.7"), AuthUser: "alice", Domain: "example.test"}, Decision{true, AllowedAuthenticated}},
 		{"unknown client", Request{Domain: "example.test"}, Decision{false, DeniedUntrusted}},
+		{"trusted to local domain is local", Request{Client: netip.MustParseAddr("127.0.0.1"), Domain: "example.org"}, Decision{true, AllowedLocalDomain}},
+		{"authenticated to local domain is local", Request{Client: netip.MustParseAddr("192.0.2.7"), AuthUser: "alice", Domain: "example.org"}, Decision{true, AllowedLocalDomain}},
+		{"address literal is never local", Request{Client: netip.MustParseAddr("192.0.2.7"), Domain: "[192.0.2.1]"}, Decision{false, DeniedUntrusted}},
+		{"empty domain", Request{Client: netip.MustParseAddr("192.0.2.7"), Domain: ""}, Decision{false, DeniedUntrusted}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

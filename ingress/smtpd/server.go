@@ -3,6 +3,13 @@
 // an accepted transaction into a sluicev1.Message with a Received header,
 // and answer 250 only once the store has JetStream's acknowledgement.
 //
+// It runs up to three listeners (see Settings): relay and inbound MX on one
+// port-25 listener, whose policy depends on the client address and the
+// recipient's domain, and submission on 587 (STARTTLS) and 465 (implicit
+// TLS), which accept mail only after AUTH PLAIN or LOGIN over TLS. Every
+// connection sits behind an smtpconn.Conn, which terminates TLS and passes
+// go-smtp plaintext.
+//
 // One trace starts per DATA transaction (span "ingress.receive") and travels
 // with the stored message, so the scheduler, deliverer and bouncer continue
 // it.
@@ -10,6 +17,7 @@ package smtpd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,13 +25,18 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emersion/go-smtp"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluice-mta/sluice/ingress"
+	"github.com/sluice-mta/sluice/ingress/auth"
+	"github.com/sluice-mta/sluice/ingress/guard"
+	"github.com/sluice-mta/sluice/ingress/recipients"
 	"github.com/sluice-mta/sluice/ingress/relay"
+	"github.com/sluice-mta/sluice/ingress/smtpconn"
 	"github.com/sluice-mta/sluice/ingress/store"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 )
@@ -41,8 +54,8 @@ var _ Storer = (*store.Store)(nil)
 type Options struct {
 	// Settings is the ingress configuration section.
 	Settings ingress.Settings
-	// LocalDomains are domains accepted from any client (inbound MX). Empty
-	// until the ingress serves as an MX.
+	// LocalDomains are accepted from any client (inbound MX) in addition to
+	// Settings.MX.AcceptedDomains.
 	LocalDomains []string
 	Store        Storer
 	Tracer       trace.Tracer
@@ -55,23 +68,32 @@ type Server struct {
 	opts    Options
 	policy  relay.Policy
 	metrics *metrics
+	pm      *policyMetrics
 	log     *slog.Logger
-	srv     *smtp.Server
+	guard   *guard.Guard // on every listener (protect.go)
+
+	// creds are the submission users (nil without submission); rcpts the
+	// known recipients of the accepted domains (nil: every local part).
+	creds *auth.Credentials
+	rcpts *recipients.List
 
 	// ctx is the parent of every storage request; cancelled when a
 	// shutdown runs out of grace.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	ln        *trackingListener
-	serveDone chan struct{}
-	draining  atomic.Bool
-	inflight  sync.WaitGroup // DATA transactions in progress
-	stopOnce  sync.Once
-	stopErr   error
+	listeners  []*listener
+	reloadStop chan struct{}
+	reloadDone chan struct{}
+	draining   atomic.Bool
+	inflight   sync.WaitGroup // DATA transactions in progress
+	stopOnce   sync.Once
+	stopErr    error
 }
 
-// New returns a server that is not yet listening.
+// New returns a server that is not yet listening. It reads the TLS
+// certificate, the credentials file and the recipients file named in the
+// settings; errors name the setting.
 func New(o Options) (*Server, error) {
 	if err := o.Settings.Validate(); err != nil {
 		return nil, err
@@ -79,7 +101,8 @@ func New(o Options) (*Server, error) {
 	if o.Store == nil || o.Tracer == nil || o.Meter == nil || o.Logger == nil {
 		return nil, errors.New("smtpd: Store, Tracer, Meter and Logger are required")
 	}
-	trusted, err := o.Settings.Trusted()
+	set := o.Settings
+	trusted, err := set.Trusted()
 	if err != nil {
 		return nil, err
 	}
@@ -87,57 +110,189 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	pm, err := newPolicyMetrics(o.Meter)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		opts:      o,
-		policy:    relay.Policy{Trusted: trusted, LocalDomains: o.LocalDomains},
-		metrics:   m,
-		log:       o.Logger,
-		serveDone: make(chan struct{}),
+		opts: o,
+		policy: relay.Policy{
+			Trusted:      trusted,
+			LocalDomains: append(append([]string(nil), set.MX.AcceptedDomains...), o.LocalDomains...),
+		},
+		metrics: m,
+		pm:      pm,
+		log:     o.Logger,
+	}
+	if s.guard, err = s.newGuard(); err != nil {
+		return nil, err
+	}
+	var tlsCfg *tls.Config
+	if set.TLS.Enabled() {
+		cert, err := tls.LoadX509KeyPair(set.TLS.CertFile, set.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("ingress.tls.cert_file: %w", err)
+		}
+		// RFC 8314 §4.1 and RFC 8996: TLS 1.2 or newer.
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if set.Submission.Enabled() {
+		if s.creds, err = auth.Load(set.Submission.CredentialsFile); err != nil {
+			return nil, fmt.Errorf("ingress.submission.credentials_file: %w", err)
+		}
+	}
+	if set.MX.RecipientsFile != "" {
+		if s.rcpts, err = recipients.Load(set.MX.RecipientsFile, set.MX.RecipientDelimiter); err != nil {
+			return nil, fmt.Errorf("ingress.mx.recipients_file: %w", err)
+		}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
-	srv := smtp.NewServer(&backend{s: s})
-	srv.Domain = o.Settings.Hostname
-	srv.MaxMessageBytes = o.Settings.MaxMessageBytes
+	front := smtpconn.Config{TLS: tlsCfg, RequireTLS: true, MaxLineLength: set.MaxLineLength, HandshakeTimeout: set.ReadTimeout}
+	if set.Listen != "" {
+		s.addListener(&listener{name: ListenerSMTP, addr: set.Listen, front: front})
+	}
+	if set.Submission.Listen != "" {
+		s.addListener(&listener{name: ListenerSubmission, addr: set.Submission.Listen, submission: true, front: front})
+	}
+	if set.Submission.ListenTLS != "" {
+		implicit := front
+		implicit.Implicit = true
+		s.addListener(&listener{name: ListenerSubmissions, addr: set.Submission.ListenTLS, submission: true, front: implicit})
+	}
+	return s, nil
+}
+
+// addListener creates the go-smtp server of one listener.
+func (s *Server) addListener(l *listener) {
+	set := s.opts.Settings
+	srv := smtp.NewServer(s.protected(&backend{s: s, l: l}))
+	srv.Domain = set.Hostname
+	srv.MaxMessageBytes = set.MaxMessageBytes
 	// The recipient limit is enforced by the session, with RFC 5321's
 	// "452 Too many recipients" wording; go-smtp's own check would answer
 	// first with different text.
 	srv.MaxRecipients = 0
-	srv.MaxLineLength = o.Settings.MaxLineLength
-	srv.ReadTimeout = o.Settings.ReadTimeout
-	srv.WriteTimeout = o.Settings.WriteTimeout
+	srv.MaxLineLength = set.MaxLineLength
+	srv.ReadTimeout = set.ReadTimeout
+	srv.WriteTimeout = set.WriteTimeout
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.EnableMTPRIORITY = true
 	// RFC 6710 §10.2: we keep the client's priority value as given and
 	// map it to our classes in the scheduler; no specific profile.
 	srv.MtPriorityProfile = smtp.PriorityUnspecified
+	// TLS is terminated by smtpconn, so go-smtp never sees it: it has no
+	// TLS configuration of its own, lets the session decide about AUTH
+	// (which refuses it on clear connections with 538 5.7.11 and does not
+	// advertise it there), and parses REQUIRETLS, which the session refuses
+	// on clear connections. smtpconn advertises STARTTLS and REQUIRETLS.
+	srv.AllowInsecureAuth = true
+	srv.EnableREQUIRETLS = true
 	srv.ErrorLog = slogPrinter{s.log}
-	s.srv = srv
-	return s, nil
+	l.srv = srv
+	l.done = make(chan struct{})
+	s.listeners = append(s.listeners, l)
 }
 
-// Start listens on Settings.Listen and serves in the background.
+// Start listens on every configured address and serves in the background.
 func (s *Server) Start() error {
-	ln, err := net.Listen("tcp", s.opts.Settings.Listen)
-	if err != nil {
-		return fmt.Errorf("smtpd: listen %s: %w", s.opts.Settings.Listen, err)
+	for i, l := range s.listeners {
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, started := range s.listeners[:i] {
+				_ = started.ln.Close()
+				started.ln, started.fl = nil, nil
+			}
+			return fmt.Errorf("smtpd: %s listener on %s: %w", l.name, l.addr, err)
+		}
+		l.ln = newTrackingListener(ln, s.opts.Settings.ReadTimeout)
+		l.fl = newFrontListener(l.ln, l.front)
 	}
-	s.ln = newTrackingListener(ln, s.opts.Settings.ReadTimeout)
-	go func() {
-		defer close(s.serveDone)
-		// Serve returns when the listener is closed by Shutdown.
-		_ = s.srv.Serve(s.ln)
-	}()
+	for _, l := range s.listeners {
+		go func() {
+			defer close(l.done)
+			// Serve returns when the listener is closed by Shutdown.
+			_ = l.srv.Serve(s.guard.Listen(l.fl))
+		}()
+	}
+	if iv := s.opts.Settings.ReloadInterval; iv > 0 && (s.creds != nil || s.rcpts != nil) {
+		s.reloadStop, s.reloadDone = make(chan struct{}), make(chan struct{})
+		go s.pollFiles(iv)
+	}
 	return nil
 }
 
-// Addr is the address the server listens on, once started.
+// Addr is the address of the relay/MX listener (or, without one, of the
+// first listener), once started.
 func (s *Server) Addr() net.Addr {
-	if s.ln == nil {
+	if len(s.listeners) == 0 || s.listeners[0].ln == nil {
 		return nil
 	}
-	return s.ln.Addr()
+	return s.listeners[0].ln.Addr()
+}
+
+// ListenerAddr is the address of the named listener (ListenerSMTP,
+// ListenerSubmission, ListenerSubmissions), or nil when it is not running.
+func (s *Server) ListenerAddr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.name == name && l.ln != nil {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Reload re-reads the credentials and recipients files (main calls it on
+// SIGHUP). A file that fails to load keeps its previous contents, and the
+// error says which.
+func (s *Server) Reload() error {
+	var errs []error
+	if s.creds != nil {
+		if err := s.creds.Reload(); err != nil {
+			errs = append(errs, fmt.Errorf("ingress.submission.credentials_file: %w", err))
+		} else {
+			s.log.Info("credentials reloaded", "users", s.creds.Len())
+		}
+	}
+	if s.rcpts != nil {
+		if err := s.rcpts.Reload(); err != nil {
+			errs = append(errs, fmt.Errorf("ingress.mx.recipients_file: %w", err))
+		} else {
+			s.log.Info("recipients reloaded", "entries", s.rcpts.Len())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// pollFiles reloads the credentials and recipients files when they change,
+// until Shutdown. Polling the modification time works where signals do
+// not reach (a Kubernetes Secret or ConfigMap updated in place).
+func (s *Server) pollFiles(every time.Duration) {
+	defer close(s.reloadDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.reloadStop:
+			return
+		case <-t.C:
+		}
+		if s.creds != nil {
+			if changed, err := s.creds.ReloadIfChanged(); err != nil {
+				s.log.Error("credentials not reloaded; keeping the previous users", "err", err)
+			} else if changed {
+				s.log.Info("credentials reloaded", "users", s.creds.Len())
+			}
+		}
+		if s.rcpts != nil {
+			if changed, err := s.rcpts.ReloadIfChanged(); err != nil {
+				s.log.Error("recipients not reloaded; keeping the previous list", "err", err)
+			} else if changed {
+				s.log.Info("recipients reloaded", "entries", s.rcpts.Len())
+			}
+		}
+	}
 }
 
 // Shutdown stops accepting connections and new transactions, lets DATA
@@ -147,11 +302,21 @@ func (s *Server) Addr() net.Addr {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		s.draining.Store(true)
-		if s.ln == nil {
+		if s.reloadStop != nil {
+			close(s.reloadStop)
+			<-s.reloadDone
+		}
+		running := s.listeners[:0:0]
+		for _, l := range s.listeners {
+			if l.ln != nil {
+				running = append(running, l)
+				_ = l.ln.Close()
+			}
+		}
+		if len(running) == 0 {
 			s.cancel()
 			return
 		}
-		_ = s.ln.Close()
 		finished := make(chan struct{})
 		go func() { s.inflight.Wait(); close(finished) }()
 		select {
@@ -161,13 +326,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		// Abort what is still waiting for storage; the clients get 451.
 		s.cancel()
-		s.ln.closeAll()
+		for _, l := range running {
+			l.ln.closeAll()
+		}
 		<-finished
-		<-s.serveDone
-		// With every connection closed, this only waits for go-smtp's
-		// connection goroutines to notice and return.
-		if err := s.srv.Shutdown(context.Background()); err != nil && !errors.Is(err, net.ErrClosed) {
-			s.log.Debug("smtp server shutdown", "err", err)
+		for _, l := range running {
+			<-l.done
+			// With every connection closed, this only waits for go-smtp's
+			// connection goroutines to notice and return.
+			if err := l.srv.Shutdown(context.Background()); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Debug("smtp server shutdown", "listener", l.name, "err", err)
+			}
 		}
 	})
 	return s.stopErr

@@ -10,25 +10,33 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluice-mta/sluice/ingress/address"
+	"github.com/sluice-mta/sluice/ingress/auth"
 	"github.com/sluice-mta/sluice/ingress/received"
+	"github.com/sluice-mta/sluice/ingress/recipients"
 	"github.com/sluice-mta/sluice/ingress/relay"
+	"github.com/sluice-mta/sluice/ingress/smtpconn"
 	"github.com/sluice-mta/sluice/ingress/store"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
 )
 
-type backend struct{ s *Server }
+// backend makes the sessions of one listener.
+type backend struct {
+	s *Server
+	l *listener
+}
 
 var _ smtp.Backend = (*backend)(nil)
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	se := &session{s: b.s, conn: c}
+	se := &session{s: b.s, l: b.l, conn: c, front: b.l.fl.lookup(c.Conn().RemoteAddr())}
 	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
 		se.client = ap
 	}
@@ -41,13 +49,16 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 // Logout (from whoever closes the connection), so the envelope is guarded.
 type session struct {
 	s      *Server
+	l      *listener
 	conn   *smtp.Conn
+	front  *smtpconn.Conn // TLS state and MT-PRIORITY; nil only if lost
 	client netip.AddrPort
 	logout sync.Once
 
-	mu   sync.Mutex
-	env  *envelope
-	user string // authenticated user; set once AUTH exists
+	mu      sync.Mutex
+	env     *envelope
+	user    string    // authenticated user name, "" before AUTH
+	account auth.User // the authenticated user's entry
 }
 
 // envelope is one transaction's MAIL FROM and RCPT TO.
@@ -58,27 +69,154 @@ type envelope struct {
 	mtPriority *int
 }
 
-var _ smtp.Session = (*session)(nil)
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
 
 func (se *session) Mail(from string, opts *smtp.MailOptions) error {
+	// The MT-PRIORITY smtpconn took off this MAIL line, whatever happens
+	// to the command.
+	var prio smtpconn.Priority
+	if se.front != nil {
+		prio = se.front.TakeMTPriority()
+		if se.front.NeedsHello() {
+			return errHelloAfterTLS
+		}
+	}
 	if se.s.draining.Load() {
 		return errShuttingDown
+	}
+	if !se.s.storageAvailable() {
+		return errStorageDown
 	}
 	if opts == nil {
 		opts = &smtp.MailOptions{}
 	}
+	se.mu.Lock()
+	user, account := se.user, se.account
+	se.mu.Unlock()
+	// RFC 6409 §4.3 and RFC 4954 §6: submission is for authenticated users.
+	if se.l.submission && user == "" {
+		se.refused(refusedAuthRequired)
+		return errAuthRequired
+	}
+	if prio.Err != nil {
+		return errBadPriority
+	}
+	if opts.RequireTLS && !se.isTLS() {
+		se.refused(refusedRequireTLS)
+		return errRequireTLSClear
+	}
 	// The null reverse-path <> is valid (RFC 5321 §4.5.5) and used by
 	// bounces; any other sender must be a routable address, because a DSN
 	// may have to go back to it.
+	domain := ""
 	if from != "" {
-		if _, err := address.Parse(from, opts.UTF8); err != nil {
+		a, err := address.Parse(from, opts.UTF8)
+		if err != nil {
 			return badAddress(err, true)
 		}
+		domain = a.Domain
+	}
+	if user != "" && !account.MaySendFrom(domain) {
+		se.refused(refusedSenderDomain)
+		se.s.log.Info("sender not owned by user", "client", se.client.String(), "user", user, "sender_domain", domain)
+		return errSenderNotOwned
+	}
+	env := &envelope{from: from, opts: *opts}
+	// RFC 6710 §5 lets a server ignore priorities it does not trust: only
+	// authenticated users and trusted networks choose their queue class, so
+	// a stranger on the MX port cannot jump the queue.
+	if prio.Given && se.mayPrioritise(user) {
+		v := prio.Value
+		env.mtPriority = &v
 	}
 	se.mu.Lock()
 	defer se.mu.Unlock()
-	se.env = &envelope{from: from, opts: *opts}
+	se.env = env
 	return nil
+}
+
+// mayPrioritise reports whether the client's MT-PRIORITY is honoured.
+func (se *session) mayPrioritise(user string) bool {
+	return user != "" || se.s.policy.IsTrusted(se.client.Addr())
+}
+
+// refused counts a policy refusal.
+func (se *session) refused(reason string) {
+	se.s.pm.refused.Add(se.s.ctx, 1, refusedAttrs(reason, se.l.name))
+}
+
+// AuthMechanisms lists PLAIN and LOGIN on submission listeners once the
+// connection is encrypted; go-smtp advertises AUTH only when the list is
+// not empty (RFC 4954 §4: never offer plaintext passwords in the clear).
+func (se *session) AuthMechanisms() []string {
+	if !se.l.submission || !se.isTLS() {
+		return nil
+	}
+	return []string{auth.Plain, auth.Login}
+}
+
+// Auth starts an AUTH exchange. Every error it or the mechanism returns is
+// an *smtp.SMTPError, so go-smtp writes our reply and nothing else.
+func (se *session) Auth(mech string) (sasl.Server, error) {
+	if !se.l.submission {
+		return nil, errAuthUnavailable
+	}
+	if !se.isTLS() {
+		return nil, errEncryptionRequired
+	}
+	se.mu.Lock()
+	inTx := se.env != nil
+	se.mu.Unlock()
+	if inTx {
+		return nil, errAuthInTransaction
+	}
+	mech = strings.ToUpper(mech)
+	check := func(name, password string) error {
+		u, err := se.s.creds.Authenticate(name, password)
+		if err != nil {
+			se.s.pm.auth.Add(se.s.ctx, 1, authAttrs(mech, authFailure))
+			se.s.log.Warn("authentication failed", "client", se.client.String(), "listener", se.l.name, "mechanism", mech)
+			return errAuthFailed
+		}
+		se.s.pm.auth.Add(se.s.ctx, 1, authAttrs(mech, authSuccess))
+		se.s.log.Info("authenticated", "client", se.client.String(), "listener", se.l.name, "mechanism", mech, "user", u.Name)
+		se.mu.Lock()
+		se.user, se.account = u.Name, u
+		se.mu.Unlock()
+		return nil
+	}
+	switch mech {
+	case auth.Plain:
+		return saslReplies{auth.NewPlain(check), se, mech}, nil
+	case auth.Login:
+		return saslReplies{auth.NewLogin(check), se, mech}, nil
+	}
+	return nil, errUnknownMechanism
+}
+
+// saslReplies turns a mechanism's own errors (go-sasl's say "sasl: invalid
+// response") into RFC 4954 replies, so that no library text reaches the
+// client.
+type saslReplies struct {
+	sasl.Server
+	se   *session
+	mech string
+}
+
+func (r saslReplies) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := r.Server.Next(response)
+	if err == nil {
+		return challenge, done, nil
+	}
+	var reply *smtp.SMTPError
+	if errors.As(err, &reply) {
+		return nil, true, reply
+	}
+	r.se.s.pm.auth.Add(r.se.s.ctx, 1, authAttrs(r.mech, authMalformed))
+	return nil, true, errAuthMalformed
 }
 
 func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
@@ -99,18 +237,27 @@ func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	d := se.s.policy.Decide(relay.Request{Client: se.client.Addr(), AuthUser: se.user, Domain: a.Domain})
 	if !d.Allowed {
-		se.s.log.Info("relay denied", "client", se.client.String(), "helo", se.conn.Hostname(), "domain", a.Domain, "reason", d.Reason.String())
+		se.refused(refusedRelay)
+		se.s.log.Info("relay denied", "client", se.client.String(), "helo", se.conn.Hostname(), "listener", se.l.name, "domain", a.Domain, "reason", d.Reason.String())
 		return errRelayDenied
+	}
+	// Our own domains: refuse unknown users now, whoever the client is,
+	// rather than accept and bounce (backscatter). Sender-routed local
+	// parts (user%host, host!user, "user@host") are never local users.
+	if d.Reason == relay.AllowedLocalDomain && !se.knownRecipient(a) {
+		se.refused(refusedUnknownUser)
+		se.s.log.Info("unknown recipient", "client", se.client.String(), "listener", se.l.name, "domain", a.Domain)
+		return errUnknownUser
 	}
 	se.env.rcpts = append(se.env.rcpts, &sluicev1.Recipient{
 		Address: to,
 		Notify:  notifyBits(opts.Notify),
 		Orcpt:   orcpt(opts),
 	})
-	// go-smtp takes MT-PRIORITY on RCPT TO (RFC 6710 §3 defines it on
-	// MAIL FROM, which go-smtp refuses). A message has one priority: the
-	// first value given wins.
-	if opts.MTPriority != nil && se.env.mtPriority == nil {
+	// RFC 6710 §3 defines MT-PRIORITY on MAIL FROM (see smtpconn); go-smtp
+	// also takes it on RCPT TO, which we keep for older clients. A message
+	// has one priority: the first value given wins.
+	if opts.MTPriority != nil && se.env.mtPriority == nil && se.mayPrioritise(se.user) {
 		p := *opts.MTPriority
 		se.env.mtPriority = &p
 	}
@@ -158,7 +305,7 @@ func (se *session) Data(r io.Reader) error {
 	if env.opts.Size > 0 && env.opts.Size <= se.s.opts.Settings.MaxMessageBytes {
 		content.Grow(int(env.opts.Size))
 	}
-	if _, err := io.Copy(&content, r); err != nil {
+	if _, err := io.Copy(&content, se.s.contentReader(r)); err != nil {
 		reply := readFailure(err)
 		span.SetStatus(codes.Error, "reading DATA failed")
 		span.SetAttributes(attribute.Int("smtp.reply_code", reply.Code))
@@ -245,8 +392,23 @@ func readFailure(err error) *smtp.SMTPError {
 	return errStorage
 }
 
+// knownRecipient checks a recipient of an accepted domain against the
+// recipients list; without a list every local part that does not ask for
+// sender routing is accepted.
+func (se *session) knownRecipient(a address.Address) bool {
+	if se.s.rcpts == nil {
+		return !recipients.SenderRouted(a.Local)
+	}
+	return se.s.rcpts.Has(a.Local, a.Domain)
+}
+
+// isTLS reports whether the connection is encrypted. smtpconn terminates
+// TLS, so go-smtp's own TLSConnectionState never reports it.
 func (se *session) isTLS() bool {
-	_, ok := se.conn.TLSConnectionState()
+	if se.front == nil {
+		return false
+	}
+	_, ok := se.front.TLS()
 	return ok
 }
 

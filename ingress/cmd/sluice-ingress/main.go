@@ -9,8 +9,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/sluice-mta/sluice/ingress"
@@ -87,9 +90,27 @@ func run(cfg ingress.Config) error {
 		}
 		metricsAddr = cfg.Ingress.MetricsListen
 	}
-	log.Info("started", "smtp_listen", srv.Addr().String(), "metrics_listen", metricsAddr, "hostname", cfg.Ingress.Hostname)
+	log.Info("started", "smtp_listen", addrString(srv.ListenerAddr(smtpd.ListenerSMTP)),
+		"submission_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmission)),
+		"submissions_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmissions)),
+		"metrics_listen", metricsAddr, "hostname", cfg.Ingress.Hostname)
 
-	<-ctx.Done()
+	// SIGHUP re-reads the credentials and recipients files, as Postfix's
+	// "postfix reload" would; they are also polled (reload_interval).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-hup:
+			if err := srv.Reload(); err != nil {
+				log.Error("reload", "err", err)
+			}
+		}
+	}
 	log.Info("stopping", "grace", cfg.Ingress.ShutdownGrace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Ingress.ShutdownGrace)
 	defer cancel()
@@ -104,4 +125,12 @@ func run(cfg ingress.Config) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// addrString is an address for the log, or "" for a listener not running.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
