@@ -4,6 +4,7 @@
 package embedded
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +26,11 @@ type Options struct {
 	MaxPayload int32
 	// MaxStore caps JetStream file storage in bytes; 0 is the server default.
 	MaxStore int64
+	// TLS, when set, makes clients connect with TLS (tls:// URLs).
+	TLS *tls.Config
+	// User and Password, when User is set, are the one user clients must
+	// authenticate as.
+	User, Password string
 }
 
 // Server is a running embedded NATS server.
@@ -59,6 +65,11 @@ func Start(o Options) (*Server, error) {
 		JetStreamMaxStore:     o.MaxStore,
 		NoSigs:                true,
 		DisableShortFirstPing: true,
+		Username:              o.User,
+		Password:              o.Password,
+	}
+	if o.TLS != nil {
+		opts.TLS, opts.TLSConfig, opts.TLSTimeout = true, o.TLS, 5
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
