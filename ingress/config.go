@@ -36,7 +36,6 @@ type Config struct {
 type Settings struct {
 	// Listen is the host:port of the relay and MX listener; "" disables it.
 	Listen string `yaml:"listen" env:"SLUICE_INGRESS_LISTEN"`
-
 	// Hostname is the name the server greets with and writes into the
 	// Received header's "by" clause (RFC 5321 §4.4).
 	Hostname string `yaml:"hostname" env:"SLUICE_INGRESS_HOSTNAME"`
@@ -171,6 +170,14 @@ func DefaultSettings() Settings {
 		ShutdownGrace:   5 * time.Second,
 		ReloadInterval:  10 * time.Second,
 		Telemetry:       config.Telemetry{MetricsListen: "127.0.0.1:9101", LogLevel: "info"},
+
+		// Guard limits (see the fields for their Postfix counterparts).
+		DataTimeout:             10 * time.Minute,
+		MaxHeaderBytes:          256 << 10,
+		MaxConnections:          1000,
+		MaxConnectionsPerClient: 20,
+		MaxErrors:               20,
+		MaxCommandsWithoutMail:  20,
 	}
 }
 
@@ -261,6 +268,9 @@ func (s Settings) Validate() error {
 	if s.ShutdownGrace < 0 {
 		return errors.New("ingress.shutdown_grace: must not be negative")
 	}
+	if err := s.validateGuard(); err != nil {
+		return err
+	}
 	if err := s.Telemetry.Validate(); err != nil {
 		return fmt.Errorf("ingress.%w", err)
 	}
@@ -281,4 +291,36 @@ func (s Settings) Trusted() ([]netip.Prefix, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// validateGuard checks the guard and authentication settings.
+func (s Settings) validateGuard() error {
+	if s.DataTimeout <= 0 {
+		return errors.New("ingress.data_timeout: must be positive")
+	}
+	if s.MaxHeaderBytes <= 0 {
+		return errors.New("ingress.max_header_bytes: must be positive")
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"ingress.max_connections", s.MaxConnections},
+		{"ingress.max_connections_per_client", s.MaxConnectionsPerClient},
+		{"ingress.max_errors", s.MaxErrors},
+		{"ingress.max_commands_without_mail", s.MaxCommandsWithoutMail},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("%s: %d, want 0 (no limit) or more", f.name, f.v)
+		}
+	}
+	if s.MaxConnections > 0 && s.MaxConnectionsPerClient > s.MaxConnections {
+		return fmt.Errorf("ingress.max_connections_per_client: %d is more than max_connections (%d)", s.MaxConnectionsPerClient, s.MaxConnections)
+	}
+	if s.DNSServer != "" {
+		if _, port, err := net.SplitHostPort(s.DNSServer); err != nil || port == "" {
+			return fmt.Errorf("ingress.dns_server: %q, want host:port (for example 127.0.0.1:53)", s.DNSServer)
+		}
+	}
+	return nil
 }

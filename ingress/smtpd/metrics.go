@@ -32,6 +32,14 @@ type metrics struct {
 	storeDuration metric.Float64Histogram
 	// sessions is the number of open SMTP sessions.
 	sessions metric.Int64UpDownCounter
+	// panics counts panics recovered in a session (the session is closed
+	// with 421, the server goes on), labelled by where: the session method
+	// that panicked (new_session, mail, rcpt, data, reset, logout, auth).
+	panics metric.Int64Counter
+	// authResults counts the inbound authentication results of MX mail,
+	// by method (spf, dkim, dmarc) and result (pass, fail, softfail,
+	// neutral, none, temperror, permerror, policy).
+	authResults metric.Int64Counter
 }
 
 func newMetrics(m metric.Meter) (*metrics, error) {
@@ -57,6 +65,14 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 	}
 	if out.sessions, err = m.Int64UpDownCounter("sluice_ingress_sessions_active",
 		metric.WithDescription("Open SMTP sessions.")); err != nil {
+		return nil, fmt.Errorf("smtpd metrics: %w", err)
+	}
+	if out.panics, err = m.Int64Counter("sluice_ingress_panics_total",
+		metric.WithDescription("Panics recovered in SMTP sessions, by session method (new_session, mail, rcpt, data, reset, logout, auth).")); err != nil {
+		return nil, fmt.Errorf("smtpd metrics: %w", err)
+	}
+	if out.authResults, err = m.Int64Counter("sluice_ingress_auth_results_total",
+		metric.WithDescription("Inbound authentication results of MX mail, by method (spf, dkim, dmarc) and result (RFC 8601 values).")); err != nil {
 		return nil, fmt.Errorf("smtpd metrics: %w", err)
 	}
 	return &out, nil

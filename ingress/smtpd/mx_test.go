@@ -46,7 +46,7 @@ func TestMXValidatesRecipientsAndReloads(t *testing.T) {
 	if len(m.GetRecipients()) != 4 {
 		t.Errorf("recipients %v", m.GetRecipients())
 	}
-	// A stranger's MT-PRIORITY is not honoured (RFC 6710 §5).
+	// A stranger's MT-PRIORITY is not honoured (local policy, RFC 6710).
 	if m.GetHasMtPriority() {
 		t.Errorf("untrusted client's MT-PRIORITY stored: %d", m.GetMtPriority())
 	}

@@ -125,7 +125,7 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 		return errSenderNotOwned
 	}
 	env := &envelope{from: from, opts: *opts}
-	// RFC 6710 §5 lets a server ignore priorities it does not trust: only
+	// RFC 6710 leaves trust in a client's priority to local policy: only
 	// authenticated users and trusted networks choose their queue class, so
 	// a stranger on the MX port cannot jump the queue.
 	if prio.Given && se.mayPrioritise(user) {

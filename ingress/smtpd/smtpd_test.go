@@ -72,6 +72,9 @@ func start(t *testing.T, tune func(*ingress.Settings, *config.Queue)) *harness {
 	set.MetricsListen = ""
 	set.ReadTimeout = 10 * time.Second
 	set.WriteTimeout = 10 * time.Second
+	// Tests send many refused commands on one connection; the error limit
+	// is tested on its own (guard_test.go).
+	set.MaxErrors = 0
 	q := config.DefaultQueue()
 	if tune != nil {
 		tune(&set, &q)
@@ -522,10 +525,30 @@ func TestNATSDownAnswers451Promptly(t *testing.T) {
 	}
 	first := queueID(t, reply)
 
-	h.ns.Shutdown()
+	// Transactions already under way when JetStream goes away get 451 at
+	// the end of DATA.
+	open := map[int]*smtp.Client{}
 	for _, size := range []int{len(sample), 2 << 20} { // inline and object store
+		oc := h.dial()
+		if err := oc.Mail("alice@example.org", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := oc.Rcpt("bob@example.test", nil); err != nil {
+			t.Fatal(err)
+		}
+		open[size] = oc
+	}
+	h.ns.Shutdown()
+	for _, size := range []int{len(sample), 2 << 20} {
 		began := time.Now()
-		_, err = send(c, "alice@example.org", nil, []string{"bob@example.test"}, nil, bytes.Repeat([]byte("a\r\n"), size/3))
+		w, err := open[size].Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(bytes.Repeat([]byte("a\r\n"), size/3)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = w.CloseWithResponse()
 		se := wantSMTPError(t, err, 451, smtp.EnhancedCode{4, 3, 0})
 		if took := time.Since(began); took > requestTimeout+3*time.Second {
 			t.Errorf("451 after %s, want within request_timeout %s + margin", took, requestTimeout)
@@ -537,6 +560,23 @@ func TestNATSDownAnswers451Promptly(t *testing.T) {
 	if n := h.counter("sluice_ingress_messages_received_total", "failed"); n != 2 {
 		t.Errorf("failed counter %d, want 2", n)
 	}
+	// Once the service knows storage is down, new transactions are
+	// refused at MAIL and new connections at once (421 4.3.2).
+	deadline := time.Now().Add(5 * time.Second)
+	for h.store.Available() {
+		if time.Now().After(deadline) {
+			t.Fatal("the store still reports itself available 5s after JetStream stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wantSMTPError(t, c.Mail("alice@example.org", nil), 421, smtp.EnhancedCode{4, 3, 2})
+	// go-smtp's client reads the greeting with its first command.
+	c2, err := smtp.Dial(h.addr)
+	if err == nil {
+		defer c2.Close()
+		err = c2.Hello("client.example.org")
+	}
+	wantSMTPError(t, err, 421, smtp.EnhancedCode{4, 3, 2})
 
 	// Restart JetStream on the same files: only the first message is there.
 	ns, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: h.ns.Dir})

@@ -91,6 +91,16 @@ func New(ctx context.Context, js jetstream.JetStream, q config.Queue, o Options)
 	return s, nil
 }
 
+// Available reports whether the store can take a message now, as far as
+// it knows without asking JetStream: false while the NATS connection is
+// down (disconnected or reconnecting), when every Put would fail with
+// ErrUnavailable. The ingress uses it to refuse new connections and
+// transactions (421 4.3.2) before the client sends a message that could
+// not be stored.
+func (s *Store) Available() bool {
+	return s.connected()
+}
+
 // Receipt describes a stored message.
 type Receipt struct {
 	// Seq is the message's sequence in SLUICE_MSGS.
