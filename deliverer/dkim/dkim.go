@@ -207,9 +207,9 @@ func (s *Signer) Keys(domain string) []*Key {
 // Empty reports whether the signer has no keys.
 func (s *Signer) Empty() bool { return len(s.keys) == 0 }
 
-// keysFor finds the keys that sign for domain: its own, else those of its
+// KeysFor finds the keys that sign for domain: its own, else those of its
 // closest parent domain that has some.
-func (s *Signer) keysFor(domain string) []*Key {
+func (s *Signer) KeysFor(domain string) []*Key {
 	d := strings.ToLower(strings.TrimSuffix(domain, "."))
 	for d != "" {
 		if ks := s.keys[d]; len(ks) > 0 {
@@ -262,10 +262,10 @@ func (s *Signer) Sign(r io.Reader, envelopeFrom string) (*Signed, error) {
 	domain := ""
 	if !s.Empty() {
 		domain = fromDomain(sp.reader())
-		keys = s.keysFor(domain)
+		keys = s.KeysFor(domain)
 		if len(keys) == 0 {
 			_, domain, _ = strings.Cut(envelopeFrom, "@")
-			keys = s.keysFor(domain)
+			keys = s.KeysFor(domain)
 		}
 	}
 	if len(keys) == 0 {

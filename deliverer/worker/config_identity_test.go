@@ -49,7 +49,9 @@ func TestSettingsValidateIdentity(t *testing.T) {
 		{"deliverer.doctor_probe_domains[0]", func(s *Settings) { s.DoctorProbeDomains = []string{"-x.example"} }},
 		{"deliverer.dnsbl_interval", func(s *Settings) { s.DNSBLInterval = time.Second }},
 		{"deliverer.dkim[0].domain", func(s *Settings) { s.DKIM = []dkim.KeyConfig{{Selector: "s1", KeyFile: keyFile}} }},
-		{"deliverer.dkim[0].selector", func(s *Settings) { s.DKIM = []dkim.KeyConfig{{Domain: "example.org", Selector: "a b", KeyFile: keyFile}} }},
+		{"deliverer.dkim[0].selector", func(s *Settings) {
+			s.DKIM = []dkim.KeyConfig{{Domain: "example.org", Selector: "a b", KeyFile: keyFile}}
+		}},
 		{"deliverer.dkim[0].key_file", func(s *Settings) { s.DKIM = []dkim.KeyConfig{{Domain: "example.org", Selector: "s1"}} }},
 		{"deliverer.dkim[0].key_file", func(s *Settings) {
 			s.DKIM = []dkim.KeyConfig{{Domain: "example.org", Selector: "s1", KeyFile: filepath.Join(dir, "missing.pem")}}

@@ -12,14 +12,22 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel/metric"
 
+	"github.com/sluice-mta/sluice/deliverer/doctor"
 	"github.com/sluice-mta/sluice/deliverer/worker"
+	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/lifecycle"
 	"github.com/sluice-mta/sluice/services/natsconn"
@@ -98,6 +106,12 @@ func run(cfg worker.Config) error {
 	if err := svc.Start(ctx); err != nil {
 		return err
 	}
+	api, err := startAdmin(ctx, nc, cfg.Deliverer, tel.Meter, log)
+	if err != nil {
+		_ = svc.Close(context.Background())
+		return err
+	}
+	defer api.stop()
 	metricsAddr := ""
 	if cfg.Deliverer.MetricsListen != "" {
 		srv, err := tel.Serve(cfg.Deliverer.MetricsListen, func() error {
@@ -115,10 +129,12 @@ func run(cfg worker.Config) error {
 	}
 	log.Info("started", "instance", cfg.Deliverer.Instance, "hostname", cfg.Deliverer.Hostname,
 		"metrics", metricsAddr, "dns_server", cfg.Deliverer.DNSServer, "nats", nc.ConnectedUrlRedacted(),
-		"concurrency", cfg.Deliverer.Concurrency)
+		"concurrency", cfg.Deliverer.Concurrency, "egress_ips", api.doctor.EgressIPs(), "egress_guessed", api.guessed,
+		"admin_service", api.svc.Info().ID)
 
 	<-ctx.Done()
 	log.Info("stopping", "in_flight", svc.InFlight())
+	api.stop()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Deliverer.ShutdownTimeout)
 	defer cancel()
 	if err := svc.Close(sctx); err != nil {
@@ -130,3 +146,78 @@ func run(cfg worker.Config) error {
 	log.Info("stopped")
 	return nil
 }
+
+// adminAPI is the deliverer's nats micro service ("sluice-deliverer", one
+// instance per process) with the doctor endpoints, and the background DNSBL
+// monitor that keeps sluice_deliverer_dnsbl_listed current.
+type adminAPI struct {
+	svc     micro.Service
+	doctor  *doctor.Doctor
+	server  *doctor.Server
+	guessed bool
+	cancel  context.CancelFunc
+	monitor sync.WaitGroup
+	once    sync.Once
+}
+
+func startAdmin(ctx context.Context, nc *nats.Conn, s worker.Settings, meter metric.Meter, log *slog.Logger) (*adminAPI, error) {
+	a := &adminAPI{}
+	var egress []netip.Addr
+	for _, ip := range s.EgressIPs {
+		egress = append(egress, netip.MustParseAddr(ip).Unmap()) // validated by config
+	}
+	if len(egress) == 0 {
+		// Nothing is sent: a UDP "connect" only asks the kernel which
+		// source address it would use.
+		guess, err := doctor.DetectEgress(doctor.EgressProbes)
+		if err != nil {
+			log.Warn("cannot guess the egress IP; set deliverer.egress_ips", "err", err)
+		}
+		egress, a.guessed = guess, len(guess) > 0
+	}
+	signer, err := s.DKIMSigner()
+	if err != nil {
+		return nil, err
+	}
+	a.doctor, err = doctor.New(doctor.Config{
+		Instance: s.Instance, Hostname: s.Hostname, EgressIPs: egress, EgressGuessed: a.guessed,
+		SendingDomains: s.SendingDomains, DNSBLZones: s.DNSBLZones, ProbeDomains: s.DoctorProbeDomains,
+		Signer: signer, DNSServer: s.DNSServer, DNSTimeout: s.DNSTimeout, SMTPPort: s.SMTPPort, Routes: s.Routes,
+		Meter: meter,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.svc, err = micro.AddService(nc, micro.Config{
+		Name:        admin.DelivererService,
+		Version:     version,
+		Description: "Sluice deliverer: delivery diagnostics from this host (sluice doctor)",
+		Metadata:    map[string]string{admin.MetadataInstance: s.Instance, admin.MetadataHostname: s.Hostname},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("admin service: %w", err)
+	}
+	a.server, err = doctor.Serve(a.svc, a.doctor, log)
+	if err != nil {
+		_ = a.svc.Stop()
+		return nil, err
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	a.monitor.Go(func() { a.doctor.MonitorDNSBL(mctx, s.DNSBLInterval, log) })
+	return a, nil
+}
+
+// stop ends the admin API: no new requests, running checks cancelled. It
+// is safe to call twice.
+func (a *adminAPI) stop() {
+	a.once.Do(func() {
+		_ = a.svc.Stop()
+		a.server.Close()
+		a.cancel()
+		a.monitor.Wait()
+	})
+}
+
+// version is the admin service version reported by `nats micro ls`.
+const version = "0.1.0"
