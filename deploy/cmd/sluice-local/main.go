@@ -121,7 +121,7 @@ func printBanner(s *stack.Stack, smtp, testDomain, dataDir string, routes map[st
 Sluice is running.
 
   Send mail to   smtp://%[1]s   (no auth from loopback; e.g.
-                 swaks --server %[1]s --from me@localhost --to you@%[2]s
+                 swaks --server %[1]s --from me@example.com --to you@%[2]s
                  any SMTP client works)
   %-14[2]s delivered to the local capture server %[3]s;
                  each message lands as a file in %[4]s/
