@@ -33,6 +33,7 @@ import (
 
 	"github.com/sluice-mta/sluice/ingress"
 	"github.com/sluice-mta/sluice/ingress/auth"
+	"github.com/sluice-mta/sluice/ingress/guard"
 	"github.com/sluice-mta/sluice/ingress/recipients"
 	"github.com/sluice-mta/sluice/ingress/relay"
 	"github.com/sluice-mta/sluice/ingress/smtpconn"
@@ -69,6 +70,7 @@ type Server struct {
 	metrics *metrics
 	pm      *policyMetrics
 	log     *slog.Logger
+	guard   *guard.Guard // on every listener (protect.go)
 
 	// creds are the submission users (nil without submission); rcpts the
 	// known recipients of the accepted domains (nil: every local part).
@@ -122,6 +124,9 @@ func New(o Options) (*Server, error) {
 		pm:      pm,
 		log:     o.Logger,
 	}
+	if s.guard, err = s.newGuard(); err != nil {
+		return nil, err
+	}
 	var tlsCfg *tls.Config
 	if set.TLS.Enabled() {
 		cert, err := tls.LoadX509KeyPair(set.TLS.CertFile, set.TLS.KeyFile)
@@ -161,7 +166,7 @@ func New(o Options) (*Server, error) {
 // addListener creates the go-smtp server of one listener.
 func (s *Server) addListener(l *listener) {
 	set := s.opts.Settings
-	srv := smtp.NewServer(&backend{s: s, l: l})
+	srv := smtp.NewServer(s.protected(&backend{s: s, l: l}))
 	srv.Domain = set.Hostname
 	srv.MaxMessageBytes = set.MaxMessageBytes
 	// The recipient limit is enforced by the session, with RFC 5321's
@@ -208,7 +213,7 @@ func (s *Server) Start() error {
 		go func() {
 			defer close(l.done)
 			// Serve returns when the listener is closed by Shutdown.
-			_ = l.srv.Serve(l.fl)
+			_ = l.srv.Serve(s.guard.Listen(l.fl))
 		}()
 	}
 	if iv := s.opts.Settings.ReloadInterval; iv > 0 && (s.creds != nil || s.rcpts != nil) {
