@@ -363,19 +363,9 @@ func (s *Server) hold(ctx context.Context, j index.Job, r *api.QueueActionReques
 // release takes a job off hold and puts it back where it was: a deferred
 // job waits for its old next-attempt time when that is still ahead; any
 // other job (and one whose time has passed) is ready at once. `retry`
-// makes a deferred job due now.
+// makes a deferred job due now. The event is recorded before the job is
+// requeued, so that it precedes the next attempt in the job's history.
 func (s *Server) release(ctx context.Context, j index.Job, r *api.QueueActionRequest) (outcome, error) {
-	_, marked, err := hold.Get(ctx, s.d.Held, j.ID)
-	if err != nil {
-		return outcome{}, err
-	}
-	if j.State != index.Held && !marked {
-		return skipped("not held")
-	}
-	if r.DryRun {
-		return changed, nil
-	}
-	now := s.d.Now()
 	var loc *located
 	msg, err := s.jobs.GetLastMsgForSubject(ctx, wire.HeldSubject(j.ID))
 	switch {
@@ -389,35 +379,51 @@ func (s *Server) release(ctx context.Context, j index.Job, r *api.QueueActionReq
 		}
 		loc = &located{place: placeHeld, msg: msg, job: job}
 	}
-	// The mark goes first, so that the job is not parked again by the
-	// deliverer that fetches it.
+	_, marked, err := hold.Get(ctx, s.d.Held, j.ID)
+	if err != nil {
+		return outcome{}, err
+	}
+	if loc == nil && j.State != index.Held && !marked {
+		return skipped("not held")
+	}
+	if r.DryRun {
+		return changed, nil
+	}
+	now := s.d.Now()
+	// The mark goes first, so that the deliverer that fetches the job
+	// does not park it again.
 	if err := hold.Clear(ctx, s.d.Held, j.ID); err != nil {
 		return outcome{}, err
 	}
 	state, next, note := "", time.Time{}, ""
 	if loc == nil {
 		note = "was being attempted; nothing was parked"
+	} else if next = futureOrZero(loc.job.GetNotBeforeUnixNano(), now.Add(time.Second)); !next.IsZero() {
+		state = api.StateDeferred
 	} else {
-		job := loc.job
-		id := job.GetJobId() + "/" + strconv.FormatUint(uint64(job.GetAttempt()), 10) + "/release/" + seqNonce(loc)
-		if at := futureOrZero(job.GetNotBeforeUnixNano(), now.Add(time.Second)); !at.IsZero() {
-			state, next = api.StateDeferred, at
-			err = s.schedule(ctx, job, msg.Header, at, id)
-		} else {
-			state = api.StateReady
-			_, err = s.republish(ctx, wire.JobSubject(job.GetPriority(), job.GetJobId()), job, msg.Header, id, nil)
-		}
-		if err != nil {
-			return outcome{}, fmt.Errorf("requeue: %w", err)
-		}
-		if _, err := s.deleteSeq(ctx, msg.Sequence); err != nil {
-			return outcome{}, fmt.Errorf("remove held copy: %w", err)
-		}
+		state = api.StateReady
 	}
 	seq, err := s.record(ctx, wire.EventReleased, loc, j, state, r, func(ev *api.QueueEvent) {
 		ev.NextAttempt, ev.Note = next, note
 	})
-	return outcome{changed: true, seq: seq}, err
+	if err != nil || loc == nil {
+		return outcome{changed: err == nil, seq: seq}, err
+	}
+	job := loc.job
+	id := job.GetJobId() + "/" + strconv.FormatUint(uint64(job.GetAttempt()), 10) + "/release/" + seqNonce(loc)
+	if !next.IsZero() {
+		err = s.schedule(ctx, job, msg.Header, next, id)
+	} else {
+		_, err = s.republish(ctx, wire.JobSubject(job.GetPriority(), job.GetJobId()), job, msg.Header, id, nil)
+	}
+	if err != nil {
+		// The job is still parked; releasing it again finishes the job.
+		return outcome{}, fmt.Errorf("requeue: %w", err)
+	}
+	if _, err := s.deleteSeq(ctx, msg.Sequence); err != nil {
+		return outcome{}, fmt.Errorf("remove held copy: %w", err)
+	}
+	return outcome{changed: true, seq: seq}, nil
 }
 
 // retry makes a deferred job due now by replacing its retry schedule with
@@ -447,16 +453,25 @@ func (s *Server) retry(ctx context.Context, j index.Job, r *api.QueueActionReque
 		return outcome{}, fmt.Errorf("decode scheduled job: %w", err)
 	}
 	now := s.d.Now()
+	old := job.GetNotBeforeUnixNano()
 	job.NotBeforeUnixNano = now.UnixNano()
-	id := job.GetJobId() + "/" + strconv.FormatUint(uint64(job.GetAttempt()), 10) + "/retry/" + strconv.FormatUint(msg.Sequence, 10)
-	if err := s.schedule(ctx, job, msg.Header, now, id); err != nil {
-		return outcome{}, fmt.Errorf("reschedule: %w", err)
-	}
 	loc := &located{place: placeSchedule, msg: msg, job: job}
+	// Recorded first, so that it precedes the attempt it causes.
 	seq, err := s.record(ctx, wire.EventScheduled, loc, j, api.StateReady, r, func(ev *api.QueueEvent) {
 		ev.NextAttempt, ev.Note = now.UTC(), "retry now"
 	})
-	return outcome{changed: true, seq: seq}, err
+	if err != nil {
+		return outcome{}, err
+	}
+	id := job.GetJobId() + "/" + strconv.FormatUint(uint64(job.GetAttempt()), 10) + "/retry/" + strconv.FormatUint(msg.Sequence, 10)
+	if err := s.schedule(ctx, job, msg.Header, now, id); err != nil {
+		// The old schedule stands: say so in the history and the index.
+		_, _ = s.record(ctx, wire.EventScheduled, loc, j, api.StateDeferred, r, func(ev *api.QueueEvent) {
+			ev.NextAttempt, ev.Note = time.Unix(0, old).UTC(), "retry failed; the previous schedule stands"
+		})
+		return outcome{}, fmt.Errorf("reschedule: %w", err)
+	}
+	return outcome{changed: true, seq: seq}, nil
 }
 
 // prioritize moves a job to another class: a pending retry is rescheduled

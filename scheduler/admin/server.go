@@ -41,9 +41,6 @@ import (
 const Version = "1.0.0"
 
 const (
-	// maxHandlers bounds the requests handled at once; a bulk change of a
-	// million jobs must not stop `stats` from answering meanwhile.
-	maxHandlers = 8
 	// workers is how many jobs a bulk change works on at once.
 	workers = 16
 	// maxPageBytes keeps a list page under NATS's default max_payload.
@@ -79,17 +76,18 @@ type Deps struct {
 
 // Server is a running API.
 type Server struct {
-	d     Deps
-	svc   micro.Service
-	jobs  jetstream.Stream
-	msgs  jetstream.Stream
-	evs   jetstream.Stream
-	sem   chan struct{}
-	wg    sync.WaitGroup
-	snaps *snapshots
-	base  context.Context
-	stop  context.CancelFunc
-	once  sync.Once
+	d      Deps
+	svc    micro.Service
+	jobs   jetstream.Stream
+	msgs   jetstream.Stream
+	evs    jetstream.Stream
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+	snaps  *snapshots
+	base   context.Context
+	stop   context.CancelFunc
+	once   sync.Once
 	// requests counts requests; endpoint: list, show, log, stats, hold,
 	// release, delete, retry, prioritize; code: 200, 400, 404, 409, 500, 503.
 	requests metric.Int64Counter
@@ -100,7 +98,7 @@ func Start(ctx context.Context, d Deps) (*Server, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	s := &Server{d: d, sem: make(chan struct{}, maxHandlers), snaps: newSnapshots()}
+	s := &Server{d: d, snaps: newSnapshots()}
 	var err error
 	if s.jobs, err = d.JS.Stream(ctx, wire.StreamJobs); err != nil {
 		return nil, fmt.Errorf("admin: stream %s: %w", wire.StreamJobs, err)
@@ -166,6 +164,9 @@ func (s *Server) Close() {
 		if s.svc != nil {
 			_ = s.svc.Stop()
 		}
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
 		s.stop()
 		s.wg.Wait()
 	})
@@ -183,40 +184,40 @@ func errorf(code int, format string, args ...any) error {
 	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
-// handler runs fn for each request in its own goroutine (at most
-// maxHandlers at once) and turns its result into a JSON response or a micro
-// error.
+// handler runs fn for a request and turns its result into a JSON response
+// or a micro error. Each endpoint has its own subscription, so a long bulk
+// change delays only the next request to the same endpoint; `stats` and
+// `list` keep answering meanwhile. (micro reads a request's outcome after
+// the handler returns, so the response is sent before returning.)
 func (s *Server) handler(name string, fn func(context.Context, micro.Request) (any, error)) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.base.Done():
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
 			return
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.sem }()
-			ctx, span := s.d.Tracer.Start(s.base, "scheduler.admin."+name, trace.WithSpanKind(trace.SpanKindServer))
-			defer span.End()
-			code := 200
-			resp, err := s.safe(ctx, fn, req)
-			if err != nil {
-				code = 500
-				var ae *apiError
-				if errors.As(err, &ae) {
-					code = ae.code
-				}
-				if code == 500 {
-					s.d.Log.ErrorContext(ctx, "admin request failed", "endpoint", name, "err", err)
-				}
-				span.SetAttributes(attribute.Int("sluice.admin.code", code))
-				_ = req.Error(strconv.Itoa(code), err.Error(), nil)
-			} else if err := req.RespondJSON(resp); err != nil {
-				s.d.Log.WarnContext(ctx, "admin response", "endpoint", name, "err", err)
+		s.mu.Unlock()
+		defer s.wg.Done()
+		ctx, span := s.d.Tracer.Start(s.base, "scheduler.admin."+name, trace.WithSpanKind(trace.SpanKindServer))
+		defer span.End()
+		code := 200
+		resp, err := s.safe(ctx, fn, req)
+		if err != nil {
+			code = 500
+			var ae *apiError
+			if errors.As(err, &ae) {
+				code = ae.code
 			}
-			s.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("endpoint", name), attribute.Int("code", code)))
-		}()
+			if code == 500 {
+				s.d.Log.ErrorContext(ctx, "admin request failed", "endpoint", name, "err", err)
+			}
+			span.SetAttributes(attribute.Int("sluice.admin.code", code))
+			_ = req.Error(strconv.Itoa(code), err.Error(), nil)
+		} else if err := req.RespondJSON(resp); err != nil {
+			s.d.Log.WarnContext(ctx, "admin response", "endpoint", name, "err", err)
+		}
+		s.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("endpoint", name), attribute.Int("code", code)))
 	})
 }
 

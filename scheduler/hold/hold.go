@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,9 +71,9 @@ func Clear(ctx context.Context, kv jetstream.KeyValue, jobID string) error {
 func ParkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string) *nats.Msg {
 	m := &nats.Msg{Subject: wire.HeldSubject(job.GetJobId()), Header: nats.Header{}, Data: data}
 	for k, v := range orig {
-		switch k {
-		case jetstream.ScheduleHeader, jetstream.ScheduleTargetHeader, jetstream.MsgIDHeader, "Nats-Scheduler",
-			"Nats-Schedule-Next", jetstream.MsgRollup, "Nats-Expected-Stream":
+		// JetStream's own headers (schedule, rollup, message id, and what a
+		// direct get adds) are directives or metadata of the original.
+		if strings.HasPrefix(k, "Nats-") {
 			continue
 		}
 		m.Header[k] = v

@@ -175,6 +175,15 @@ func (x *Index) Apply(ev *admin.QueueEvent, seq uint64) {
 		x.remove(ev.JobID)
 		return
 	}
+	switch ev.Type {
+	case wire.EventReceived, wire.EventAttempt, wire.EventDeferred:
+	default:
+		// An operator's event about a job the index does not know is
+		// late news about a finished job: it must not bring it back.
+		if _, ok := x.byID[ev.JobID]; !ok {
+			return
+		}
+	}
 	i, created := x.slot(ev.JobID)
 	e := &x.slots[i]
 	if p, err := wire.ParseClass(ev.Priority); err == nil && ev.Priority != "" {
