@@ -66,6 +66,7 @@ type Credentials struct {
 
 	mu    sync.RWMutex
 	users map[string]User
+	dummy []byte // compared against for unknown users
 	stamp fileStamp
 }
 
@@ -104,8 +105,12 @@ func (c *Credentials) Reload() error {
 	if err != nil {
 		return fmt.Errorf("auth: %s: %w", c.path, err)
 	}
+	dummy, err := dummyHash(users)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
 	c.mu.Lock()
-	c.users = users
+	c.users, c.dummy = users, dummy
 	c.stamp = fileStamp{fi.ModTime(), fi.Size()}
 	c.mu.Unlock()
 	return nil
@@ -127,22 +132,31 @@ func (c *Credentials) ReloadIfChanged() (bool, error) {
 	return true, c.Reload()
 }
 
-// dummyHash is compared against when the user does not exist, so that an
-// unknown name costs as much time as a wrong password.
-var dummyHash = sync.OnceValue(func() []byte {
-	h, _ := bcrypt.GenerateFromPassword([]byte("sluice-no-such-user"), bcrypt.DefaultCost)
-	return h
-})
+// dummyHash returns a hash to compare against when the user does not
+// exist, at the highest cost in the file, so that an unknown name costs as
+// much time as a wrong password and does not reveal that it is unknown.
+func dummyHash(users map[string]User) ([]byte, error) {
+	cost := bcrypt.DefaultCost
+	if len(users) > 0 {
+		cost = bcrypt.MinCost
+		for _, u := range users {
+			if c, err := bcrypt.Cost(u.hash); err == nil && c > cost {
+				cost = c
+			}
+		}
+	}
+	return bcrypt.GenerateFromPassword([]byte("sluice-no-such-user"), cost)
+}
 
 // Authenticate checks name and password and returns the user.
 func (c *Credentials) Authenticate(name, password string) (User, error) {
 	c.mu.RLock()
 	u, ok := c.users[strings.ToLower(name)]
-	c.mu.RUnlock()
 	hash := u.hash
 	if !ok {
-		hash = dummyHash()
+		hash = c.dummy
 	}
+	c.mu.RUnlock()
 	if err := bcrypt.CompareHashAndPassword(hash, []byte(password)); err != nil || !ok {
 		return User{}, ErrBadCredentials
 	}

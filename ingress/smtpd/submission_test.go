@@ -200,6 +200,9 @@ func TestCredentialsReload(t *testing.T) {
 		c.ehlo("client.example.org")
 		code, _ := c.authPlain(user, pw)
 		c.cmd("QUIT")
+		// Close now, not at the end of the test: the guard limits
+		// connections per client.
+		c.conn.Close()
 		return code
 	}
 	if code := login("carol", "carol-secret"); code != 535 {
