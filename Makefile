@@ -6,7 +6,7 @@ GO      ?= go
 # Fuzz and race-heavy packages need more than the default 10 minutes on 2 cores.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build test vet lint run proto clean tidy jaeger bench
+.PHONY: all build test fuzz vet lint run proto clean tidy jaeger bench-queue bench
 
 all: build
 
@@ -19,6 +19,20 @@ test:
 	@set -e; for m in $(MODULES); do \
 		echo "== $$m"; \
 		(cd $$m && $(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 ./...); \
+	done
+	@$(MAKE) --no-print-directory fuzz
+
+# fuzz runs every fuzz target for FUZZTIME on top of its committed corpus
+# (testdata/fuzz): everything that parses client input. `go test -fuzz`
+# takes one package and one target at a time.
+FUZZTIME ?= 3s
+FUZZ := ingress/guard:FuzzScanner ingress/guard:FuzzContentReader \
+	ingress/address:FuzzParse ingress/received:FuzzHeader \
+	ingress/authres:FuzzMessage ingress/smtpconn:FuzzTakePriority
+fuzz:
+	@set -e; for t in $(FUZZ); do \
+		echo "== fuzz $${t%%:*} $${t##*:}"; \
+		$(GO) test -run='^$$' -fuzz="^$${t##*:}$$" -fuzztime=$(FUZZTIME) ./$${t%%:*}; \
 	done
 
 vet:
@@ -51,6 +65,14 @@ $(BIN)/jaeger:
 bench: build
 	deploy/bench/relay.sh
 	cd deploy && $(GO) test ./e2e -run '^$$' -bench DeliverersSlow -benchtime 1x
+
+# bench-queue fills a running system with a million deferred jobs across a
+# thousand domains and times `sluice queue stats`, the first row of
+# `sluice queue list -domain D`, and the index memory per job. It takes a
+# few minutes and is not part of `make test`. BENCH_QUEUE_FLAGS passes
+# flags, e.g. BENCH_QUEUE_FLAGS="-jobs 100000".
+bench-queue: build
+	cd deploy && $(GO) run ./bench/queue -bin $(BIN) $(BENCH_QUEUE_FLAGS)
 
 # proto regenerates the Go code of the wire schemas (needs protoc and
 # protoc-gen-go; the generated code is committed, so builds do not).

@@ -33,6 +33,7 @@ import (
 
 	"github.com/sluice-mta/sluice/ingress"
 	"github.com/sluice-mta/sluice/ingress/auth"
+	"github.com/sluice-mta/sluice/ingress/authres"
 	"github.com/sluice-mta/sluice/ingress/guard"
 	"github.com/sluice-mta/sluice/ingress/recipients"
 	"github.com/sluice-mta/sluice/ingress/relay"
@@ -71,6 +72,8 @@ type Server struct {
 	pm      *policyMetrics
 	log     *slog.Logger
 	guard   *guard.Guard // on every listener (protect.go)
+	// resolver answers the SPF, DKIM and DMARC queries (inbound.go).
+	resolver authres.Resolver
 
 	// creds are the submission users (nil without submission); rcpts the
 	// known recipients of the accepted domains (nil: every local part).
@@ -127,6 +130,7 @@ func New(o Options) (*Server, error) {
 	if s.guard, err = s.newGuard(); err != nil {
 		return nil, err
 	}
+	s.resolver = authres.NewResolver(set.DNSServer)
 	var tlsCfg *tls.Config
 	if set.TLS.Enabled() {
 		cert, err := tls.LoadX509KeyPair(set.TLS.CertFile, set.TLS.KeyFile)

@@ -313,6 +313,11 @@ func (se *session) Data(r io.Reader) error {
 		se.s.log.InfoContext(ctx, "message not received", "client", se.client.String(), "reply", reply.Code, "err", err)
 		return reply
 	}
+	// Mail for our domains from strangers: authentication results, and
+	// DMARC p=reject when configured (inbound.go).
+	if refuse := se.s.inbound(ctx, se, env.from, user, &content); refuse != nil {
+		return refuse
+	}
 
 	now := time.Now()
 	qid := wire.NewQueueID(now)
