@@ -86,7 +86,8 @@ type Settings struct {
 	// listener; 0 means no limit. Over it, 421 4.7.0.
 	MaxConnections int `yaml:"max_connections" env:"SLUICE_INGRESS_MAX_CONNECTIONS"`
 	// MaxConnectionsPerClient is the number of connections open at once
-	// from one IP address on each listener; 0 means no limit.
+	// from one IP address on each listener; 0 means no limit. Trusted
+	// networks are exempt, as Postfix exempts $mynetworks.
 	MaxConnectionsPerClient int `yaml:"max_connections_per_client" env:"SLUICE_INGRESS_MAX_CONNECTIONS_PER_CLIENT"`
 	// MaxErrors is the number of 5xx replies after which a session is
 	// closed with 421 4.7.0 (Postfix's smtpd_hard_error_limit); 0 means no

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -445,6 +446,14 @@ func TestConnectionLimits(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+
+	// Exempt clients (trusted networks) are not limited per address.
+	s = startServer(t, func(o *guard.Options) {
+		o.MaxConnectionsPerClient = 1
+		o.Exempt = func(a netip.Addr) bool { return a.IsLoopback() }
+	})
+	dial(t, s.addr).expect("220 ")
+	dial(t, s.addr).expect("220 ")
 
 	s = startServer(t, func(o *guard.Options) { o.MaxConnections = 1 })
 	dial(t, s.addr).expect("220 ")

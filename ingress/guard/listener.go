@@ -76,6 +76,11 @@ type Options struct {
 	// MaxConnectionsPerClient is the number of connections open at once
 	// from one client IP address.
 	MaxConnectionsPerClient int
+	// Exempt reports clients the per-client limit does not apply to: the
+	// trusted networks, whose mail servers and applications open many
+	// connections at once (Postfix exempts $mynetworks the same way).
+	// Nil exempts no one.
+	Exempt func(netip.Addr) bool
 	// Available reports whether the queue's storage can take messages;
 	// while it returns false, new connections are refused with 421 4.3.2.
 	// Nil means always.
@@ -177,7 +182,7 @@ func (l *Listener) admit(client netip.Addr) Reason {
 	if l.opts.MaxConnections > 0 && l.total >= l.opts.MaxConnections {
 		return ReasonTooManyConnections
 	}
-	if l.opts.MaxConnectionsPerClient > 0 && l.byClient[client] >= l.opts.MaxConnectionsPerClient {
+	if l.opts.MaxConnectionsPerClient > 0 && l.byClient[client] >= l.opts.MaxConnectionsPerClient && (l.opts.Exempt == nil || !l.opts.Exempt(client)) {
 		return ReasonTooManyFromClient
 	}
 	l.total++

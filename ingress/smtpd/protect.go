@@ -56,6 +56,7 @@ func (s *Server) newGuard() (*guard.Guard, error) {
 		MaxCommands:             set.MaxCommandsWithoutMail,
 		MaxConnections:          set.MaxConnections,
 		MaxConnectionsPerClient: set.MaxConnectionsPerClient,
+		Exempt:                  s.policy.IsTrusted,
 		Available:               s.storageAvailable,
 		Meter:                   s.opts.Meter,
 		Logger:                  s.log,
