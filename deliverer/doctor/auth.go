@@ -79,11 +79,11 @@ func (d *Doctor) spfCheck(ctx context.Context, domain string) (admin.SPFCheck, [
 		case spf.Neutral:
 			findings = append(findings, admin.Finding{Severity: admin.SeverityWarning, Subject: domain,
 				Problem: fmt.Sprintf("SPF of %s is neutral about %s: it neither authorises nor forbids it", domain, ip),
-				Fix:     fmt.Sprintf("%s. IN TXT \"%s\"", domain, spfWith(records, ips))})
+				Fix:     fmt.Sprintf("%s. IN TXT \"%s\"", domain, spfWith(records, []netip.Addr{ip}))})
 		case spf.Fail, spf.SoftFail:
 			findings = append(findings, admin.Finding{Severity: admin.SeverityError, Subject: domain,
 				Problem: fmt.Sprintf("SPF of %s gives %s for egress IP %s (%s): receivers reject or junk its mail", domain, res, ip, r.Mechanism),
-				Fix:     fmt.Sprintf("%s. IN TXT \"%s\"", domain, spfWith(records, ips))})
+				Fix:     fmt.Sprintf("%s. IN TXT \"%s\"", domain, spfWith(records, []netip.Addr{ip}))})
 		case spf.PermError:
 			findings = append(findings, admin.Finding{Severity: admin.SeverityError, Subject: domain,
 				Problem: fmt.Sprintf("the SPF record of %s is broken (permerror: %s): receivers treat it as a failure", domain, spfErr(err)),

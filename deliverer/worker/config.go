@@ -71,8 +71,10 @@ type Settings struct {
 	DNSBLZones []string `yaml:"dnsbl_zones"`
 	// DNSBLInterval is how often the deliverer checks its egress IPs
 	// against DNSBLZones on its own, to keep the
-	// sluice_deliverer_dnsbl_listed gauge current for alerts; 0 checks
-	// only when asked (`sluice doctor dnsbl`).
+	// sluice_deliverer_dnsbl_listed gauge current for alerts (1h is a good
+	// value in production). The default, 0, checks only when asked (`sluice
+	// doctor dnsbl`): a development or test deployment should not query
+	// public blocklists behind the operator's back.
 	DNSBLInterval time.Duration `yaml:"dnsbl_interval" env:"SLUICE_DELIVERER_DNSBL_INTERVAL"`
 	// DKIM lists the signing keys: outgoing mail is signed by the keys of
 	// its From domain (or the closest parent domain with keys), else of its
@@ -115,7 +117,6 @@ func DefaultSettings() Settings {
 		// queries that come through large public resolvers (the doctor
 		// reports that as an error, not as "not listed").
 		DNSBLZones:         []string{"zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org"},
-		DNSBLInterval:      time.Hour,
 		DoctorProbeDomains: []string{"gmail.com", "outlook.com", "yahoo.com"},
 		Telemetry:          config.Telemetry{MetricsListen: "127.0.0.1:9103", LogLevel: "info"},
 	}

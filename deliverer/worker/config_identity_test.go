@@ -90,7 +90,7 @@ deliverer:
 	}
 	s := c.Deliverer
 	if len(s.EgressIPs) != 1 || s.DNSBLZones[0] != "dnsbl.example" || s.DKIM[0].KeyFile != "/nonexistent.pem" ||
-		s.DoctorProbeDomains[0] != "probe.example" || s.SendingDomains[0] != "example.org" || s.DNSBLInterval != time.Hour {
+		s.DoctorProbeDomains[0] != "probe.example" || s.SendingDomains[0] != "example.org" || s.DNSBLInterval != 0 {
 		t.Fatalf("decoded %+v", s)
 	}
 }

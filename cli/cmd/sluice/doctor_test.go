@@ -198,3 +198,17 @@ func TestDoctorUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestGlobalFlagsBeforeTheCommand(t *testing.T) {
+	got := strings.Join(globalFlagsLast([]string{"-server", "nats://x:4222", "--timeout=2s", "doctor", "dns", "-json"}), " ")
+	if got != "doctor dns -json -server nats://x:4222 --timeout=2s" {
+		t.Fatalf("got %q", got)
+	}
+	if got := strings.Join(globalFlagsLast([]string{"headers", "-server", "u"}), " "); got != "headers -server u" {
+		t.Fatalf("got %q", got)
+	}
+	code, _, errOut := diagRun("-server", "nats://127.0.0.1:1", "-timeout", "1s", "doctor", "dns")
+	if code != 1 || !strings.Contains(errOut, "cannot connect to NATS at nats://127.0.0.1:1 within 1s") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}

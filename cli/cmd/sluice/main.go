@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 const usage = `usage: sluice <command> [arguments]
@@ -32,6 +33,7 @@ func main() {
 // run dispatches to a command and returns the exit status: 0 success, 1 the
 // command failed, 2 bad usage.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	args = globalFlagsLast(args)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, usage)
 		if len(args) == 0 {
@@ -49,4 +51,23 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
 	return 2
+}
+
+// globalFlagsLast moves the global flags given before the command
+// ("sluice -server URL doctor dns") to the end of the arguments, where
+// every command's own flag parsing accepts them.
+func globalFlagsLast(args []string) []string {
+	var global []string
+	for len(args) > 0 {
+		name, _, hasValue := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
+		if !strings.HasPrefix(args[0], "-") || (name != "server" && name != "creds" && name != "timeout") {
+			break
+		}
+		if hasValue || len(args) == 1 {
+			global, args = append(global, args[0]), args[1:]
+			continue
+		}
+		global, args = append(global, args[0], args[1]), args[2:]
+	}
+	return append(args, global...)
 }
