@@ -23,7 +23,6 @@ type Conn struct {
 	net.Conn
 	l      *Listener
 	client netip.Addr
-	key    string
 
 	mu       sync.Mutex
 	sc       *scanner
@@ -39,10 +38,9 @@ type Conn struct {
 	dataDeadline time.Time   // the message content must be complete by then
 	timer        *time.Timer // fires at the deadline of a read in progress
 
-	rejected   *Violation
-	closeAfter bool // close once the next reply is written
-	closeOnce  sync.Once
-	closeErr   error
+	rejected  *Violation
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Client is the client's IP address.
@@ -204,13 +202,15 @@ func (c *Conn) Write(b []byte) (int, error) {
 
 	n, err := c.Conn.Write(b)
 
-	c.mu.Lock()
-	closeNow := c.closeAfter
-	var r Reason
+	var (
+		r        Reason
+		closeNow bool
+	)
 	if !opaque {
-		r, closeNow = c.replies(b[:n], closeNow)
+		c.mu.Lock()
+		r, closeNow = c.replies(b[:n])
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
 	if r != 0 {
 		c.reject(r)
 	} else if closeNow {
@@ -220,9 +220,8 @@ func (c *Conn) Write(b []byte) (int, error) {
 }
 
 // replies follows the reply lines in b. c.mu is held.
-func (c *Conn) replies(b []byte, closeNow bool) (Reason, bool) {
+func (c *Conn) replies(b []byte) (r Reason, closeNow bool) {
 	c.out = append(c.out, b...)
-	var r Reason
 	for {
 		i := indexCRLF(c.out)
 		if i < 0 {
@@ -294,15 +293,6 @@ func (c *Conn) reject(r Reason) error {
 	_, _ = fmt.Fprintf(c.Conn, "%d %d.%d.%d %s\r\n", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message)
 	c.Close()
 	return v
-}
-
-// CloseAfterReply closes the connection once the next reply has been
-// written. The session uses it when it refuses a transaction for a reason
-// that also ends the session, on connections the guard cannot read (TLS).
-func (c *Conn) CloseAfterReply() {
-	c.mu.Lock()
-	c.closeAfter = true
-	c.mu.Unlock()
 }
 
 // Close implements net.Conn. It is safe to call more than once.

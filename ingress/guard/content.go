@@ -19,8 +19,8 @@ type ContentLimits struct {
 // read after it fails, so a caller that stores only content read to EOF
 // never stores such a message.
 //
-// It is the check of content that reaches a session without passing a
-// Conn's eyes (inside TLS), and a second check behind the Conn otherwise.
+// It is a second check behind the Conn, and the only one where go-smtp
+// terminates TLS itself (see the package doc).
 type ContentReader struct {
 	r      io.Reader
 	limits ContentLimits

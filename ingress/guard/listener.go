@@ -28,15 +28,16 @@
 //     (RFC 5321 §3.8).
 //
 // The Conn follows the dialogue by reading the server's replies as well
-// (354 starts DATA content, 220 to STARTTLS starts TLS) and parses BDAT
-// command lines exactly as go-smtp does, so it knows which octets are chunk
-// content. After STARTTLS the stream is TLS records, which the Conn cannot
-// read: go-smtp wraps the connection in crypto/tls itself and offers no
-// hook above it. Inside TLS, message content is still checked by
-// NewContentReader in the session's Data, which refuses the transaction
-// (550 5.5.2) and has the connection closed after the reply; command lines
-// inside TLS are split by go-smtp at any LF. The same holds for a listener
-// with implicit TLS (Options.Opaque).
+// (354 starts DATA content) and parses BDAT command lines exactly as
+// go-smtp does, so it knows which octets are chunk content.
+//
+// The guard must read plaintext, so it is stacked above the layer that
+// terminates TLS (smtpconn, in the ingress), and then sees the same
+// stream on every port and after STARTTLS. If go-smtp itself answered
+// STARTTLS with 220, the stream below it becomes TLS records that the Conn
+// cannot read, and it passes them through; the session's ContentReader
+// still refuses smuggled content then (550 5.5.2), but command lines are
+// no longer checked.
 package guard
 
 import (
@@ -85,9 +86,6 @@ type Options struct {
 	// while it returns false, new connections are refused with 421 4.3.2.
 	// Nil means always.
 	Available func() bool
-	// Opaque says that the listener's connections are TLS from their
-	// first octet (implicit TLS), so only the connection limits apply.
-	Opaque bool
 
 	Meter  metric.Meter
 	Logger *slog.Logger
@@ -136,14 +134,13 @@ type Listener struct {
 	mu       sync.Mutex
 	total    int
 	byClient map[netip.Addr]int
-	byAddr   map[string]*Conn // open connections by remote address
 }
 
 var _ net.Listener = (*Listener)(nil)
 
 // Listen guards the connections of ln.
 func (g *Guard) Listen(ln net.Listener) *Listener {
-	return &Listener{Listener: ln, opts: g.opts, metrics: g.metrics, byClient: map[netip.Addr]int{}, byAddr: map[string]*Conn{}}
+	return &Listener{Listener: ln, opts: g.opts, metrics: g.metrics, byClient: map[netip.Addr]int{}}
 }
 
 // Accept returns the next connection within the limits. Connections over
@@ -160,13 +157,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			l.refuse(nc, client, r)
 			continue
 		}
-		c := &Conn{Conn: nc, l: l, client: client, key: nc.RemoteAddr().String(), sc: newScanner(l.opts.MaxLineLength)}
-		if l.opts.Opaque {
-			c.sc.mode = modeOpaque
-		}
-		l.mu.Lock()
-		l.byAddr[c.key] = c
-		l.mu.Unlock()
+		c := &Conn{Conn: nc, l: l, client: client, sc: newScanner(l.opts.MaxLineLength)}
 		l.metrics.open.Add(contextBackground, 1)
 		return c, nil
 	}
@@ -209,7 +200,6 @@ func (l *Listener) release(c *Conn) {
 	if l.byClient[c.client]--; l.byClient[c.client] <= 0 {
 		delete(l.byClient, c.client)
 	}
-	delete(l.byAddr, c.key)
 	l.mu.Unlock()
 	l.metrics.open.Add(contextBackground, -1)
 }
@@ -217,18 +207,7 @@ func (l *Listener) release(c *Conn) {
 // closed records a connection the guard closed for breaking a rule.
 func (l *Listener) closed(c *Conn, r Reason) {
 	l.metrics.closed.Add(contextBackground, 1, reasonAttr(r))
-	l.opts.Logger.Info("connection closed by guard", "client", c.key, "reason", r.String())
-}
-
-// Lookup returns the open connection whose remote address is addr (as
-// smtp.Conn.Conn().RemoteAddr() gives it), or nil.
-func (l *Listener) Lookup(addr net.Addr) *Conn {
-	if addr == nil {
-		return nil
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.byAddr[addr.String()]
+	l.opts.Logger.Info("connection closed by guard", "client", c.RemoteAddr().String(), "reason", r.String())
 }
 
 // clientAddr returns the IP address of a remote address, unmapped so that

@@ -71,7 +71,7 @@ var (
 	// 5.5.2 syntax error, then the connection is closed.
 	replySmuggling = &smtp.SMTPError{Code: 521, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Bare LF/CR not allowed (SMTP smuggling protection)"}
 	// replySmugglingContent rejects one transaction whose content held a
-	// bare CR or LF, where the guard could not see the stream (TLS).
+	// bare CR or LF that the Conn did not see (see the package doc).
 	replySmugglingContent = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Bare LF/CR not allowed (SMTP smuggling protection)"}
 	// replyLineTooLong is RFC 5321 §4.5.3.1.6's reply.
 	replyLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
