@@ -22,7 +22,7 @@
 //   - Slow clients: each line must arrive complete within ReadTimeout of
 //     its start, however slowly its octets trickle in, and the whole
 //     message content within DataTimeout: "421 4.4.2", closed.
-//   - Abuse: more than MaxErrors 5xx replies in a session, or more than
+//   - Abuse: the MaxErrors-th 5xx reply of a session, or more than
 //     MaxCommands commands without a MAIL being accepted: "421 4.7.0",
 //     closed. Any 421 the server gives closes the connection
 //     (RFC 5321 §3.8).
