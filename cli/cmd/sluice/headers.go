@@ -606,7 +606,8 @@ func printHeaders(w io.Writer, rep headersReport, paint diagPainter) {
 		fmt.Fprintln(w, "No Received fields: the message has not passed through any mail server.")
 	} else {
 		fmt.Fprintf(w, "Received hops, first to last (%d):\n", len(rep.Hops))
-		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+		var table bytes.Buffer
+		tw := tabwriter.NewWriter(&table, 2, 8, 2, ' ', 0)
 		fmt.Fprintln(tw, "HOP\tFROM\tBY\tWITH\tID\tTIME (UTC)\tDELAY\tTLS\tNOTE")
 		for _, h := range rep.Hops {
 			from := h.From
@@ -645,6 +646,10 @@ func printHeaders(w io.Writer, rep headersReport, paint diagPainter) {
 				diagOr(diagCell(h.With, 22), "-"), diagOr(diagCell(h.ID, 26), "-"), ts, delay, tls, strings.Join(notes, ", "))
 		}
 		tw.Flush()
+		// An empty last column leaves padding behind.
+		for _, l := range strings.SplitAfter(table.String(), "\n") {
+			io.WriteString(w, strings.TrimRight(l, " \n")+strings.Repeat("\n", strings.Count(l, "\n")))
+		}
 		if rep.Total != "" {
 			fmt.Fprintf(w, "Total: %s", rep.Total)
 			if rep.Slowest > 0 {
