@@ -4,7 +4,18 @@ go 1.26.0
 
 require (
 	github.com/emersion/go-smtp v0.25.1
+	github.com/nats-io/nats.go v1.55.0
 	gopkg.in/yaml.v3 v3.0.1
+)
+
+require (
+	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
+	go.opentelemetry.io/proto/otlp v1.11.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+	google.golang.org/genproto/googleapis/api v0.0.0-20260928230214-8a89bd6388cc // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
+	google.golang.org/grpc v1.83.2 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
 )
 
 require (
@@ -18,6 +29,8 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/sluice-mta/sluice/proto v0.0.0-00010101000000-000000000000
+	github.com/sluice-mta/sluice/scheduler v0.0.0-00010101000000-000000000000
 	github.com/sluice-mta/sluice/services v0.0.0-00010101000000-000000000000
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
@@ -28,3 +41,5 @@ require (
 replace github.com/sluice-mta/sluice/proto => ../proto
 
 replace github.com/sluice-mta/sluice/services => ../services
+
+replace github.com/sluice-mta/sluice/scheduler => ../scheduler

@@ -164,7 +164,8 @@ type QueueStatsResponse struct {
 	ByClass  map[string]int  `json:"by_priority"`
 	ByReason map[string]int  `json:"by_reason"`
 	Delay    QueueDelay      `json:"delivery_delay"`
-	// IndexJobs and HeapBytes describe the answering scheduler's index.
+	// IndexJobs is the size of the answering scheduler's index; HeapBytes
+	// is that process's live heap as of its last garbage collection.
 	IndexJobs int    `json:"index_jobs"`
 	HeapBytes uint64 `json:"heap_bytes"`
 	Instance  string `json:"instance"`

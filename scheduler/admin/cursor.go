@@ -21,7 +21,9 @@ import (
 // snapshot expired) continues after that job in a fresh selection.
 const (
 	snapshotTTL = 2 * time.Minute
-	maxSnaps    = 8
+	// maxSnaps bounds the memory of listings in progress: a snapshot of a
+	// million jobs is about 32 MB.
+	maxSnaps = 4
 )
 
 type snapshot struct {
@@ -81,6 +83,13 @@ func (ss *snapshots) resume(cursor string) (*snapshot, int, error) {
 		return nil, 0, nil
 	}
 	return sn, off, nil
+}
+
+// done forgets a snapshot whose last page was served.
+func (ss *snapshots) done(sn *snapshot) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.m, sn.token)
 }
 
 // cursor is the cursor of the page starting at end.

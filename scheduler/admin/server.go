@@ -19,7 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"sync"
 	"time"
@@ -292,6 +292,8 @@ func (s *Server) list(ctx context.Context, req micro.Request) (any, error) {
 	}
 	if end < len(snap.refs) {
 		resp.Next = snap.cursor(end)
+	} else {
+		s.snaps.done(snap)
 	}
 	return resp, nil
 }
@@ -311,12 +313,16 @@ func (s *Server) stats(ctx context.Context, req micro.Request) (any, error) {
 	}
 	start := time.Now()
 	shape := s.d.Index.Stats(m, now, r.Top)
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(live)
+	heap := uint64(0)
+	if live[0].Value.Kind() == metrics.KindUint64 {
+		heap = live[0].Value.Uint64()
+	}
 	resp := &api.QueueStatsResponse{
 		Buckets: index.QshapeBuckets, Total: shape.Total, Domains: shape.Domains, Jobs: shape.Jobs,
 		ByState: shape.ByState, ByClass: shape.ByClass, ByReason: shape.ByReason,
-		Delay: s.d.Index.Delays(now), IndexJobs: s.d.Index.Len(), HeapBytes: ms.HeapAlloc, Instance: s.d.Instance,
+		Delay: s.d.Index.Delays(now), IndexJobs: s.d.Index.Len(), HeapBytes: heap, Instance: s.d.Instance,
 	}
 	resp.Delay.Elapsed = time.Since(start).String()
 	return resp, nil

@@ -49,7 +49,7 @@ func Follow(ctx context.Context, js jetstream.JetStream, x *Index, grace time.Du
 	if err != nil {
 		return nil, fmt.Errorf("index: consumer on %s: %w", wire.StreamEvents, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	it, err := cons.Messages(jetstream.PullMaxMessages(10000), jetstream.PullThresholdMessages(8000))
 	if err != nil {
 		return nil, fmt.Errorf("index: consume %s: %w", wire.StreamEvents, err)
 	}

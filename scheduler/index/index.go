@@ -84,7 +84,7 @@ type entry struct {
 // Index is the queue index. It is safe for concurrent use.
 type Index struct {
 	mu      sync.RWMutex
-	slots   []entry
+	slots   slab
 	free    []int32
 	byID    map[string]int32
 	domains *interner
@@ -185,7 +185,7 @@ func (x *Index) Apply(ev *admin.QueueEvent, seq uint64) {
 		}
 	}
 	i, created := x.slot(ev.JobID)
-	e := &x.slots[i]
+	e := x.slots.at(i)
 	if p, err := wire.ParseClass(ev.Priority); err == nil && ev.Priority != "" {
 		e.class = p
 	}
@@ -296,15 +296,14 @@ func (x *Index) slot(id string) (int32, bool) {
 	if n := len(x.free); n > 0 {
 		i = x.free[n-1]
 		x.free = x.free[:n-1]
-		gen := x.slots[i].gen + 1
-		x.slots[i] = entry{gen: gen}
+		gen := x.slots.at(i).gen + 1
+		*x.slots.at(i) = entry{gen: gen}
 	} else {
-		i = int32(len(x.slots))
-		x.slots = append(x.slots, entry{})
+		i = x.slots.grow()
 	}
 	// Keep our own copy of the id: the event's strings are garbage soon.
 	id = strings.Clone(id)
-	x.slots[i].id = id
+	x.slots.at(i).id = id
 	x.byID[id] = i
 	return i, true
 }
@@ -314,12 +313,12 @@ func (x *Index) remove(id string) {
 	if !ok {
 		return
 	}
-	e := &x.slots[i]
+	e := x.slots.at(i)
 	x.domains.release(e.domain)
 	x.senders.release(e.sender)
 	x.errs.release(e.lastErr)
 	delete(x.byID, id)
-	x.slots[i] = entry{gen: e.gen}
+	*e = entry{gen: e.gen}
 	x.free = append(x.free, i)
 }
 
@@ -327,10 +326,10 @@ func (x *Index) remove(id string) {
 // outcome event reports delivered to the delay reservoir.
 func (x *Index) recordDelays(ev *admin.QueueEvent) {
 	i, ok := x.byID[ev.JobID]
-	if !ok || x.slots[i].received == 0 {
+	if !ok || x.slots.at(i).received == 0 {
 		return
 	}
-	d := ev.Time.UnixNano() - x.slots[i].received
+	d := ev.Time.UnixNano() - x.slots.at(i).received
 	for _, r := range ev.Recipients {
 		if r.Outcome == "delivered" {
 			x.delays.add(ev.Time.UnixNano(), d)
@@ -347,8 +346,8 @@ func (x *Index) Prune(now time.Time, grace time.Duration) int {
 	defer x.mu.Unlock()
 	limit := now.Add(-grace).UnixNano()
 	var gone []string
-	for i := range x.slots {
-		e := &x.slots[i]
+	for i := range x.slots.n {
+		e := x.slots.at(i)
 		if e.id != "" && e.expires != 0 && e.expires < limit {
 			gone = append(gone, e.id)
 		}
@@ -384,7 +383,7 @@ func (x *Index) Get(id string) (Job, bool) {
 	if !ok {
 		return Job{}, false
 	}
-	return x.job(&x.slots[i]), true
+	return x.job(x.slots.at(i)), true
 }
 
 func (x *Index) job(e *entry) Job {
@@ -423,7 +422,7 @@ func (x *Index) Resolve(id string) []string {
 		jid := wire.JobID(id, n)
 		if i, ok := x.byID[jid]; ok {
 			out = append(out, jid)
-			if t := int(x.slots[i].jobs); t > 0 && n+1 >= t {
+			if t := int(x.slots.at(i).jobs); t > 0 && n+1 >= t {
 				break
 			}
 		}
@@ -463,8 +462,8 @@ func (x *Index) Select(m *Matcher) []Ref {
 	x.mu.RLock()
 	var out []Ref
 	m.prepare(x)
-	for i := range x.slots {
-		e := &x.slots[i]
+	for i := range x.slots.n {
+		e := x.slots.at(i)
 		if e.id == "" || !m.match(x, e) {
 			continue
 		}
@@ -481,8 +480,8 @@ func (x *Index) Matching(m *Matcher) []string {
 	defer x.mu.RUnlock()
 	m.prepare(x)
 	var out []string
-	for i := range x.slots {
-		e := &x.slots[i]
+	for i := range x.slots.n {
+		e := x.slots.at(i)
 		if e.id != "" && m.match(x, e) {
 			out = append(out, e.id)
 		}
@@ -500,10 +499,10 @@ func (x *Index) Rows(refs []Ref) []admin.QueueRow {
 	defer x.mu.RUnlock()
 	rows := make([]admin.QueueRow, 0, len(refs))
 	for _, r := range refs {
-		if int(r.slot) >= len(x.slots) {
+		if r.slot >= x.slots.n {
 			continue
 		}
-		e := &x.slots[r.slot]
+		e := x.slots.at(r.slot)
 		if e.gen != r.gen || e.id != r.ID {
 			continue
 		}
@@ -566,8 +565,8 @@ func (x *Index) Stats(m *Matcher, now time.Time, top int) Shape {
 	}
 	nowNs := now.UnixNano()
 	jobs := 0
-	for i := range x.slots {
-		e := &x.slots[i]
+	for i := range x.slots.n {
+		e := x.slots.at(i)
 		if e.id == "" || !m.match(x, e) {
 			continue
 		}
@@ -649,4 +648,24 @@ func (x *Index) Delays(now time.Time) admin.QueueDelay {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return x.delays.percentiles(now.UnixNano())
+}
+
+// slab stores entries in fixed-size chunks: growing never copies the
+// entries already there (a million of them would be copied, and held twice,
+// at every doubling of one big slice).
+type slab struct {
+	chunks [][]entry
+	n      int32
+}
+
+const chunkBits = 12
+
+func (s *slab) at(i int32) *entry { return &s.chunks[i>>chunkBits][i&(1<<chunkBits-1)] }
+
+func (s *slab) grow() int32 {
+	if int(s.n)>>chunkBits == len(s.chunks) {
+		s.chunks = append(s.chunks, make([]entry, 1<<chunkBits))
+	}
+	s.n++
+	return s.n - 1
 }

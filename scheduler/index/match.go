@@ -95,8 +95,6 @@ func (m *Matcher) prepare(x *Index) {
 					m.senderIDs[uint32(id)] = true
 				}
 			}
-		} else if id, ok := x.senders.lookup(m.sender); ok {
-			m.senderIDs[id] = true
 		} else {
 			// Addresses are stored as given; compare without case.
 			for id := 1; id < x.senders.size(); id++ {
