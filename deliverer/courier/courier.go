@@ -71,6 +71,7 @@ type Courier struct {
 	dialer *smtpclient.Dialer
 	tracer trace.Tracer
 	signer Signer
+	cache  *connCache
 }
 
 // Option configures a Courier.
@@ -85,6 +86,15 @@ func WithSigner(s *dkim.Signer) Option {
 		}
 	}
 }
+
+// WithConnectionReuse keeps sessions open for the next delivery to the same
+// domain (see CacheConfig). Close the Courier to close them.
+func WithConnectionReuse(cfg CacheConfig) Option {
+	return func(c *Courier) { c.cache = newConnCache(cfg) }
+}
+
+// Close closes the idle sessions kept for reuse; safe to call twice.
+func (c *Courier) Close() { c.cache.close() }
 
 // New returns a Courier.
 func New(router Router, dialer *smtpclient.Dialer, tracer trace.Tracer, opts ...Option) *Courier {
@@ -134,6 +144,33 @@ func all(n int, e *status.Error) []outcome {
 
 func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, body io.Reader) []outcome {
 	n := len(job.Recipients)
+	// The message is signed once per attempt, when a server is first ready
+	// for it, and the same signed content serves a retry on a new
+	// connection after a cached one turned out dead.
+	var signed struct {
+		msg   io.Reader
+		added int64
+		done  func()
+		err   *status.Error
+		ok    bool
+	}
+	message := func() (io.Reader, int64, *status.Error) {
+		if !signed.ok {
+			signed.msg, signed.added, signed.done, signed.err = c.sign(ctx, job, body)
+			signed.ok = true
+		}
+		return signed.msg, signed.added, signed.err
+	}
+	defer func() {
+		if signed.done != nil {
+			signed.done()
+		}
+	}()
+	if sess := c.cache.get(job.Domain); sess != nil {
+		if out, ok := c.reuse(ctx, sess, job, message); ok {
+			return out
+		}
+	}
 	route, err := c.route(ctx, job.Domain)
 	if err != nil {
 		return all(n, status.Classify(err, sluicev1.Reason_REASON_DNS, ""))
@@ -175,18 +212,43 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, body io.Reader
 				}
 				continue
 			}
-			msg, added, done, e := c.sign(ctx, job, body)
+			msg, added, e := message()
 			if e != nil {
 				sess.Close()
 				return all(n, e)
 			}
 			out := c.transaction(ctx, sess, h, job, msg, added)
-			sess.Close()
-			done()
+			c.cache.put(job.Domain, sess)
 			return out
 		}
 	}
 	return all(n, pick(failures, route.Domain))
+}
+
+// reuse runs the transaction on a cached session. It reports false, having
+// sent nothing, when the session turns out to be dead before MAIL FROM was
+// accepted (servers close idle connections) or cannot carry this job
+// (require_tls), and the attempt continues with a new connection.
+func (c *Courier) reuse(ctx context.Context, sess *smtpclient.Session, job *sluicev1.Job, message func() (io.Reader, int64, *status.Error)) ([]outcome, bool) {
+	sess.Bind(ctx)
+	if e := c.secure(ctx, sess, job); e != nil {
+		c.cache.put(job.Domain, sess)
+		return nil, false
+	}
+	msg, added, e := message()
+	if e != nil {
+		c.cache.put(job.Domain, sess)
+		return all(len(job.Recipients), e), true
+	}
+	h := mx.Host{Name: sess.Host(), Port: int(sess.Addr().Port())}
+	out := c.transaction(ctx, sess, h, job, msg, added)
+	if sess.BrokeBeforeMail() {
+		// Nothing of the message was read: DATA was never reached.
+		sess.Close()
+		return nil, false
+	}
+	c.cache.put(job.Domain, sess)
+	return out, true
 }
 
 // pick chooses the error reported when no server took the transaction.
@@ -318,7 +380,8 @@ func (c *Courier) transaction(ctx context.Context, s *smtpclient.Session, h mx.H
 	ctx, span := c.tracer.Start(ctx, "smtp.transaction", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(serverAttrs(h, s.Addr().Addr())...),
 		trace.WithAttributes(attribute.Int("sluice.recipients", len(job.Recipients)),
-			attribute.Bool("sluice.smtp.tls", s.TLS() != nil)))
+			attribute.Bool("sluice.smtp.tls", s.TLS() != nil),
+			attribute.Int("sluice.smtp.connection_use", s.Uses()+1)))
 	defer span.End()
 	n := len(job.Recipients)
 	env := smtpclient.Envelope{

@@ -109,12 +109,25 @@ type Session struct {
 	tls     *tls.ConnectionState
 	stop    func() bool
 	closeMu sync.Once
+
+	// broken is set when a command failed without a reply (the
+	// connection broke or timed out): the session must not be reused.
+	broken bool
+	// brokeAtMail is set when it broke on MAIL FROM, before the server
+	// accepted anything of the transaction, so the caller may safely try
+	// again on a new connection.
+	brokeAtMail bool
+	// uses counts the transactions started on the session.
+	uses int
 }
 
 // RemoteHost names the server in results: "name[ip]:port" like Postfix logs.
 func (s *Session) RemoteHost() string {
 	return fmt.Sprintf("%s[%s]", s.host, s.addr.Addr())
 }
+
+// Host is the server's name as given to Connect.
+func (s *Session) Host() string { return s.host }
 
 // Addr is the address the session is connected to.
 func (s *Session) Addr() netip.AddrPort { return s.addr }
@@ -383,7 +396,14 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 	case "HDRS":
 		mo.Return = smtp.DSNReturnHeaders
 	}
+	s.uses++
+	s.brokeAtMail = false
 	if err := c.Mail(env.From, mo); err != nil {
+		if !isReply(err) || replyCode(err) == 421 {
+			// No reply, or 421 "closing transmission channel" (RFC 5321
+			// §3.8), as a server that dropped an idle client sends.
+			s.broken, s.brokeAtMail = true, true
+		}
 		return failAll(s.classify(err, sluicev1.Reason_REASON_REMOTE), all)
 	}
 	accepted := 0
@@ -396,6 +416,7 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 		var se *smtp.SMTPError
 		if !errors.As(err, &se) {
 			// Not a reply: the connection broke, nothing more can happen.
+			s.broken = true
 			e := s.classify(err, sluicev1.Reason_REASON_REMOTE)
 			return failAll(e, func(j int) bool { return j >= i || out[j].Err == nil })
 		}
@@ -403,16 +424,25 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 	}
 	open := func(i int) bool { return out[i].Err == nil }
 	if accepted == 0 {
-		_ = c.Reset()
+		if err := c.Reset(); err != nil {
+			s.broken = true
+		}
 		return out
 	}
 	wc, err := c.Data()
 	if err != nil {
+		if !isReply(err) {
+			s.broken = true
+		} else if c.Reset() != nil {
+			// The refused DATA left MAIL and RCPT open on the server.
+			s.broken = true
+		}
 		return failAll(s.classify(err, sluicev1.Reason_REASON_REMOTE), open)
 	}
 	if _, err := io.Copy(deadlineWriter{wc, s.conn, s.d.cfg.CommandTimeout}, body); err != nil {
 		// The content could not be sent; what the server does with a
 		// half message is its business, the attempt has failed.
+		s.broken = true
 		e := s.classify(err, sluicev1.Reason_REASON_REMOTE)
 		if e.Reason == sluicev1.Reason_REASON_INTERNAL {
 			e.Reason = sluicev1.Reason_REASON_REMOTE
@@ -421,6 +451,9 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 	}
 	resp, err := wc.CloseWithResponse()
 	if err != nil {
+		if !isReply(err) {
+			s.broken = true
+		}
 		return failAll(s.classify(err, sluicev1.Reason_REASON_REMOTE), open)
 	}
 	enh, text := "2.0.0", resp.StatusText
@@ -433,6 +466,48 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 		}
 	}
 	return out
+}
+
+func replyCode(err error) int {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
+func isReply(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se)
+}
+
+// Reusable reports whether another transaction may run on the session: the
+// last one ended with the server ready for MAIL (RFC 5321 §4.1.4: after a
+// completed DATA, or after RSET), and the connection did not break.
+func (s *Session) Reusable() bool { return s.client != nil && !s.broken }
+
+// BrokeBeforeMail reports whether the last transaction failed because the
+// connection was already gone when MAIL FROM was sent: nothing of it
+// reached the server, so it may be retried on a fresh connection without
+// risking a duplicate. Servers close idle connections; this is how a cached
+// one that went stale shows.
+func (s *Session) BrokeBeforeMail() bool { return s.brokeAtMail }
+
+// Uses is how many transactions were started on the session.
+func (s *Session) Uses() int { return s.uses }
+
+// Bind makes ctx the context whose end closes the connection, replacing the
+// one given to Connect, so a cached session serves the attempt that took it.
+// Bind(nil) leaves the session bound to nothing (idle in a cache).
+func (s *Session) Bind(ctx context.Context) {
+	if s.stop != nil {
+		s.stop()
+	}
+	s.stop = func() bool { return false }
+	if ctx != nil {
+		raw := s.raw
+		s.stop = context.AfterFunc(ctx, func() { raw.Close() })
+	}
 }
 
 // handOver gives the connection to go-smtp, replaying the greeting, and

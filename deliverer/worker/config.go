@@ -54,6 +54,13 @@ type Settings struct {
 	CommandTimeout time.Duration `yaml:"command_timeout" env:"SLUICE_DELIVERER_COMMAND_TIMEOUT"`
 	// DataTimeout bounds the wait for the reply to the end of the message.
 	DataTimeout time.Duration `yaml:"data_timeout" env:"SLUICE_DELIVERER_DATA_TIMEOUT"`
+	// ConnectionCacheTime keeps a session open this long after a delivery
+	// for the next job to the same domain (Postfix's
+	// smtp_connection_cache_time_limit); 0 closes every session after use.
+	ConnectionCacheTime time.Duration `yaml:"connection_cache_time" env:"SLUICE_DELIVERER_CONNECTION_CACHE_TIME"`
+	// ConnectionReuseLimit is the most transactions one session carries
+	// (Postfix's smtp_connection_reuse_count_limit).
+	ConnectionReuseLimit int `yaml:"connection_reuse_limit" env:"SLUICE_DELIVERER_CONNECTION_REUSE_LIMIT"`
 	// ShutdownTimeout is how long a stopping deliverer lets running
 	// deliveries finish before it interrupts them and hands their jobs back.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SLUICE_DELIVERER_SHUTDOWN_TIMEOUT"`
@@ -113,6 +120,9 @@ func DefaultSettings() Settings {
 		CommandTimeout:  5 * time.Minute,
 		DataTimeout:     10 * time.Minute,
 		ShutdownTimeout: 10 * time.Second,
+		// Postfix's defaults for connection reuse.
+		ConnectionCacheTime:  2 * time.Second,
+		ConnectionReuseLimit: 100,
 		// Zones that answer queries for free at low volume; Spamhaus refuses
 		// queries that come through large public resolvers (the doctor
 		// reports that as an error, not as "not listed").
@@ -182,6 +192,12 @@ func (s Settings) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("deliverer.%s: %s, must be positive", d.name, d.v)
 		}
+	}
+	if s.ConnectionCacheTime < 0 || s.ConnectionCacheTime > 5*time.Minute {
+		return fmt.Errorf("deliverer.connection_cache_time: %s, want 0 (off) to 5m", s.ConnectionCacheTime)
+	}
+	if s.ConnectionReuseLimit < 1 {
+		return fmt.Errorf("deliverer.connection_reuse_limit: %d, want at least 1", s.ConnectionReuseLimit)
 	}
 	if err := s.validateIdentity(); err != nil {
 		return err

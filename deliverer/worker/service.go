@@ -159,12 +159,13 @@ func New(s Settings, d Deps) (*Service, error) {
 		return nil, err
 	}
 	return &Service{
-		steered:  steered,
-		cfg:      s,
-		js:       d.JS,
-		tracer:   d.Tracer,
-		log:      d.Logger.With("instance", s.Instance),
-		courier:  courier.New(res, dialer, d.Tracer, courier.WithSigner(signer)),
+		steered: steered,
+		cfg:     s,
+		js:      d.JS,
+		tracer:  d.Tracer,
+		log:     d.Logger.With("instance", s.Instance),
+		courier: courier.New(res, dialer, d.Tracer, courier.WithSigner(signer),
+			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency})),
 		m:        m,
 		slots:    make(chan struct{}, s.Concurrency),
 		pollDone: make(chan struct{}, 1),
@@ -240,6 +241,7 @@ func (s *Service) Close(ctx context.Context) error {
 			<-done
 		}
 		s.cancelWork()
+		s.courier.Close()
 	})
 	return err
 }

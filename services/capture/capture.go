@@ -46,6 +46,9 @@ type Options struct {
 	Delay time.Duration
 	// Rcpt scripts RCPT replies.
 	Rcpt RcptFunc
+	// IdleTimeout closes a connection idle this long; 0 keeps the default
+	// of one minute. Tests use it to play a server that drops idle clients.
+	IdleTimeout time.Duration
 	// Log receives a line per message; nil discards.
 	Log *slog.Logger
 }
@@ -63,7 +66,11 @@ type Server struct {
 	seen   map[string]int
 	notify chan struct{}
 	count  atomic.Int64
+	conns  atomic.Int64
 }
+
+// Connections returns how many SMTP connections the server has accepted.
+func (s *Server) Connections() int { return int(s.conns.Load()) }
 
 // Listen starts a server on addr.
 func Listen(addr string, o Options) (*Server, error) {
@@ -91,6 +98,9 @@ func Listen(addr string, o Options) (*Server, error) {
 	s.srv.MaxMessageBytes = 64 << 20
 	s.srv.MaxRecipients = 10000
 	s.srv.ReadTimeout = time.Minute
+	if o.IdleTimeout > 0 {
+		s.srv.ReadTimeout = o.IdleTimeout
+	}
 	s.srv.WriteTimeout = time.Minute
 	s.srv.EnableSMTPUTF8 = true
 	s.srv.EnableDSN = true
@@ -135,6 +145,7 @@ func (s *Server) Wait(n int, timeout time.Duration) ([]Message, error) {
 type backend struct{ s *Server }
 
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	b.s.conns.Add(1)
 	_, tls := c.TLSConnectionState()
 	return &session{s: b.s, tls: tls}, nil
 }

@@ -1,0 +1,105 @@
+package courier
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/services/capture"
+)
+
+func deliverOne(t *testing.T, c *Courier) {
+	t.Helper()
+	res := c.Deliver(context.Background(), job(), strings.NewReader(message))
+	if res[0].Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+		t.Fatalf("outcome %v: %s", res[0].Outcome, res[0].Text)
+	}
+}
+
+// TestConnectionReuse: consecutive deliveries to one domain share a
+// connection, up to the reuse limit.
+func TestConnectionReuse(t *testing.T) {
+	srv, err := capture.Listen("127.0.0.1:0", capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := newCourier(t, srv.Addr, WithConnectionReuse(CacheConfig{TTL: 5 * time.Second, MaxUses: 3}))
+	defer c.Close()
+	for i := 0; i < 5; i++ {
+		deliverOne(t, c)
+	}
+	if n := srv.Count(); n != 5 {
+		t.Fatalf("%d messages arrived, want 5", n)
+	}
+	// 3 transactions on the first connection, 2 on the second.
+	if n := srv.Connections(); n != 2 {
+		t.Fatalf("%d connections for 5 deliveries with a reuse limit of 3, want 2", n)
+	}
+	// Close closes the idle session; Close twice is harmless.
+	c.Close()
+	c.Close()
+}
+
+// TestStaleCachedConnection: a cached session the server dropped meanwhile
+// is replaced by a new connection, and the message arrives exactly once.
+func TestStaleCachedConnection(t *testing.T) {
+	srv, err := capture.Listen("127.0.0.1:0", capture.Options{IdleTimeout: 150 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := newCourier(t, srv.Addr, WithConnectionReuse(CacheConfig{TTL: 10 * time.Second}))
+	defer c.Close()
+	deliverOne(t, c)
+	time.Sleep(400 * time.Millisecond) // the server hangs up on the idle session
+	deliverOne(t, c)
+	if n := srv.Count(); n != 2 {
+		t.Fatalf("%d messages arrived, want exactly 2", n)
+	}
+	if n := srv.Connections(); n != 2 {
+		t.Fatalf("%d connections, want 2 (the stale one replaced)", n)
+	}
+}
+
+// TestNoReuseWhenDisabled: a zero TTL closes every session after use.
+func TestNoReuseWhenDisabled(t *testing.T) {
+	srv, err := capture.Listen("127.0.0.1:0", capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := newCourier(t, srv.Addr, WithConnectionReuse(CacheConfig{}))
+	defer c.Close()
+	deliverOne(t, c)
+	deliverOne(t, c)
+	if n := srv.Connections(); n != 2 {
+		t.Fatalf("%d connections with reuse off, want 2", n)
+	}
+}
+
+// TestIdleSessionsExpire: the janitor closes a session idle past its TTL,
+// so the next delivery opens a new connection.
+func TestIdleSessionsExpire(t *testing.T) {
+	srv, err := capture.Listen("127.0.0.1:0", capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := newCourier(t, srv.Addr, WithConnectionReuse(CacheConfig{TTL: 100 * time.Millisecond}))
+	defer c.Close()
+	deliverOne(t, c)
+	time.Sleep(300 * time.Millisecond)
+	c.cache.mu.Lock()
+	idle := len(c.cache.idle)
+	c.cache.mu.Unlock()
+	if idle != 0 {
+		t.Fatalf("%d domains still have idle sessions after the TTL", idle)
+	}
+	deliverOne(t, c)
+	if n := srv.Connections(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+}
