@@ -119,6 +119,8 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // runQueue implements "sluice queue".
 func runQueue(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	// "sluice queue -server URL list" as well as "sluice -server URL queue list".
+	args = globalFlagsLast(args)
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, queueUsage)
 		if len(args) == 0 {

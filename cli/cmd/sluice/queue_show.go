@@ -160,7 +160,7 @@ func queueLog(args []string, stdout, stderr io.Writer) error {
 			att = fmt.Sprint(ev.Attempt)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format("2006-01-02 15:04:05.000"), ev.JobID,
-			paint.state(ev.Type), att, cell(eventDetails(&ev), 160))
+			paint.state(ev.Type), att, cell(eventDetails(&ev), 300))
 	}
 	return tw.Flush()
 }

@@ -75,7 +75,7 @@ func queueStats(args []string, stdout, stderr io.Writer) error {
 	if d.Count == 0 {
 		fmt.Fprintf(stdout, "delivery delay (last %s): no deliveries\n", d.Window)
 	} else {
-		fmt.Fprintf(stdout, "delivery delay (last %s, %d recipients): p50 %s  p90 %s  p99 %s  max %s\n", d.Window, d.Count,
+		fmt.Fprintf(stdout, "delivery delay (last %s, %d delivered): p50 %s  p90 %s  p99 %s  max %s\n", d.Window, d.Count,
 			secs(d.P50), secs(d.P90), secs(d.P99), secs(d.Max))
 	}
 	return nil

@@ -348,7 +348,7 @@ func TestQueueCommands(t *testing.T) {
 		if f := strings.Fields(lines[2]); f[0] != "dest.test" || f[1] != "2" {
 			t.Errorf("largest domain first: %q", lines[2])
 		}
-		for _, want := range []string{"by state: deferred 3", "by deferral reason: remote 3", "1 recipients"} {
+		for _, want := range []string{"by state: deferred 3", "by deferral reason: remote 3", "1 delivered): p50"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("stats lacks %q:\n%s", want, out)
 			}
@@ -481,6 +481,12 @@ func TestNoService(t *testing.T) {
 	mustCode(t, 1, code, out, errs, "hold without a scheduler")
 	if !strings.Contains(errs, "no answer from sluice-scheduler within 3s") {
 		t.Errorf("error = %q", errs)
+	}
+	// Global flags before the command work too.
+	var o, e bytes.Buffer
+	if code := run([]string{"-server", ns.ClientURL(), "-timeout", "2s", "queue", "stats"}, nil, &o, &e); code != 1 ||
+		!strings.Contains(e.String(), "no answer from sluice-scheduler within 2s") {
+		t.Errorf("global flags first: exit %d: %q", code, e.String())
 	}
 	code, out, errs = runCLI("nats://127.0.0.1:1", "list")
 	mustCode(t, 1, code, out, errs, "no NATS")
