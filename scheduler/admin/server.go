@@ -121,6 +121,23 @@ func Start(ctx context.Context, d Deps) (*Server, error) {
 		})); err != nil {
 		return nil, err
 	}
+	// Queue depth by class and state, from the index. Label values: class
+	// = high, normal, bulk; state = ready (waiting for a deliverer), active
+	// (being attempted), deferred (waiting for a retry schedule), held.
+	if _, err := d.Meter.Int64ObservableGauge("sluice_scheduler_queue_depth",
+		metric.WithDescription("Jobs in the queue by priority class and state."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			depth := d.Index.Depth()
+			for _, class := range wire.Classes {
+				for st := index.Ready; st <= index.Held; st++ {
+					o.Observe(int64(depth[class][st]), metric.WithAttributes(
+						attribute.String("class", wire.ClassName(class)), attribute.String("state", st.String())))
+				}
+			}
+			return nil
+		})); err != nil {
+		return nil, err
+	}
 	s.base, s.stop = context.WithCancel(context.WithoutCancel(ctx))
 	svc, err := micro.AddService(d.JS.Conn(), micro.Config{
 		Name:        wire.SchedulerService,

@@ -669,3 +669,22 @@ func (s *slab) grow() int32 {
 	s.n++
 	return s.n - 1
 }
+
+// Depth counts the live jobs by priority class and state, for the
+// sluice_scheduler_queue_depth gauge: Depth()[class][state], with class a
+// sluicev1.Priority and state a State.
+func (x *Index) Depth() [4][len(stateNames)]int {
+	var d [4][len(stateNames)]int
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for i := range x.slots.n {
+		e := x.slots.at(i)
+		if e.id == "" {
+			continue
+		}
+		if int(e.class) < len(d) && int(e.state) < len(stateNames) {
+			d[e.class][e.state]++
+		}
+	}
+	return d
+}

@@ -41,13 +41,26 @@ func Start(t testing.TB) *Server {
 // Listen starts a server on addr (port 0 picks one) for UDP and TCP.
 func Listen(addr string) (*Server, error) {
 	s := &Server{records: map[string][]dns.RR{}, servfail: map[string]bool{}, drop: map[string]bool{}}
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// UDP and TCP must share a port number; with port 0 the one the kernel
+	// picks for UDP may be taken for TCP, so try a few times.
+	var pc net.PacketConn
+	var ln net.Listener
+	var err error
+	for try := 0; try < 20; try++ {
+		pc, err = net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, err
+		}
+		ln, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
 		pc.Close()
+		if !strings.HasSuffix(addr, ":0") {
+			return nil, err
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	s.Addr = pc.LocalAddr().String()
