@@ -35,6 +35,11 @@ type Settings struct {
 	// Instance names this scheduler in the admin API; main defaults it to
 	// "<hostname>-<pid>".
 	Instance string `yaml:"instance" env:"SLUICE_SCHEDULER_INSTANCE"`
+	// DelayWarning is how long a message may wait in the queue before its
+	// sender gets a "delayed" DSN (RFC 3464 Action: delayed), once, for the
+	// recipients still being retried whose NOTIFY allows it (Postfix's
+	// delay_warning_time). 0 sends none.
+	DelayWarning time.Duration `yaml:"delay_warning" env:"SLUICE_SCHEDULER_DELAY_WARNING"`
 	// StatsWindow is the recent window of the delivery delay percentiles
 	// `sluice queue stats` shows.
 	StatsWindow time.Duration `yaml:"stats_window" env:"SLUICE_SCHEDULER_STATS_WINDOW"`
@@ -63,6 +68,7 @@ func DefaultSettings() Settings {
 		Batch:           256,
 		ShutdownTimeout: 5 * time.Second,
 		StatsWindow:     time.Hour,
+		DelayWarning:    4 * time.Hour,
 		Telemetry:       config.Telemetry{MetricsListen: "127.0.0.1:9102", LogLevel: "info"},
 	}
 }
@@ -85,6 +91,9 @@ func (c *Config) Validate() error {
 
 // Validate reports the first bad field as "scheduler.<field>".
 func (s Settings) Validate() error {
+	if s.DelayWarning < 0 {
+		return fmt.Errorf("scheduler.delay_warning: %s, want 0 (off) or a positive duration", s.DelayWarning)
+	}
 	if err := s.Retry.Policy().Validate(); err != nil {
 		return fmt.Errorf("scheduler.%w", err)
 	}

@@ -143,6 +143,17 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 		}
 		at := policy.NextAttempt(now, s.cfg.Scheduler.Retry.Policy().Backoff(job.GetAttempt(), s.random), expires)
 		next = policy.RetryJob(job, d.Retry, now, at)
+		if policy.ShouldWarnDelay(job, now, s.cfg.Scheduler.DelayWarning) {
+			// Warn the sender once (RFC 3464 Action: delayed); the retry
+			// carries the flag so later attempts do not warn again.
+			next.DelayWarned = true
+			if want := policy.Filter(d.Retry, policy.WantsDelay); len(want) > 0 && policy.MayBounce(job) {
+				if err := bounce(sluicev1.BounceKind_BOUNCE_KIND_DELAYED, want); err != nil {
+					s.retryLater(ctx, span, msg, log, "publish delay DSN request", err)
+					return
+				}
+			}
+		}
 		span.SetAttributes(attrDeferReason.String(reasonName(next.GetLastReason())), attrNextAttempt.String(at.UTC().Format(time.RFC3339)))
 		var f jetstream.PubAckFuture
 		if held {

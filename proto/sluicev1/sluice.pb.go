@@ -631,8 +631,11 @@ type Job struct {
 	LastError         string `protobuf:"bytes,22,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	ScheduledUnixNano int64  `protobuf:"varint,23,opt,name=scheduled_unix_nano,json=scheduledUnixNano,proto3" json:"scheduled_unix_nano,omitempty"`
 	NotBeforeUnixNano int64  `protobuf:"varint,24,opt,name=not_before_unix_nano,json=notBeforeUnixNano,proto3" json:"not_before_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Set once a delay DSN was requested for the job, so the sender is
+	// warned once, not at every retry.
+	DelayWarned   bool `protobuf:"varint,25,opt,name=delay_warned,json=delayWarned,proto3" json:"delay_warned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -831,6 +834,13 @@ func (x *Job) GetNotBeforeUnixNano() int64 {
 		return x.NotBeforeUnixNano
 	}
 	return 0
+}
+
+func (x *Job) GetDelayWarned() bool {
+	if x != nil {
+		return x.DelayWarned
+	}
+	return false
 }
 
 // RecipientResult is the outcome of one recipient in one attempt.
@@ -1164,7 +1174,7 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\vbody_object\x18\x11 \x01(\tR\n" +
 	"bodyObject\x12\x1b\n" +
 	"\tbody_size\x18\x12 \x01(\x03R\bbodySize\x12\x15\n" +
-	"\x06is_dsn\x18\x13 \x01(\bR\x05isDsn\"\xa2\x06\n" +
+	"\x06is_dsn\x18\x13 \x01(\bR\x05isDsn\"\xc5\x06\n" +
 	"\x03Job\x12\x16\n" +
 	"\x06schema\x18\x01 \x01(\rR\x06schema\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1197,7 +1207,8 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x16 \x01(\tR\tlastError\x12.\n" +
 	"\x13scheduled_unix_nano\x18\x17 \x01(\x03R\x11scheduledUnixNano\x12/\n" +
-	"\x14not_before_unix_nano\x18\x18 \x01(\x03R\x11notBeforeUnixNano\"\xa0\x02\n" +
+	"\x14not_before_unix_nano\x18\x18 \x01(\x03R\x11notBeforeUnixNano\x12!\n" +
+	"\fdelay_warned\x18\x19 \x01(\bR\vdelayWarned\"\xa0\x02\n" +
 	"\x0fRecipientResult\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12,\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x12.sluice.v1.OutcomeR\aoutcome\x12)\n" +

@@ -127,6 +127,25 @@ func WantsSuccess(notify uint32) bool {
 	return notify&uint32(sluicev1.Notify_NOTIFY_NEVER) == 0 && notify&uint32(sluicev1.Notify_NOTIFY_SUCCESS) != 0
 }
 
+// WantsDelay reports whether a recipient's NOTIFY allows a delay DSN: DELAY
+// asked for explicitly, or no NOTIFY at all, which RFC 3461 section 4.1
+// leaves to the MTA (we warn, as Postfix does).
+func WantsDelay(notify uint32) bool {
+	if notify&uint32(sluicev1.Notify_NOTIFY_NEVER) != 0 {
+		return false
+	}
+	return notify == 0 || notify&uint32(sluicev1.Notify_NOTIFY_DELAY) != 0
+}
+
+// ShouldWarnDelay reports whether a job still being retried at now has
+// waited long enough for its sender to be told, and was not told yet.
+func ShouldWarnDelay(job *sluicev1.Job, now time.Time, after time.Duration) bool {
+	if after <= 0 || job.GetDelayWarned() || job.GetReceivedUnixNano() == 0 {
+		return false
+	}
+	return now.Sub(time.Unix(0, job.GetReceivedUnixNano())) >= after
+}
+
 // Filter returns the results for which want(notify) holds.
 func Filter(rrs []*sluicev1.RecipientResult, want func(uint32) bool) []*sluicev1.RecipientResult {
 	var out []*sluicev1.RecipientResult
