@@ -151,6 +151,9 @@ type NATS struct {
 	URL string `yaml:"url" env:"SLUICE_NATS_URL"`
 	// Creds is a NATS credentials file (JWT + NKey seed).
 	Creds string `yaml:"creds" env:"SLUICE_NATS_CREDS"`
+	// NKeySeedFile authenticates with an NKey (a file holding the user's
+	// seed, "SU..."), for servers configured with nkey users.
+	NKeySeedFile string `yaml:"nkey_seed_file" env:"SLUICE_NATS_NKEY_SEED_FILE"`
 	// User and Password authenticate with a static user.
 	User     string `yaml:"user" env:"SLUICE_NATS_USER"`
 	Password string `yaml:"password" env:"SLUICE_NATS_PASSWORD"`
@@ -179,8 +182,14 @@ func (n NATS) Validate() error {
 	if (n.CertFile == "") != (n.KeyFile == "") {
 		return errors.New("nats.cert_file and nats.key_file: give both or neither")
 	}
-	if n.Creds != "" && n.User != "" {
-		return errors.New("nats.creds and nats.user: give one way to authenticate, not both")
+	ways := 0
+	for _, v := range []string{n.Creds, n.User, n.NKeySeedFile} {
+		if v != "" {
+			ways++
+		}
+	}
+	if ways > 1 {
+		return errors.New("nats.creds, nats.nkey_seed_file and nats.user: give one way to authenticate, not several")
 	}
 	return nil
 }

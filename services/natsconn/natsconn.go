@@ -37,6 +37,13 @@ func Connect(cfg config.NATS, name string, wait time.Duration, log *slog.Logger)
 	if cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.Creds))
 	}
+	if cfg.NKeySeedFile != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NKeySeedFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("nats.nkey_seed_file: %w", err)
+		}
+		opts = append(opts, o)
+	}
 	if cfg.User != "" {
 		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
 	}
