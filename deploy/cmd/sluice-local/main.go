@@ -10,6 +10,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,11 +33,16 @@ func main() {
 	syncAlways := flag.Bool("sync-always", false, "fsync every JetStream write")
 	jaeger := flag.String("jaeger", "bin/jaeger", "Jaeger binary to start next to Sluice, if it exists (make jaeger builds it)")
 	jaegerConfig := flag.String("jaeger-config", "deploy/jaeger/config.yaml", "Jaeger configuration")
+	pprofAddr := flag.String("pprof", "", "serve Go profiles of this process (and so of the embedded NATS server) on this address, e.g. 127.0.0.1:6060")
 	var routes routeFlags
 	flag.Var(&routes, "route", "extra static route `domain=host:port` (repeatable), e.g. for a benchmark sink")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if *pprofAddr != "" {
+		// net/http/pprof registers on the default mux.
+		go func() { log.Error("pprof", "err", http.ListenAndServe(*pprofAddr, nil)) }()
+	}
 	dataDir, _ := filepath.Abs(*data)
 	binDir, _ := filepath.Abs(*bin)
 	ctx, stop := lifecycle.SignalContext()
