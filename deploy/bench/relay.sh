@@ -72,7 +72,7 @@ stop_sluice() {
 # peak resident memory (VmHWM, MiB) of each Sluice process and of the embedded NATS (sluice-local)
 sluice_mem() {
   local p name
-  for p in $(pgrep -f "$ROOT/bin/sluice-" || true) $SLUICE_PID; do
+  for p in $(pgrep -f "$ROOT/bin/sluice-" || true); do
     name=$(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null | awk '{print $1}' | xargs -r basename 2>/dev/null) || continue
     [[ -n $name ]] || continue
     awk -v n="$name" '/VmHWM/{printf "%s=%.0f ", n, $2/1024}' /proc/$p/status 2>/dev/null || true
