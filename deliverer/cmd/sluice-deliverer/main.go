@@ -9,7 +9,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -18,7 +17,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/miekg/dns"
 	"github.com/nats-io/nats.go"
@@ -30,8 +28,6 @@ import (
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/lifecycle"
-	"github.com/sluice-mta/sluice/services/natsconn"
-	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -78,57 +74,33 @@ func systemResolver(path string) (string, error) {
 func run(cfg worker.Config) error {
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
-
-	tel, err := telemetry.Setup(ctx, "deliverer", telemetry.EnvFrom(os.LookupEnv), cfg.Deliverer.LogLevel)
+	p, err := lifecycle.Start(ctx, lifecycle.Options{Service: "deliverer", NATS: cfg.NATS, Queue: cfg.Queue,
+		Telemetry: cfg.Deliverer.Telemetry, OTel: telemetry.EnvFrom(os.LookupEnv)})
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = tel.Shutdown(sctx)
-	}()
-	log := tel.Logger
-
-	nc, js, err := natsconn.Connect(cfg.NATS, "sluice-deliverer "+cfg.Deliverer.Instance, 30*time.Second, log)
+	log := p.Log
+	svc, err := worker.New(cfg.Deliverer, worker.Deps{JS: p.JS, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
+	if err == nil {
+		err = svc.Start(ctx)
+	}
 	if err != nil {
+		p.Stop()
 		return err
 	}
-	defer nc.Close()
-	if err := streams.Provision(ctx, js, cfg.Queue); err != nil {
-		return err
+	api, err := startAdmin(ctx, p.NC, cfg.Deliverer, p.Tel.Meter, log)
+	if err == nil {
+		err = p.ServeMetrics(cfg.Deliverer.MetricsListen, p.NATSReady)
 	}
-
-	svc, err := worker.New(cfg.Deliverer, worker.Deps{JS: js, Tracer: tel.Tracer, Meter: tel.Meter, Logger: log})
 	if err != nil {
-		return err
-	}
-	if err := svc.Start(ctx); err != nil {
-		return err
-	}
-	api, err := startAdmin(ctx, nc, cfg.Deliverer, tel.Meter, log)
-	if err != nil {
-		_ = svc.Close(context.Background())
-		return err
-	}
-	defer api.stop()
-	metricsAddr := ""
-	if cfg.Deliverer.MetricsListen != "" {
-		srv, err := tel.Serve(cfg.Deliverer.MetricsListen, func() error {
-			if !nc.IsConnected() {
-				return errors.New("NATS disconnected")
-			}
-			return nil
-		})
-		if err != nil {
-			_ = svc.Close(context.Background())
-			return err
+		if api != nil {
+			api.stop()
 		}
-		defer srv.Close()
-		metricsAddr = cfg.Deliverer.MetricsListen
+		p.Stop(svc.Close(context.Background()))
+		return err
 	}
 	log.Info("started", "instance", cfg.Deliverer.Instance, "hostname", cfg.Deliverer.Hostname,
-		"metrics", metricsAddr, "dns_server", cfg.Deliverer.DNSServer, "nats", nc.ConnectedUrlRedacted(),
+		"metrics", p.MetricsAddr(), "dns_server", cfg.Deliverer.DNSServer, "nats", p.NC.ConnectedUrlRedacted(),
 		"concurrency", cfg.Deliverer.Concurrency, "egress_ips", api.doctor.EgressIPs(), "egress_guessed", api.guessed,
 		"admin_service", api.svc.Info().ID)
 
@@ -137,13 +109,7 @@ func run(cfg worker.Config) error {
 	api.stop()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Deliverer.ShutdownTimeout)
 	defer cancel()
-	if err := svc.Close(sctx); err != nil {
-		log.Warn("shutdown", "err", err)
-	}
-	if err := nc.Drain(); err != nil {
-		log.Warn("drain", "err", err)
-	}
-	log.Info("stopped")
+	p.Stop(svc.Close(sctx))
 	return nil
 }
 

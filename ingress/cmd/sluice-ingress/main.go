@@ -6,23 +6,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/sluice-mta/sluice/ingress"
 	"github.com/sluice-mta/sluice/ingress/smtpd"
 	"github.com/sluice-mta/sluice/ingress/store"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/lifecycle"
-	"github.com/sluice-mta/sluice/services/natsconn"
-	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -43,57 +38,34 @@ func main() {
 func run(cfg ingress.Config) error {
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
-
-	tel, err := telemetry.Setup(ctx, "ingress", telemetry.EnvFrom(os.LookupEnv), cfg.Ingress.LogLevel)
+	p, err := lifecycle.Start(ctx, lifecycle.Options{Service: "ingress", NATS: cfg.NATS, Queue: cfg.Queue,
+		Telemetry: cfg.Ingress.Telemetry, OTel: telemetry.EnvFrom(os.LookupEnv)})
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = tel.Shutdown(sctx)
-	}()
-	log := tel.Logger
-
-	nc, js, err := natsconn.Connect(cfg.NATS, "sluice-ingress", 30*time.Second, log)
+	log := p.Log
+	st, err := store.New(ctx, p.JS, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, Logger: log})
 	if err != nil {
+		p.Stop()
 		return err
 	}
-	defer nc.Close()
-	if err := streams.Provision(ctx, js, cfg.Queue); err != nil {
-		return err
+	srv, err := smtpd.New(smtpd.Options{Settings: cfg.Ingress, Store: st, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
+	if err == nil {
+		err = srv.Start()
 	}
-	st, err := store.New(ctx, js, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, Logger: log})
-	if err != nil {
-		return err
-	}
-	srv, err := smtpd.New(smtpd.Options{Settings: cfg.Ingress, Store: st, Tracer: tel.Tracer, Meter: tel.Meter, Logger: log})
-	if err != nil {
-		return err
-	}
-	if err := srv.Start(); err != nil {
-		return err
-	}
-
-	var metricsSrv *http.Server
-	metricsAddr := ""
-	if cfg.Ingress.MetricsListen != "" {
-		metricsSrv, err = tel.Serve(cfg.Ingress.MetricsListen, func() error {
-			if !nc.IsConnected() {
-				return errors.New("not connected to NATS")
-			}
-			return nil
-		})
-		if err != nil {
+	if err == nil {
+		if err = p.ServeMetrics(cfg.Ingress.MetricsListen, p.NATSReady); err != nil {
 			_ = srv.Close()
-			return err
 		}
-		metricsAddr = cfg.Ingress.MetricsListen
+	}
+	if err != nil {
+		p.Stop()
+		return err
 	}
 	log.Info("started", "smtp_listen", addrString(srv.ListenerAddr(smtpd.ListenerSMTP)),
 		"submission_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmission)),
 		"submissions_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmissions)),
-		"metrics_listen", metricsAddr, "hostname", cfg.Ingress.Hostname)
+		"metrics_listen", p.MetricsAddr(), "hostname", cfg.Ingress.Hostname)
 
 	// SIGHUP re-reads the credentials and recipients files, as Postfix's
 	// "postfix reload" would; they are also polled (reload_interval).
@@ -114,16 +86,7 @@ wait:
 	log.Info("stopping", "grace", cfg.Ingress.ShutdownGrace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Ingress.ShutdownGrace)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("shutdown", "err", err)
-	}
-	if metricsSrv != nil {
-		_ = metricsSrv.Shutdown(sctx)
-	}
-	if err := nc.Drain(); err != nil {
-		log.Warn("nats drain", "err", err)
-	}
-	log.Info("stopped")
+	p.Stop(srv.Shutdown(sctx))
 	return nil
 }
 
