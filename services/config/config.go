@@ -209,9 +209,6 @@ type Queue struct {
 	// bodies go to the object store. It must stay below the server's
 	// max_payload (1 MiB by default) minus room for the envelope.
 	InlineBodyLimit int `yaml:"inline_body_limit" env:"SLUICE_QUEUE_INLINE_BODY_LIMIT"`
-	// SyncAlways makes the embedded server fsync every write; it applies to
-	// the server `make run` starts, not to an external cluster.
-	SyncAlways bool `yaml:"sync_always" env:"SLUICE_QUEUE_SYNC_ALWAYS"`
 	// EventsRetention is how long the history of every job (SLUICE_EVENTS,
 	// what `sluice queue log` prints) is kept. The schedulers rebuild their
 	// queue index from these events when they start, so it must be at
