@@ -136,8 +136,8 @@ Sluice is running.
   Logs (JSON)    %[5]s/{ingress,scheduler,deliverer,bouncer}.log
                  e.g. tail -f %[5]s/deliverer.log
   Metrics        http://%[6]s/metrics (ingress)  :9102 scheduler  :9103 deliverer  :9104 bouncer
+  Queue          bin/sluice -server %[7]s queue list   (or stats, show <id>)
   NATS           %[7]s   JetStream files in %[8]s/
-                 e.g. nats --server %[7]s stream ls
   Config         %[9]s
 `, smtp, testDomain, s.Capture.Addr, rel(filepath.Join(dataDir, "capture")), rel(filepath.Join(dataDir, "logs")),
 		s.Metrics["ingress"], s.NATS.ClientURL(), rel(filepath.Join(dataDir, "jetstream")), rel(s.ConfigPath))
