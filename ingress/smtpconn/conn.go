@@ -105,6 +105,10 @@ type Conn struct {
 	needsHello bool
 	priority   Priority
 	handErr    error
+	// okCode is the RFC 3463 enhanced code of a success reply to the
+	// command last handed on (2.1.0 for MAIL, 2.1.5 for RCPT), "" for
+	// other commands. See precise.
+	okCode string
 }
 
 // Server returns the server side of c. With cfg.Implicit the TLS handshake
@@ -210,6 +214,16 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if c.reply == 0 && len(p) >= 3 {
 		c.reply, _ = strconv.Atoi(string(p[:3]))
 	}
+	if code := c.okCode; code != "" {
+		c.okCode = ""
+		if q := precise(p, code); q != nil {
+			c.mu.Unlock()
+			if _, err := c.cur.Write(q); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+	}
 	if !c.ehlo {
 		c.mu.Unlock()
 		return c.cur.Write(p)
@@ -247,6 +261,20 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// precise rewrites go-smtp's success reply to MAIL or RCPT ("250 2.0.0
+// Roger, accepting mail from <a>", "250 2.0.0 I'll make sure <b> gets
+// this") into the RFC 3463 form postmasters expect from an MTA: 2.1.0 for
+// the sender, 2.1.5 for a recipient (RFC 3463 §3.2), as Postfix answers. Only
+// a whole one-line 250 reply is rewritten; anything else (a refusal, a
+// reply split across writes) is passed on as it is.
+func precise(p []byte, code string) []byte {
+	if len(p) < 6 || !bytes.HasPrefix(p, []byte("250 ")) || !bytes.HasSuffix(p, []byte("\r\n")) ||
+		bytes.IndexByte(p[:len(p)-2], '\n') >= 0 {
+		return nil
+	}
+	return []byte("250 " + code + " Ok\r\n")
 }
 
 // extendEHLO turns the last line of an EHLO reply into a continuation and
@@ -414,10 +442,15 @@ func (c *Conn) command(line []byte) error {
 		rewritten, prio := takePriority(text)
 		c.mu.Lock()
 		c.priority = prio
+		c.okCode = "2.1.0"
 		c.mu.Unlock()
 		if prio.Given {
 			line = append([]byte(rewritten), line[len(text):]...)
 		}
+	case strings.HasPrefix(upper, "RCPT "):
+		c.mu.Lock()
+		c.okCode = "2.1.5"
+		c.mu.Unlock()
 	case upper == "DATA":
 		c.mode = modeAfterData
 	case strings.HasPrefix(upper, "BDAT "):

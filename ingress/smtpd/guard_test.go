@@ -231,7 +231,13 @@ func TestLimitsPerSession(t *testing.T) {
 	}
 	rc.expectClosed()
 
-	// Two connections from one address; the third is refused.
+	// Two connections from one address; the third is refused. The server
+	// counts a connection until it has finished closing it, so wait until
+	// the ones above are gone.
+	deadline := time.Now().Add(5 * time.Second)
+	for h.openConnections() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	a, b := dialRaw(t, h.addr, nil), dialRaw(t, h.addr, nil)
 	_, _ = a, b
 	c, err := smtp.Dial(h.addr)
@@ -337,6 +343,26 @@ func (h *harness) counterWith(name, key, value string) int64 {
 					if v, ok := p.Attributes.Value(attribute.Key(key)); ok && v.AsString() == value {
 						n += p.Value
 					}
+				}
+			}
+		}
+	}
+	return n
+}
+
+// openConnections is sluice_ingress_connections_open summed over listeners.
+func (h *harness) openConnections() int64 {
+	h.t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := h.metrics.Collect(context.Background(), &rm); err != nil {
+		h.t.Fatal(err)
+	}
+	var n int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "sluice_ingress_connections_open" {
+				for _, p := range sum.DataPoints {
+					n += p.Value
 				}
 			}
 		}

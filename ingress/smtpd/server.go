@@ -90,6 +90,7 @@ type Server struct {
 	reloadDone chan struct{}
 	draining   atomic.Bool
 	inflight   sync.WaitGroup // DATA transactions in progress
+	inflightMu sync.Mutex     // orders inflight.Add against draining
 	stopOnce   sync.Once
 	stopErr    error
 }
@@ -305,7 +306,9 @@ func (s *Server) pollFiles(every time.Duration) {
 // than once; later calls return the first result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() {
+		s.inflightMu.Lock()
 		s.draining.Store(true)
+		s.inflightMu.Unlock()
 		if s.reloadStop != nil {
 			close(s.reloadStop)
 			<-s.reloadDone

@@ -285,7 +285,17 @@ func (se *session) Data(r io.Reader) error {
 	if env == nil || len(env.rcpts) == 0 {
 		return errNoTransaction
 	}
+	// Counting a transaction and Shutdown's decision to wait for them
+	// are ordered by inflightMu: a WaitGroup must not grow from zero while
+	// someone waits on it. A transaction starting after Shutdown began is
+	// refused like a new MAIL.
+	se.s.inflightMu.Lock()
+	if se.s.draining.Load() {
+		se.s.inflightMu.Unlock()
+		return errShuttingDown
+	}
 	se.s.inflight.Add(1)
+	se.s.inflightMu.Unlock()
 	defer se.s.inflight.Done()
 
 	ctx, span := se.s.opts.Tracer.Start(se.s.ctx, "ingress.receive",
