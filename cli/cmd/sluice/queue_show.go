@@ -10,33 +10,45 @@ import (
 	"github.com/sluice-mta/sluice/proto/wire"
 )
 
-func queueShow(args []string, stdout, stderr io.Writer) error {
+// callByID runs a command that takes exactly one queue id or job id: it
+// parses the flags, asks endpoint and decodes the answer into resp.
+func callByID(name, endpoint string, args []string, stderr io.Writer, resp any) (queueOpts, error) {
 	var o queueOpts
-	fs := newFlagSet("show", stderr)
+	fs := newFlagSet(name, stderr)
 	o.global(fs)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return flagErr(err)
+		return o, flagErr(err)
 	}
 	if len(pos) != 1 {
-		return usagef("want exactly one queue id or job id")
+		return o, usagef("want exactly one queue id or job id")
 	}
 	c, err := dialQueue(&o)
 	if err != nil {
-		return err
+		return o, err
 	}
 	defer c.close()
+	return o, c.call(endpoint, api.QueueIDRequest{ID: pos[0]}, resp, o.timeout)
+}
+
+// writeJSONLines prints each element of v as one JSON line.
+func writeJSONLines[T any](w io.Writer, v []T) error {
+	for i := range v {
+		if err := writeJSONLine(w, &v[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func queueShow(args []string, stdout, stderr io.Writer) error {
 	var resp api.QueueShowResponse
-	if err := c.call(wire.AdminShow, api.QueueIDRequest{ID: pos[0]}, &resp, o.timeout); err != nil {
+	o, err := callByID("show", wire.AdminShow, args, stderr, &resp)
+	if err != nil {
 		return err
 	}
 	if o.json {
-		for i := range resp.Jobs {
-			if err := writeJSONLine(stdout, &resp.Jobs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return writeJSONLines(stdout, resp.Jobs)
 	}
 	paint := painter(isTerminal(stdout))
 	now := time.Now()
@@ -124,32 +136,13 @@ func printJob(w io.Writer, j *api.QueueJob, paint painter, now time.Time) {
 }
 
 func queueLog(args []string, stdout, stderr io.Writer) error {
-	var o queueOpts
-	fs := newFlagSet("log", stderr)
-	o.global(fs)
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return flagErr(err)
-	}
-	if len(pos) != 1 {
-		return usagef("want exactly one queue id or job id")
-	}
-	c, err := dialQueue(&o)
-	if err != nil {
-		return err
-	}
-	defer c.close()
 	var resp api.QueueLogResponse
-	if err := c.call(wire.AdminLog, api.QueueIDRequest{ID: pos[0]}, &resp, o.timeout); err != nil {
+	o, err := callByID("log", wire.AdminLog, args, stderr, &resp)
+	if err != nil {
 		return err
 	}
 	if o.json {
-		for i := range resp.Events {
-			if err := writeJSONLine(stdout, &resp.Events[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return writeJSONLines(stdout, resp.Events)
 	}
 	paint := painter(isTerminal(stdout))
 	tw := newTable(stdout)
