@@ -261,5 +261,3 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-func logPath(w *world, proc string) string { return filepath.Clean(w.st.Proc(proc).Log()) }

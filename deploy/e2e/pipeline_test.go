@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-
-	"github.com/sluice-mta/sluice/services/capture"
 )
 
 // dsn is what a test reads out of a delivery status notification.
@@ -297,5 +295,3 @@ func TestTwoDeliverersShareASlowDestination(t *testing.T) {
 		t.Fatalf("work split %v/%v of %d: both deliverers must take a share", a, b, n)
 	}
 }
-
-var _ = capture.Message{}

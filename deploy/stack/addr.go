@@ -35,5 +35,3 @@ func FreeAddr() (string, error) {
 	}
 	return "", fmt.Errorf("no free loopback port found in 20000-32000")
 }
-
-func freeAddr() (string, error) { return FreeAddr() }

@@ -7,7 +7,6 @@ package stack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -164,7 +163,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			if addr, ok := o.MetricsAddrs[name]; ok {
 				env = append(env, "SLUICE_METRICS_LISTEN="+addr)
 				s.Metrics[name] = addr
-			} else if addr, err := freeAddr(); err == nil {
+			} else if addr, err := FreeAddr(); err == nil {
 				env = append(env, "SLUICE_METRICS_LISTEN="+addr)
 				s.Metrics[name] = addr
 			}
@@ -208,13 +207,6 @@ func (s *Stack) Procs() []*Proc {
 		}
 	}
 	return out
-}
-
-// SMTPAddr is where the ingress listens.
-func (s *Stack) SMTPAddr() string { return s.section("ingress")["listen"].(string) }
-
-func (s *Stack) section(name string) map[string]any {
-	return s.opts.Config[name]
 }
 
 // Close stops every process gracefully, then the capture server and NATS.
@@ -364,9 +356,6 @@ func (p *Proc) signal(sig syscall.Signal, wait time.Duration) bool {
 	}
 }
 
-// ErrExited is returned by Supervise when a process keeps dying.
-var ErrExited = errors.New("process exited")
-
 // startJaeger starts Jaeger and waits until its query API answers.
 func (s *Stack) startJaeger() error {
 	o := &s.opts
@@ -376,8 +365,8 @@ func (s *Stack) startJaeger() error {
 	if o.JaegerOTLP == "" {
 		o.JaegerOTLP = "127.0.0.1:4318"
 	}
-	grpcQ, _ := freeAddr()
-	grpcOTLP, _ := freeAddr()
+	grpcQ, _ := FreeAddr()
+	grpcOTLP, _ := FreeAddr()
 	p := &Proc{
 		Name: "jaeger",
 		bin:  o.JaegerBin,

@@ -206,15 +206,6 @@ func (se *session) Data(r io.Reader) error {
 func (se *session) Reset()        { se.from, se.to = "", nil }
 func (se *session) Logout() error { return nil }
 
-// Bodies returns the data of all messages, for byte-for-byte comparisons.
-func Bodies(ms []Message) [][]byte {
-	out := make([][]byte, len(ms))
-	for i, m := range ms {
-		out[i] = m.Data
-	}
-	return out
-}
-
 // ErrNotFound is returned by Find when no message matches.
 var ErrNotFound = errors.New("capture: no such message")
 

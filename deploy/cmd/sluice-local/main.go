@@ -37,6 +37,10 @@ func main() {
 	var routes routeFlags
 	flag.Var(&routes, "route", "extra static route `domain=host:port` (repeatable), e.g. for a benchmark sink")
 	flag.Parse()
+	if *captureAddr == "" {
+		fmt.Fprintln(os.Stderr, "sluice-local: -capture: the capture destination needs an address")
+		os.Exit(2)
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if *pprofAddr != "" {
