@@ -330,6 +330,15 @@ func TestErrorTextNeverReachesTheClient(t *testing.T) {
 // counterWith returns the value of an int64 counter's points whose
 // attribute key has value.
 func (h *harness) counterWith(name, key, value string) int64 {
+	return h.sumInt64(name, func(a attribute.Set) bool {
+		v, ok := a.Value(attribute.Key(key))
+		return ok && v.AsString() == value
+	})
+}
+
+// sumInt64 sums the points of an int64 sum (counter or up-down counter)
+// whose attributes keep accepts.
+func (h *harness) sumInt64(name string, keep func(attribute.Set) bool) int64 {
 	h.t.Helper()
 	var rm metricdata.ResourceMetrics
 	if err := h.metrics.Collect(context.Background(), &rm); err != nil {
@@ -340,7 +349,7 @@ func (h *harness) counterWith(name, key, value string) int64 {
 		for _, m := range sm.Metrics {
 			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == name {
 				for _, p := range sum.DataPoints {
-					if v, ok := p.Attributes.Value(attribute.Key(key)); ok && v.AsString() == value {
+					if keep(p.Attributes) {
 						n += p.Value
 					}
 				}
@@ -352,20 +361,5 @@ func (h *harness) counterWith(name, key, value string) int64 {
 
 // openConnections is sluice_ingress_connections_open summed over listeners.
 func (h *harness) openConnections() int64 {
-	h.t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := h.metrics.Collect(context.Background(), &rm); err != nil {
-		h.t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "sluice_ingress_connections_open" {
-				for _, p := range sum.DataPoints {
-					n += p.Value
-				}
-			}
-		}
-	}
-	return n
+	return h.sumInt64("sluice_ingress_connections_open", func(attribute.Set) bool { return true })
 }

@@ -19,7 +19,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -162,29 +161,10 @@ func (h *harness) streamMsgs() uint64 {
 
 // counter returns the value of an int64 counter for the given result label.
 func (h *harness) counter(name, result string) int64 {
-	h.t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := h.metrics.Collect(context.Background(), &rm); err != nil {
-		h.t.Fatal(err)
+	if result == "" {
+		return h.sumInt64(name, func(attribute.Set) bool { return true })
 	}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != name {
-				continue
-			}
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				var n int64
-				for _, p := range d.DataPoints {
-					if v, ok := p.Attributes.Value(attribute.Key("result")); result == "" || (ok && v.AsString() == result) {
-						n += p.Value
-					}
-				}
-				return n
-			}
-		}
-	}
-	return 0
+	return h.counterWith(name, "result", result)
 }
 
 // send runs one transaction and returns the DATA reply text or the error.
