@@ -62,20 +62,26 @@ func (c *connCache) get(domain string) *smtpclient.Session {
 		return nil
 	}
 	now := time.Now()
+	var found *smtpclient.Session
+	var stale []*smtpclient.Session
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	l := c.idle[domain]
-	for len(l) > 0 {
+	for len(l) > 0 && found == nil {
 		e := l[len(l)-1]
 		l = l[:len(l)-1]
 		if now.Sub(e.since) < c.cfg.TTL {
-			c.set(domain, l)
-			return e.s
+			found = e.s
+		} else {
+			stale = append(stale, e.s)
 		}
-		go e.s.Close()
 	}
 	c.set(domain, l)
-	return nil
+	c.mu.Unlock()
+	// QUIT can wait on the network: never under the lock.
+	for _, s := range stale {
+		s.Close()
+	}
+	return found
 }
 
 func (c *connCache) set(domain string, l []idleSession) {
