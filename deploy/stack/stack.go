@@ -82,6 +82,7 @@ type Stack struct {
 
 	mu    sync.Mutex
 	procs map[string]*Proc
+	order []*Proc // in start order
 }
 
 // Proc is one service process.
@@ -182,6 +183,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 				return nil, err
 			}
 			s.procs[name] = p
+			s.order = append(s.order, p)
 		}
 	}
 	return s, nil
@@ -194,19 +196,11 @@ func (s *Stack) Proc(name string) *Proc {
 	return s.procs[name]
 }
 
-// Procs returns every process.
+// Procs returns every process in start order.
 func (s *Stack) Procs() []*Proc {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*Proc, 0, len(s.procs))
-	for _, svc := range Services {
-		for name, p := range s.procs {
-			if name == svc || (len(name) > len(svc) && name[:len(svc)+1] == svc+"-") {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
+	return append([]*Proc(nil), s.order...)
 }
 
 // Close stops every process gracefully, then the capture server and NATS.
@@ -298,16 +292,6 @@ func (p *Proc) Done() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.done
-}
-
-// Pid is the current process id.
-func (p *Proc) Pid() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil || p.cmd.Process == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
 }
 
 // Log is the path of the process's log file.
