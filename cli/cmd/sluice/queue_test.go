@@ -92,6 +92,12 @@ func (w *world) startScheduler() {
 	}
 	w.sched = s
 	w.t.Cleanup(func() { _ = s.Close() })
+	// The admin API answers 503 while the index is rebuilt from events;
+	// tests start once it answers, as an operator would retry.
+	w.eventually("scheduler index loaded", 10*time.Second, func() bool {
+		code, _, _ := w.cli("stats")
+		return code == 0
+	})
 }
 
 func (w *world) stopScheduler() {
