@@ -66,7 +66,7 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 	// An operator may have held or deleted the job while it was being
 	// attempted: a held job's retry is parked instead of scheduled, and
 	// what a deleted job would have retried is dropped.
-	mark, marked, err := hold.Get(ctx, s.held, job.GetJobId())
+	mark, marked, err := s.marks.Get(ctx, job.GetJobId())
 	if err != nil {
 		s.retryLater(ctx, span, msg, log, "read hold mark", err)
 		return

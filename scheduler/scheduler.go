@@ -36,6 +36,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/admin"
 	"github.com/sluice-mta/sluice/scheduler/events"
 	"github.com/sluice-mta/sluice/scheduler/index"
+	"github.com/sluice-mta/sluice/services/marks"
 	"github.com/sluice-mta/sluice/services/streams"
 )
 
@@ -81,6 +82,7 @@ type Service struct {
 	jobs   jetstream.Stream
 	refs   jetstream.KeyValue
 	held   jetstream.KeyValue
+	marks  *marks.Cache
 	bodies jetstream.ObjectStore
 	events *events.Publisher
 	meter  metric.Meter
@@ -142,6 +144,15 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.held, err = streams.Held(ctx, s.js, s.cfg.Queue); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
+	if s.marks, err = marks.Watch(ctx, s.held, s.log); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			s.marks.Stop()
+		}
+	}()
 	msgCons, err := s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, "Sluice scheduler: splits accepted messages into delivery jobs")
 	if err != nil {
 		return err
@@ -167,6 +178,7 @@ func (s *Service) Start(ctx context.Context) error {
 	s.loops = []*loop{splitLoop, resLoop}
 	s.cancel = cancel
 	s.started = true
+	started = true
 	if err := s.startAdmin(ctx); err != nil {
 		s.mu.Unlock()
 		_ = s.Close()
@@ -263,6 +275,9 @@ func (s *Service) Close() error {
 	}
 	if fol != nil {
 		fol.Stop()
+	}
+	if s.marks != nil {
+		s.marks.Stop()
 	}
 	if !clean {
 		return errors.New("scheduler: in-flight work abandoned at shutdown")

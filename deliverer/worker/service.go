@@ -23,10 +23,12 @@
 //
 // # Operators
 //
-// Before an attempt the service reads the job's operator mark (see steer):
-// a held job is parked and a deleted one dropped instead of attempted. Then
-// it records an "attempt" event in SLUICE_EVENTS and only then attempts, so
-// the job's history shows every attempt, even one cut short by a crash.
+// Before an attempt the service looks up the job's operator mark (see
+// steer): a held job is parked and a deleted one dropped instead of
+// attempted. Then it sends an "attempt" event to SLUICE_EVENTS and attempts
+// while JetStream stores it, so the job's history shows every attempt, even
+// one cut short by a crash; the event's PubAck is awaited before the result
+// is published.
 //
 // # Acknowledgement
 //
@@ -65,6 +67,7 @@ import (
 	"github.com/sluice-mta/sluice/deliverer/status"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/marks"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -102,8 +105,8 @@ type Service struct {
 	consumers []jetstream.Consumer // in wire.Classes order
 	msgs      jetstream.Stream
 	bodies    jetstream.ObjectStore
-	// held holds operators' hold and delete marks (see steer).
-	held jetstream.KeyValue
+	// marks are operators' hold and delete marks (see steer).
+	marks *marks.Cache
 	// steered counts jobs not attempted because of an operator's mark;
 	// action: hold, delete.
 	steered metric.Int64Counter
@@ -208,8 +211,12 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.bodies, err = s.js.ObjectStore(ctx, wire.BucketBodies); err != nil {
 		return fmt.Errorf("object store %s: %w", wire.BucketBodies, err)
 	}
-	if s.held, err = s.js.KeyValue(ctx, wire.BucketHeld); err != nil {
+	held, err := s.js.KeyValue(ctx, wire.BucketHeld)
+	if err != nil {
 		return fmt.Errorf("key-value %s: %w", wire.BucketHeld, err)
+	}
+	if s.marks, err = marks.Watch(ctx, held, s.log); err != nil {
+		return err
 	}
 	s.workCtx, s.cancelWork = context.WithCancel(context.Background())
 	fetchCtx, stop := context.WithCancel(context.Background())
@@ -242,6 +249,9 @@ func (s *Service) Close(ctx context.Context) error {
 		}
 		s.cancelWork()
 		s.courier.Close()
+		if s.marks != nil {
+			s.marks.Stop()
+		}
 	})
 	return err
 }
@@ -459,7 +469,8 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	// The attempt is recorded before it is made.
-	if err := s.recordAttempt(ctx, msg, job); err != nil {
+	recorded, err := s.recordAttempt(ctx, msg, job)
+	if err != nil {
 		span.SetStatus(codes.Error, "cannot record the attempt")
 		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
 		_ = msg.NakWithDelay(infraRetry)
@@ -496,6 +507,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if result != "delivered" {
 		span.SetStatus(codes.Error, result+": "+reason)
 	}
+	awaitRecorded(ctx, recorded, log)
 	if err := s.publish(ctx, job, res); err != nil {
 		s.m.publishFailures.Add(context.Background(), 1)
 		log.ErrorContext(ctx, "cannot store result; job returned to the queue", "err", err)
@@ -518,11 +530,12 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		break
 	}
 	log.Log(ctx, lv, "attempt", attrs...)
-	ackCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := msg.DoubleAck(ackCtx); err != nil {
-		// The result is stored; a redelivered job would be a duplicate
-		// delivery, which the scheduler's result handling tolerates.
+	// A plain ack, not a confirmed one: waiting for the confirmation cost
+	// a round trip per job, and the result is stored either way. An ack
+	// that is lost (the connection drops as it is sent) makes JetStream
+	// redeliver the job after AckWait: a duplicate attempt, the same as
+	// when a confirmed ack fails.
+	if err := msg.Ack(); err != nil {
 		log.WarnContext(ctx, "ack failed after result was stored", "err", err)
 	}
 }

@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"strconv"
 	"time"
@@ -27,12 +26,16 @@ import (
 // its held subject (where nothing consumes it until it is released) and
 // acknowledged; a deleted one is acknowledged and dropped. Either way the
 // operator's command has already recorded the event.
+//
+// The marks are read from a marks.Cache, a watched copy of the bucket in
+// memory: a mark reaches it within about a millisecond of the operator's
+// write, so only a job fetched in that instant can still be attempted.
 
 // steer applies an operator's mark to a fetched job and reports whether it
 // settled the job (so it must not be attempted).
 func (s *Service) steer(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) bool {
-	e, err := s.held.Get(ctx, job.JobId)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	mark, marked, err := s.marks.Get(ctx, job.JobId)
+	if err == nil && !marked {
 		return false
 	}
 	if err != nil {
@@ -40,10 +43,6 @@ func (s *Service) steer(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 		log.WarnContext(ctx, "cannot read hold mark; job returned to the queue", "err", err)
 		_ = msg.NakWithDelay(infraRetry)
 		return true
-	}
-	var mark admin.QueueMark
-	if json.Unmarshal(e.Value(), &mark) != nil || mark.Action != admin.MarkDelete {
-		mark.Action = admin.MarkHold
 	}
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.String("sluice.operator_mark", mark.Action))
@@ -88,11 +87,14 @@ func parkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string)
 	return m
 }
 
-// recordAttempt stores the "attempt" event before the attempt is made, so
-// the history shows an attempt even when the deliverer dies during it. The
+// recordAttempt sends the "attempt" event before the attempt is made, so
+// the history shows an attempt even when the deliverer dies during it. It
+// does not wait for JetStream: the returned future is checked before the
+// result is published (see handle), which keeps the attempt before its
+// outcome in the history without a round trip ahead of every delivery. The
 // message id includes the delivery count: a job redelivered after a crash
 // records its second try.
-func (s *Service) recordAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job) error {
+func (s *Service) recordAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job) (jetstream.PubAckFuture, error) {
 	now := time.Now().UTC()
 	ev := &admin.QueueEvent{
 		Type: wire.EventAttempt, Time: now, QueueID: job.QueueId, JobID: job.JobId, State: admin.StateActive,
@@ -103,7 +105,7 @@ func (s *Service) recordAttempt(ctx context.Context, msg jetstream.Msg, job *slu
 	}
 	data, err := json.Marshal(ev)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	n := uint64(1)
 	if md, err := msg.Metadata(); err == nil {
@@ -113,9 +115,20 @@ func (s *Service) recordAttempt(ctx context.Context, msg jetstream.Msg, job *slu
 	m.Data = data
 	m.Header.Set(wire.HeaderJobID, job.JobId)
 	telemetry.Inject(ctx, m.Header)
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	_, err = s.js.PublishMsg(pctx, m, jetstream.WithExpectStream(wire.StreamEvents),
+	return s.js.PublishMsgAsync(m, jetstream.WithExpectStream(wire.StreamEvents),
 		jetstream.WithMsgID(job.JobId+"/"+strconv.FormatUint(uint64(job.Attempt), 10)+"/ev/attempt/"+strconv.FormatUint(n, 10)))
-	return err
+}
+
+// awaitRecorded waits for the attempt event's PubAck. The attempt has been
+// made by then, so a failure is only logged: the result still goes out.
+func awaitRecorded(ctx context.Context, f jetstream.PubAckFuture, log *slog.Logger) {
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-f.Ok():
+	case err := <-f.Err():
+		log.WarnContext(ctx, "attempt event not stored; the history misses this attempt", "err", err)
+	case <-t.C:
+		log.WarnContext(ctx, "attempt event not acknowledged in time; the history may miss this attempt")
+	}
 }

@@ -24,23 +24,13 @@ import (
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/marks"
 )
 
-// Get returns the mark of jobID, if any.
+// Get returns the mark of jobID, if any, read from the bucket (hot paths
+// use a marks.Cache instead).
 func Get(ctx context.Context, kv jetstream.KeyValue, jobID string) (admin.QueueMark, bool, error) {
-	e, err := kv.Get(ctx, jobID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return admin.QueueMark{}, false, nil
-	}
-	if err != nil {
-		return admin.QueueMark{}, false, fmt.Errorf("hold: read mark of %s: %w", jobID, err)
-	}
-	var m admin.QueueMark
-	if err := json.Unmarshal(e.Value(), &m); err != nil {
-		// A mark we cannot read is still a mark: hold rather than deliver.
-		m.Action = admin.MarkHold
-	}
-	return m, true, nil
+	return marks.Read(ctx, kv, jobID)
 }
 
 // Put sets the mark of jobID.

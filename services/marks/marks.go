@@ -1,0 +1,127 @@
+// Package marks answers "has an operator held or deleted this job?" from
+// memory. Operators' marks live in the key-value bucket wire.BucketHeld;
+// deliverers ask before every attempt and the scheduler before every
+// result, which at thousands of jobs a second made one JetStream round trip
+// each. A Cache follows the bucket with a key watch instead, so the hot path
+// reads a map.
+//
+// Consistency: a mark reaches a Cache as a watch update, normally well
+// under a millisecond after the operator's write was acknowledged, and
+// updates arrive in bucket order. Until the watch has delivered the
+// bucket's current content (and again whenever it is not running), Get
+// asks the bucket directly, so a starting or disconnected process never
+// answers "no mark" from an empty map.
+package marks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluice-mta/sluice/proto/admin"
+)
+
+// Cache is a watched copy of the marks bucket. It is safe for concurrent
+// use.
+type Cache struct {
+	kv  jetstream.KeyValue
+	log *slog.Logger
+
+	mu      sync.RWMutex
+	marks   map[string]admin.QueueMark
+	current bool // the watch has delivered the bucket's content and is running
+
+	w    jetstream.KeyWatcher
+	done chan struct{}
+}
+
+// Watch starts following kv. Stop ends it.
+func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Cache, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	w, err := kv.WatchAll(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("marks: watch %s: %w", kv.Bucket(), err)
+	}
+	c := &Cache{kv: kv, log: log, marks: map[string]admin.QueueMark{}, w: w, done: make(chan struct{})}
+	go c.follow()
+	return c, nil
+}
+
+func (c *Cache) follow() {
+	defer close(c.done)
+	defer func() {
+		c.mu.Lock()
+		c.current = false
+		c.mu.Unlock()
+	}()
+	for e := range c.w.Updates() {
+		c.mu.Lock()
+		switch {
+		case e == nil:
+			// The bucket's content as of the watch's start is in.
+			c.current = true
+		case e.Operation() == jetstream.KeyValuePut:
+			c.marks[e.Key()] = Decode(e.Value())
+		default: // delete or purge
+			delete(c.marks, e.Key())
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Get returns the mark of jobID, if any: from memory once the watch is
+// current, from the bucket before that.
+func (c *Cache) Get(ctx context.Context, jobID string) (admin.QueueMark, bool, error) {
+	c.mu.RLock()
+	m, ok := c.marks[jobID]
+	current := c.current
+	c.mu.RUnlock()
+	if current {
+		return m, ok, nil
+	}
+	return Read(ctx, c.kv, jobID)
+}
+
+// Current reports whether Get answers from memory.
+func (c *Cache) Current() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.current
+}
+
+// Stop ends the watch; later Gets ask the bucket.
+func (c *Cache) Stop() {
+	if err := c.w.Stop(); err != nil {
+		c.log.Debug("stop marks watch", "err", err)
+	}
+	<-c.done
+}
+
+// Read returns the mark of jobID straight from the bucket.
+func Read(ctx context.Context, kv jetstream.KeyValue, jobID string) (admin.QueueMark, bool, error) {
+	e, err := kv.Get(ctx, jobID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return admin.QueueMark{}, false, nil
+	}
+	if err != nil {
+		return admin.QueueMark{}, false, fmt.Errorf("marks: read mark of %s: %w", jobID, err)
+	}
+	return Decode(e.Value()), true, nil
+}
+
+// Decode parses a stored mark. A mark that cannot be read is still a mark:
+// it holds rather than lets a job be delivered.
+func Decode(b []byte) admin.QueueMark {
+	var m admin.QueueMark
+	if err := json.Unmarshal(b, &m); err != nil || (m.Action != admin.MarkHold && m.Action != admin.MarkDelete) {
+		m.Action = admin.MarkHold
+	}
+	return m
+}
