@@ -2,19 +2,20 @@
 // connects with a timeout, greets with the configured host name, upgrades to
 // TLS with STARTTLS when the server offers it (opportunistically, like
 // Postfix's "may" security level: certificates are not verified, RFC 7435),
-// and runs one mail transaction for all recipients of a job, reporting the
+// and runs mail transactions for all recipients of a job, reporting the
 // outcome of each recipient with the remote reply code, enhanced status code
 // and text. Every failure is a *status.Error.
 //
-// go-smtp's Client cannot run STARTTLS after an EHLO with a name of our
-// choosing (its STARTTLS path always says "EHLO localhost"), so this package
-// reads the greeting, sends EHLO and runs STARTTLS itself with net/textproto,
-// then hands the connection to go-smtp for the post-TLS EHLO (RFC 3207 §4.2
-// requires one anyway) and the transaction. go-smtp expects to read a
-// greeting first; it is given back the one we already read.
+// The protocol is spoken directly over net/textproto rather than through
+// go-smtp's Client: that Client cannot run STARTTLS after an EHLO with a
+// name of our choosing, sends one command per round trip (no RFC 2920
+// PIPELINING) and writes the content a byte at a time. go-smtp's SMTPError
+// remains the type of a remote reply, which package status classifies.
 package smtpclient
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -95,6 +96,18 @@ func validateLine(s string) error {
 	return nil
 }
 
+// errLineBreak refuses an argument that would end the command line early and
+// smuggle in a command of its own (SMTP command injection).
+var errLineBreak = errors.New("smtp: a line must not contain CR or LF")
+
+// validateArg checks a command argument, such as an address, for line breaks.
+func validateArg(s string) error {
+	if strings.ContainsAny(s, "\r\n") {
+		return errLineBreak
+	}
+	return nil
+}
+
 // Session is one open connection to a server, after the greeting and EHLO.
 type Session struct {
 	d       *Dialer
@@ -102,16 +115,25 @@ type Session struct {
 	addr    netip.AddrPort
 	raw     net.Conn // the TCP connection
 	conn    net.Conn // raw, or the TLS connection over it
-	text    *textproto.Conn
-	greet   string // the greeting line we read, replayed to go-smtp
+	br      *bufio.Reader
+	r       *textproto.Reader // replies, read from br
+	dw      *deadlineWriter
+	w       *bufio.Writer // commands and content, written to dw
 	ext     map[string]string
-	client  *smtp.Client
 	tls     *tls.ConnectionState
 	stop    func() bool
 	closeMu sync.Once
 
+	// needHelo is set when the server refused EHLO: HELO is sent before
+	// the first transaction.
+	needHelo bool
+	// ready is set once the session said its last hello (after STARTTLS,
+	// the EHLO RFC 3207 §4.2 requires): no more STARTTLS, transactions may
+	// run.
+	ready bool
 	// broken is set when a command failed without a reply (the
-	// connection broke or timed out): the session must not be reused.
+	// connection broke or timed out) or the session was left in a state
+	// we cannot tell: it must not be reused.
 	broken bool
 	// brokeAtMail is set when it broke on MAIL FROM, before the server
 	// accepted anything of the transaction, so the caller may safely try
@@ -119,6 +141,26 @@ type Session struct {
 	brokeAtMail bool
 	// uses counts the transactions started on the session.
 	uses int
+}
+
+// writeBuffer is the size of the buffer commands and content are written
+// through: with the whole command group of a pipelined transaction in one
+// buffer it goes out in one write, and the content goes out in blocks of
+// this size instead of the 4 KB of textproto's default.
+const writeBuffer = 32 << 10
+
+// maxReplyLine bounds one line of a reply, so a hostile server cannot make
+// us buffer without end. RFC 5321 §4.5.3.1.5 allows 512 octets; like
+// go-smtp's client we accept up to 2000.
+const maxReplyLine = 2000
+
+// setConn makes c the connection commands go to and replies come from.
+func (s *Session) setConn(c net.Conn) {
+	s.conn = c
+	s.br = bufio.NewReader(&lineLimitReader{r: c})
+	s.r = textproto.NewReader(s.br)
+	s.dw = &deadlineWriter{conn: c, timeout: s.d.cfg.CommandTimeout}
+	s.w = bufio.NewWriterSize(s.dw, writeBuffer)
 }
 
 // RemoteHost names the server in results: "name[ip]:port" like Postfix logs.
@@ -135,12 +177,9 @@ func (s *Session) Addr() netip.AddrPort { return s.addr }
 // TLS returns the TLS state, or nil when the session is plaintext.
 func (s *Session) TLS() *tls.ConnectionState { return s.tls }
 
-// Offers reports whether the server's last EHLO reply listed ext.
+// Offers reports whether the server's last EHLO reply listed ext. Keywords
+// are case-insensitive (RFC 5321 §2.4).
 func (s *Session) Offers(ext string) bool {
-	if s.client != nil {
-		ok, _ := s.client.Extension(ext)
-		return ok
-	}
 	_, ok := s.ext[strings.ToUpper(ext)]
 	return ok
 }
@@ -158,28 +197,33 @@ func (d *Dialer) Connect(ctx context.Context, host string, addr netip.AddrPort) 
 			Text:       fmt.Sprintf("cannot connect to %s[%s]:%d: %s", host, addr.Addr(), addr.Port(), connectCause(err))}
 	}
 	d.active.Add(context.Background(), 1)
-	s := &Session{d: d, host: host, addr: addr, raw: raw, conn: raw}
+	s := &Session{d: d, host: host, addr: addr, raw: raw}
+	s.setConn(raw)
 	// Closing the connection is the one way to interrupt a blocked read.
 	s.stop = context.AfterFunc(ctx, func() { raw.Close() })
-	s.text = textproto.NewConn(raw)
-	code, msg, err := s.read(220)
-	if err != nil {
+	if _, _, err := s.reply(220, d.cfg.CommandTimeout); err != nil {
 		s.Close()
 		return nil, s.classify(err, sluicev1.Reason_REASON_REMOTE)
 	}
-	s.greet = fmt.Sprintf("%d %s", code, firstLine(msg))
 	if err := s.ehlo(); err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && (se.Code == 500 || se.Code == 502) {
-			// An RFC 821 server: go-smtp falls back to HELO, and there is
-			// no STARTTLS without EHLO.
+		if isHelloRefused(err) {
+			// An RFC 821 server: HELO comes before the first
+			// transaction, and there is no STARTTLS without EHLO.
 			s.ext = map[string]string{}
+			s.needHelo = true
 			return s, nil
 		}
 		s.Close()
 		return nil, s.classify(err, sluicev1.Reason_REASON_REMOTE)
 	}
 	return s, nil
+}
+
+// isHelloRefused reports whether err is a server's way of saying it does
+// not know EHLO (RFC 5321 §4.1.4: 500 or 502), so HELO should follow.
+func isHelloRefused(err error) bool {
+	c := replyCode(err)
+	return c == 500 || c == 502
 }
 
 // connectCause names a dial failure without its Go-internal wording.
@@ -195,18 +239,13 @@ func connectCause(err error) string {
 	return err.Error()
 }
 
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
-
-// read reads one reply with the command timeout.
-func (s *Session) read(expect int) (int, string, error) {
-	s.conn.SetDeadline(time.Now().Add(s.d.cfg.CommandTimeout))
-	defer s.conn.SetDeadline(time.Time{})
-	code, msg, err := s.text.ReadResponse(expect)
+// reply reads one reply, which may span several lines, waiting at most
+// timeout. A reply other than expect (a full code, or its first digit or two
+// as textproto.Reader.ReadResponse takes it) is returned as an
+// *smtp.SMTPError; any other error means there was no reply.
+func (s *Session) reply(expect int, timeout time.Duration) (int, string, error) {
+	s.conn.SetReadDeadline(time.Now().Add(timeout))
+	code, msg, err := s.r.ReadResponse(expect)
 	var te *textproto.Error
 	if errors.As(err, &te) {
 		return code, msg, replyError(te.Code, te.Msg)
@@ -214,14 +253,25 @@ func (s *Session) read(expect int) (int, string, error) {
 	return code, msg, err
 }
 
-func (s *Session) cmd(expect int, line string) (int, string, error) {
-	s.conn.SetDeadline(time.Now().Add(s.d.cfg.CommandTimeout))
-	if err := s.text.PrintfLine("%s", line); err != nil {
-		return 0, "", err
-	}
-	return s.read(expect)
+// writeLine buffers one command line; flush sends what is buffered.
+func (s *Session) writeLine(line string) {
+	// Errors stick in the bufio.Writer and surface at the flush.
+	s.w.WriteString(line)
+	s.w.WriteString("\r\n")
 }
 
+func (s *Session) flush() error { return s.w.Flush() }
+
+// cmd sends one command and reads its reply with the command timeout.
+func (s *Session) cmd(expect int, line string) (int, string, error) {
+	s.writeLine(line)
+	if err := s.flush(); err != nil {
+		return 0, "", err
+	}
+	return s.reply(expect, s.d.cfg.CommandTimeout)
+}
+
+// ehlo sends EHLO and records the extensions the server lists.
 func (s *Session) ehlo() error {
 	_, msg, err := s.cmd(250, "EHLO "+s.d.cfg.Hostname)
 	if err != nil {
@@ -236,13 +286,41 @@ func (s *Session) ehlo() error {
 	return nil
 }
 
+// hello readies the session for its first transaction, once: after
+// STARTTLS it sends the EHLO that RFC 3207 §4.2 requires (falling back to
+// HELO like any client), to a server that refused EHLO it sends HELO. A
+// failure leaves the session broken.
+func (s *Session) hello() error {
+	if s.ready {
+		return nil
+	}
+	s.ready = true
+	var err error
+	switch {
+	case s.tls != nil:
+		if err = s.ehlo(); err != nil && isHelloRefused(err) {
+			s.ext = map[string]string{}
+			_, _, err = s.cmd(250, "HELO "+s.d.cfg.Hostname)
+		}
+	case s.needHelo:
+		_, _, err = s.cmd(250, "HELO "+s.d.cfg.Hostname)
+	}
+	if err != nil {
+		s.broken = true
+	}
+	return err
+}
+
 // replyError makes a go-smtp error of a reply, splitting off the RFC 2034
-// enhanced status code when the text starts with one.
+// enhanced status code when the text starts with one. RFC 2034 §4 has the
+// code repeated on every line of a multi-line reply; the repetitions are
+// dropped from the text, as go-smtp's client does.
 func replyError(code int, msg string) *smtp.SMTPError {
 	se := &smtp.SMTPError{Code: code, Message: msg, EnhancedCode: smtp.NoEnhancedCode}
 	if ec, rest, ok := splitEnhanced(msg); ok {
 		se.EnhancedCode = ec
-		se.Message = rest
+		first, _, _ := strings.Cut(msg, " ")
+		se.Message = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
 	}
 	return se
 }
@@ -264,210 +342,6 @@ func splitEnhanced(msg string) (smtp.EnhancedCode, string, bool) {
 	return ec, rest, true
 }
 
-func (s *Session) classify(err error, reason sluicev1.Reason) *status.Error {
-	e := status.Classify(err, reason, s.RemoteHost())
-	if e.RemoteHost == "" {
-		e.RemoteHost = s.RemoteHost()
-	}
-	return e
-}
-
-// StartTLS upgrades the session when the server offers STARTTLS, and reports
-// whether it did. A refused STARTTLS or a failed handshake is REASON_TLS;
-// the caller must not retry the same server without TLS, because falling
-// back to plaintext is exactly what an active attacker would provoke.
-func (s *Session) StartTLS(ctx context.Context) (bool, error) {
-	if s.client != nil {
-		return false, errors.New("smtpclient: StartTLS after the transaction started")
-	}
-	if _, ok := s.ext["STARTTLS"]; !ok {
-		return false, nil
-	}
-	if _, _, err := s.cmd(220, "STARTTLS"); err != nil {
-		return false, s.classify(err, sluicev1.Reason_REASON_TLS)
-	}
-	// Bytes the server sent after its 220 and before the handshake would
-	// be an injection (CVE-2011-0411); the buffered reader is dropped.
-	if s.text.R.Buffered() > 0 {
-		return false, &status.Error{Code: 451, Enhanced: "4.7.0", Reason: sluicev1.Reason_REASON_PROTOCOL,
-			RemoteHost: s.RemoteHost(), Text: "server sent data after its STARTTLS reply"}
-	}
-	tc := tls.Client(s.raw, &tls.Config{
-		ServerName: s.host,
-		// Opportunistic TLS (RFC 7435): encryption without authentication
-		// beats plaintext, and an unverifiable certificate is no reason to
-		// send in the clear instead.
-		InsecureSkipVerify: true, //nolint:gosec // see above
-	})
-	hctx, cancel := context.WithTimeout(ctx, s.d.cfg.CommandTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		return false, &status.Error{Code: 451, Enhanced: "4.7.0", Reason: sluicev1.Reason_REASON_TLS, Err: err,
-			RemoteHost: s.RemoteHost(), Text: "TLS handshake failed: " + err.Error()}
-	}
-	st := tc.ConnectionState()
-	s.tls = &st
-	s.conn = tc
-	s.text = textproto.NewConn(tc)
-	s.ext = nil
-	// The EHLO after TLS (RFC 3207 §4.2) tells what the server offers to
-	// a protected session, REQUIRETLS among it; go-smtp sends it.
-	if err := s.handOver(); err != nil {
-		return true, s.classify(err, sluicev1.Reason_REASON_REMOTE)
-	}
-	return true, nil
-}
-
-// Envelope is what one transaction sends.
-//
-// There is no body type: go-smtp declares BODY=8BITMIME whenever the server
-// offers 8BITMIME (which is right for 7-bit content too), and sends 8-bit
-// content as it is to a server that does not, like Postfix does by default
-// instead of bouncing or downgrading (RFC 6152 §3 would have us convert).
-type Envelope struct {
-	From       string
-	Recipients []Recipient
-	// Size is the message size for the SIZE parameter (RFC 1870).
-	Size int64
-	// SMTPUTF8 asks for RFC 6531 handling; the server must offer it.
-	SMTPUTF8 bool
-	// RequireTLS sends the RFC 8689 REQUIRETLS parameter; the caller checks
-	// that the session is TLS and that the server offers it.
-	RequireTLS bool
-	// Ret and EnvID are the RFC 3461 MAIL parameters, sent when the server
-	// offers DSN.
-	Ret   string
-	EnvID string
-}
-
-// Recipient is one RCPT TO with its RFC 3461 parameters.
-type Recipient struct {
-	Address string
-	// Notify is a sluicev1.Notify bit set; 0 sends no NOTIFY.
-	Notify uint32
-	// ORCPT is "addr-type;address" as the ingress stored it.
-	ORCPT string
-}
-
-// Outcome is what happened to one recipient: Err is nil when the server
-// accepted the message for it, and Reply is then the final reply text.
-type Outcome struct {
-	Err      *status.Error
-	Code     int
-	Enhanced string
-	Reply    string
-}
-
-// Send runs one mail transaction: MAIL, a RCPT per recipient, DATA with the
-// content from body. It returns one Outcome per recipient, in order. A
-// rejected RCPT affects only its recipient; MAIL, DATA and connection
-// failures apply to every recipient still open. Call Send once per session.
-func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outcome {
-	out := make([]Outcome, len(env.Recipients))
-	failAll := func(e *status.Error, which func(i int) bool) []Outcome {
-		for i := range out {
-			if which(i) {
-				out[i].Err = e
-			}
-		}
-		return out
-	}
-	all := func(int) bool { return true }
-
-	if err := s.handOver(); err != nil {
-		return failAll(s.classify(err, sluicev1.Reason_REASON_REMOTE), all)
-	}
-	c := s.client
-	if env.SMTPUTF8 && !s.Offers("SMTPUTF8") {
-		// RFC 6531 §3.4: without SMTPUTF8 at the next hop the message
-		// cannot be delivered as it is.
-		return failAll(&status.Error{Permanent: true, Code: 553, Enhanced: "5.6.7", Reason: sluicev1.Reason_REASON_PROTOCOL,
-			RemoteHost: s.RemoteHost(), Text: "the server does not support SMTPUTF8 and the message needs it"}, all)
-	}
-	if max, ok := c.MaxMessageSize(); ok && max > 0 && env.Size > int64(max) {
-		// RFC 1870 §6: do not send what the server announced it refuses.
-		return failAll(&status.Error{Permanent: true, Code: 552, Enhanced: "5.3.4", Reason: sluicev1.Reason_REASON_REMOTE,
-			RemoteHost: s.RemoteHost(), Text: fmt.Sprintf("message size %d exceeds the server's limit of %d", env.Size, max)}, all)
-	}
-	mo := &smtp.MailOptions{Size: env.Size, UTF8: env.SMTPUTF8, RequireTLS: env.RequireTLS, EnvelopeID: env.EnvID}
-	switch strings.ToUpper(env.Ret) {
-	case "FULL":
-		mo.Return = smtp.DSNReturnFull
-	case "HDRS":
-		mo.Return = smtp.DSNReturnHeaders
-	}
-	s.uses++
-	s.brokeAtMail = false
-	if err := c.Mail(env.From, mo); err != nil {
-		if !isReply(err) || replyCode(err) == 421 {
-			// No reply, or 421 "closing transmission channel" (RFC 5321
-			// §3.8), as a server that dropped an idle client sends.
-			s.broken, s.brokeAtMail = true, true
-		}
-		return failAll(s.classify(err, sluicev1.Reason_REASON_REMOTE), all)
-	}
-	accepted := 0
-	for i, r := range env.Recipients {
-		err := c.Rcpt(r.Address, rcptOptions(r))
-		if err == nil {
-			accepted++
-			continue
-		}
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) {
-			// Not a reply: the connection broke, nothing more can happen.
-			s.broken = true
-			e := s.classify(err, sluicev1.Reason_REASON_REMOTE)
-			return failAll(e, func(j int) bool { return j >= i || out[j].Err == nil })
-		}
-		out[i].Err = status.FromReply(se, sluicev1.Reason_REASON_REMOTE, s.RemoteHost())
-	}
-	open := func(i int) bool { return out[i].Err == nil }
-	if accepted == 0 {
-		if err := c.Reset(); err != nil {
-			s.broken = true
-		}
-		return out
-	}
-	wc, err := c.Data()
-	if err != nil {
-		if !isReply(err) {
-			s.broken = true
-		} else if c.Reset() != nil {
-			// The refused DATA left MAIL and RCPT open on the server.
-			s.broken = true
-		}
-		return failAll(s.classify(err, sluicev1.Reason_REASON_REMOTE), open)
-	}
-	if _, err := io.Copy(deadlineWriter{wc, s.conn, s.d.cfg.CommandTimeout}, body); err != nil {
-		// The content could not be sent; what the server does with a
-		// half message is its business, the attempt has failed.
-		s.broken = true
-		e := s.classify(err, sluicev1.Reason_REASON_REMOTE)
-		if e.Reason == sluicev1.Reason_REASON_INTERNAL {
-			e.Reason = sluicev1.Reason_REASON_REMOTE
-		}
-		return failAll(e, open)
-	}
-	resp, err := wc.CloseWithResponse()
-	if err != nil {
-		if !isReply(err) {
-			s.broken = true
-		}
-		return failAll(s.classify(err, sluicev1.Reason_REASON_REMOTE), open)
-	}
-	enh, text := "2.0.0", resp.StatusText
-	if ec, rest, ok := splitEnhanced(resp.StatusText); ok {
-		enh, text = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2]), rest
-	}
-	for i := range out {
-		if out[i].Err == nil {
-			out[i] = Outcome{Code: 250, Enhanced: enh, Reply: text}
-		}
-	}
-	return out
-}
-
 func replyCode(err error) int {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
@@ -481,10 +355,66 @@ func isReply(err error) bool {
 	return errors.As(err, &se)
 }
 
+func (s *Session) classify(err error, reason sluicev1.Reason) *status.Error {
+	e := status.Classify(err, reason, s.RemoteHost())
+	if e.RemoteHost == "" {
+		e.RemoteHost = s.RemoteHost()
+	}
+	return e
+}
+
+// StartTLS upgrades the session when the server offers STARTTLS, and reports
+// whether it did. A refused STARTTLS or a failed handshake is REASON_TLS;
+// the caller must not retry the same server without TLS, because falling
+// back to plaintext is exactly what an active attacker would provoke.
+func (s *Session) StartTLS(ctx context.Context) (bool, error) {
+	if s.ready {
+		return false, errors.New("smtpclient: StartTLS after the transaction started")
+	}
+	if !s.Offers("STARTTLS") {
+		return false, nil
+	}
+	if _, _, err := s.cmd(220, "STARTTLS"); err != nil {
+		return false, s.classify(err, sluicev1.Reason_REASON_TLS)
+	}
+	// Bytes the server sent after its 220 and before the handshake would
+	// be an injection (CVE-2011-0411); the buffered reader is dropped.
+	if s.br.Buffered() > 0 {
+		return false, &status.Error{Code: 451, Enhanced: "4.7.0", Reason: sluicev1.Reason_REASON_PROTOCOL,
+			RemoteHost: s.RemoteHost(), Text: "server sent data after its STARTTLS reply"}
+	}
+	tc := tls.Client(s.raw, &tls.Config{
+		ServerName: s.host,
+		// Opportunistic TLS (RFC 7435): encryption without authentication
+		// beats plaintext, and an unverifiable certificate is no reason to
+		// send in the clear instead.
+		InsecureSkipVerify: true, //nolint:gosec // see above
+	})
+	// The handshake has its own timeout; the one of the last reply must
+	// not cut it short.
+	s.raw.SetDeadline(time.Time{})
+	hctx, cancel := context.WithTimeout(ctx, s.d.cfg.CommandTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return false, &status.Error{Code: 451, Enhanced: "4.7.0", Reason: sluicev1.Reason_REASON_TLS, Err: err,
+			RemoteHost: s.RemoteHost(), Text: "TLS handshake failed: " + err.Error()}
+	}
+	st := tc.ConnectionState()
+	s.tls = &st
+	s.setConn(tc)
+	s.ext = nil
+	// The EHLO after TLS (RFC 3207 §4.2) tells what the server offers to
+	// a protected session, REQUIRETLS among it.
+	if err := s.hello(); err != nil {
+		return true, s.classify(err, sluicev1.Reason_REASON_REMOTE)
+	}
+	return true, nil
+}
+
 // Reusable reports whether another transaction may run on the session: the
 // last one ended with the server ready for MAIL (RFC 5321 §4.1.4: after a
 // completed DATA, or after RSET), and the connection did not break.
-func (s *Session) Reusable() bool { return s.client != nil && !s.broken }
+func (s *Session) Reusable() bool { return s.ready && !s.broken }
 
 // BrokeBeforeMail reports whether the last transaction failed because the
 // connection was already gone when MAIL FROM was sent: nothing of it
@@ -510,81 +440,47 @@ func (s *Session) Bind(ctx context.Context) {
 	}
 }
 
-// handOver gives the connection to go-smtp, replaying the greeting, and
-// lets it send its own EHLO with our host name. It does so once.
-func (s *Session) handOver() error {
-	if s.client != nil {
-		return nil
-	}
-	// The buffered reader of the raw phase holds nothing: every reply so
-	// far was read whole and servers do not speak unprompted.
-	replay := &replayConn{Conn: s.conn, r: io.MultiReader(strings.NewReader(s.greet+"\r\n"), s.text.R)}
-	c := smtp.NewClient(replay)
-	c.CommandTimeout = s.d.cfg.CommandTimeout
-	c.SubmissionTimeout = s.d.cfg.DataTimeout
-	s.client = c
-	return c.Hello(s.d.cfg.Hostname)
-}
-
-type replayConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// deadlineWriter renews the write deadline before each write of the
-// content, so a slow but live server is not cut off by a total timeout.
+// deadlineWriter renews the write deadline before each write to the
+// connection, so a slow but live server is not cut off by a total timeout
+// while a long message goes out (RFC 5321 §4.5.3.2.5: 3 minutes per block).
 type deadlineWriter struct {
-	w       io.Writer
 	conn    net.Conn
 	timeout time.Duration
 }
 
-func (d deadlineWriter) Write(p []byte) (int, error) {
+func (d *deadlineWriter) Write(p []byte) (int, error) {
 	d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
-	return d.w.Write(p)
+	return d.conn.Write(p)
 }
 
-// rcptOptions maps the job's RFC 3461 parameters; go-smtp sends them only
-// when the server offers DSN.
-func rcptOptions(r Recipient) *smtp.RcptOptions {
-	o := &smtp.RcptOptions{}
-	n := r.Notify
-	switch {
-	case n&uint32(sluicev1.Notify_NOTIFY_NEVER) != 0:
-		o.Notify = []smtp.DSNNotify{smtp.DSNNotifyNever}
-	case n != 0:
-		if n&uint32(sluicev1.Notify_NOTIFY_SUCCESS) != 0 {
-			o.Notify = append(o.Notify, smtp.DSNNotifySuccess)
-		}
-		if n&uint32(sluicev1.Notify_NOTIFY_FAILURE) != 0 {
-			o.Notify = append(o.Notify, smtp.DSNNotifyFailure)
-		}
-		if n&uint32(sluicev1.Notify_NOTIFY_DELAY) != 0 {
-			o.Notify = append(o.Notify, smtp.DSNNotifyDelayed)
-		}
-	}
-	if typ, addr, ok := strings.Cut(r.ORCPT, ";"); ok && addr != "" {
-		switch strings.ToLower(typ) {
-		case "rfc822":
-			if printableASCII(addr) {
-				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
-			}
-		case "utf-8":
-			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
-		}
-	}
-	return o
+// lineLimitReader fails a read that would complete a reply line longer
+// than maxReplyLine, or leave one that long unfinished.
+type lineLimitReader struct {
+	r    io.Reader
+	line int // length of the line being read so far
 }
 
-func printableASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return false
+var errLineTooLong = errors.New("smtp: too long a line in input stream")
+
+func (l *lineLimitReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	b := p[:n]
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			l.line += len(b)
+			break
 		}
+		if l.line+i > maxReplyLine {
+			return 0, errLineTooLong
+		}
+		l.line = 0
+		b = b[i+1:]
 	}
-	return true
+	if l.line > maxReplyLine {
+		return 0, errLineTooLong
+	}
+	return n, err
 }
 
 // quitTimeout bounds the goodbye: the transaction is over, a server slow to
@@ -595,16 +491,19 @@ const quitTimeout = 5 * time.Second
 // connection. It is safe to call more than once.
 func (s *Session) Close() {
 	s.closeMu.Do(func() {
-		if s.client != nil {
-			// go-smtp sets its own deadline per command.
-			s.client.CommandTimeout = quitTimeout
-			_ = s.client.Quit()
-			_ = s.client.Close()
-		} else {
+		// A broken session gets no QUIT: the server may be reading our
+		// content still, or gone.
+		if !s.broken {
 			s.conn.SetDeadline(time.Now().Add(quitTimeout))
-			_ = s.text.PrintfLine("QUIT")
-			_ = s.conn.Close()
+			s.dw.timeout = quitTimeout
+			s.writeLine("QUIT")
+			if s.flush() == nil && s.ready {
+				// As go-smtp's client did, wait for the 221 of a session
+				// that ran transactions before hanging up.
+				_, _, _ = s.reply(221, quitTimeout)
+			}
 		}
+		_ = s.conn.Close()
 		_ = s.raw.Close()
 		s.stop()
 		s.d.active.Add(context.Background(), -1)
