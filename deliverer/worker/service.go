@@ -15,11 +15,13 @@
 // default weights high 8, normal 3, bulk 1) and asks that consumer for up to
 // as many jobs as there are free slots (at most maxBatch) without waiting
 // (FetchNoWait). An empty class hands its turn to the next class of the
-// cycle. When every class is empty the dispatcher keeps one long-poll
-// (Fetch with idleWait) pending per class, each in a free slot, and sleeps
-// until one of them ends, so it waits on the server instead of spinning and
-// still starts a job as soon as any class gets one. High mail is therefore served first while bulk mail still gets
-// one turn in twelve under full load.
+// cycle and gets a long-poll (Fetch with idleWait) in a free slot; while it
+// is pending the class is left out of the cycle, because the poll takes its
+// next job the moment it arrives. When every class is empty the dispatcher
+// sleeps until a poll ends, so it waits on the server instead of spinning.
+// High mail is therefore served first while bulk mail still gets one turn in
+// twelve under full load, and an empty class costs one request per idleWait
+// rather than one per job of the others.
 //
 // # Operators
 //
@@ -290,9 +292,7 @@ func (s *Service) dispatch(ctx context.Context) {
 			s.start(f)
 		}
 		used := len(got)
-		if len(got) == 0 {
-			used = s.idle(ctx, empty, free)
-		}
+		used += s.idle(ctx, empty, free-used)
 		for i := used; i < free; i++ {
 			<-s.slots
 		}
@@ -309,19 +309,21 @@ func (s *Service) dispatch(ctx context.Context) {
 }
 
 // fetchRound returns up to free jobs from the first class, in cycle order,
-// that has any; otherwise it returns the classes it found empty, in the
-// order it tried them.
+// that has any, and the classes it found empty on the way, in the order it
+// tried them. A class with a long-poll pending is skipped: it was empty when
+// the poll started, and the poll takes its next job the moment it arrives,
+// so asking again would only cost a round trip per job for nothing.
 func (s *Service) fetchRound(ctx context.Context, cyc *cycle, free int) ([]fetched, []int) {
 	var empty [3]bool
 	var order []int
 	for {
-		i := cyc.next(func(i int) bool { return empty[i] })
+		i := cyc.next(func(i int) bool { return empty[i] || s.polling[i].Load() })
 		if i < 0 || ctx.Err() != nil {
 			return nil, order
 		}
 		b, err := s.consumers[i].FetchNoWait(free)
 		if got := s.collect(b, err, i); len(got) > 0 {
-			return got, nil
+			return got, order
 		}
 		empty[i] = true
 		order = append(order, i)
@@ -331,12 +333,12 @@ func (s *Service) fetchRound(ctx context.Context, cyc *cycle, free int) ([]fetch
 // idle starts a long-poll on each empty class that has none yet, one free
 // slot each, and returns how many slots it gave to polls. A poll that gets
 // a job starts it in its slot; one that times out frees the slot. There is
-// at most one poll per class, so an idle deliverer sends three requests
-// every idleWait and wakes as soon as a job arrives.
+// at most one poll per class, so an idle class costs one request every
+// idleWait, and its first job starts as soon as it arrives.
 func (s *Service) idle(ctx context.Context, empty []int, free int) int {
 	used := 0
 	for _, i := range empty {
-		if used == free || ctx.Err() != nil {
+		if used >= free || ctx.Err() != nil {
 			break
 		}
 		if !s.polling[i].CompareAndSwap(false, true) {
