@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,9 +47,24 @@ type Process struct {
 	metricsAddr string
 }
 
+// GCPercent is the garbage collector's target (GOGC) of a service process
+// when the GOGC variable does not set one. A service's live heap is small
+// (tens of MiB) and almost all of its allocations die with the message that
+// made them, so Go's default of 100 collects far more often than memory
+// requires; 200 halves that work for a few more MiB of heap.
+const GCPercent = 200
+
+// TuneGC applies GCPercent unless the environment sets GOGC.
+func TuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(GCPercent)
+	}
+}
+
 // Start sets up telemetry, connects to NATS and provisions the streams. On
-// error, what was set up is taken down again.
+// error, what was set up is taken down again. It applies TuneGC first.
 func Start(ctx context.Context, o Options) (*Process, error) {
+	TuneGC()
 	if o.ConnectWait <= 0 {
 		o.ConnectWait = 30 * time.Second
 	}

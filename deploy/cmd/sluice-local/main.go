@@ -42,6 +42,9 @@ func main() {
 		os.Exit(2)
 	}
 
+	// The embedded NATS server runs in this process: same GC tuning as
+	// the services.
+	lifecycle.TuneGC()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if *pprofAddr != "" {
 		// net/http/pprof registers on the default mux.
