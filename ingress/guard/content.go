@@ -51,11 +51,9 @@ func (c *ContentReader) Read(b []byte) (int, error) {
 		return 0, c.err
 	}
 	n, err := c.r.Read(b)
-	for _, o := range b[:n] {
-		if r := c.push(o); r != 0 {
-			c.err = &Violation{Reason: r, Content: true}
-			return 0, c.err
-		}
+	if r := c.check(b[:n]); r != 0 {
+		c.err = &Violation{Reason: r, Content: true}
+		return 0, c.err
 	}
 	if err == io.EOF && c.p.cr {
 		// The content ends in a CR without its LF.
@@ -65,6 +63,58 @@ func (c *ContentReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// check checks b as push would octet by octet. In the body, and in the
+// middle of a header field's value, the octets up to the next CR or LF
+// are taken at once: they change nothing but the counts.
+func (c *ContentReader) check(b []byte) Reason {
+	for len(b) > 0 {
+		if c.inBody {
+			return c.p.pushAll(b, c.limits.MaxLineLength)
+		}
+		if !c.p.cr && c.field == fieldValue {
+			if n := plainLen(b); n > 0 {
+				if r := c.skipValue(n); r != 0 {
+					return r
+				}
+				b = b[n:]
+				continue
+			}
+		}
+		if r := c.push(b[0]); r != 0 {
+			return r
+		}
+		b = b[1:]
+	}
+	return 0
+}
+
+// skipValue accounts for n octets of a header field's value that are
+// neither CR nor LF, as n calls of push would. push checks each octet
+// against the line limit first and then against the header limit, so when
+// both are crossed inside the run, the one crossed first wins, and the line
+// limit on a tie.
+func (c *ContentReader) skipValue(n int) Reason {
+	// The first octet (1 to n) over each limit; n+1 when none is.
+	lineAt, headerAt := n+1, n+1
+	if m := c.limits.MaxLineLength; m > 0 {
+		// Octet k is over when lineLen+k plus the CRLF to come is.
+		lineAt = min(lineAt, max(1, m-c.p.lineLen-1))
+	}
+	if m := c.limits.MaxHeaderBytes; m > 0 {
+		headerAt = int(min(int64(headerAt), max(1, m-c.header+1)))
+	}
+	switch {
+	case lineAt <= n && lineAt <= headerAt:
+		return ReasonLineTooLong
+	case headerAt <= n:
+		return ReasonHeaderTooLarge
+	}
+	c.p.lineLen += n
+	c.header += int64(n)
+	return 0
+}
+
+// push checks one octet.
 func (c *ContentReader) push(o byte) Reason {
 	ended := c.p.cr && o == '\n'
 	if r := c.p.push(o, c.limits.MaxLineLength); r != 0 {

@@ -98,10 +98,8 @@ func (s *scanner) scan(b []byte) (n int, r Reason) {
 			if take > s.chunkLeft {
 				take = s.chunkLeft
 			}
-			for _, c := range b[i : i+int(take)] {
-				if r := s.content.push(c, s.maxLine); r != 0 {
-					return 0, r
-				}
+			if r := s.content.pushAll(b[i:i+int(take)], s.maxLine); r != 0 {
+				return 0, r
 			}
 			i += int(take)
 			s.chunkLeft -= take
@@ -112,6 +110,19 @@ func (s *scanner) scan(b []byte) (n int, r Reason) {
 			}
 			continue
 		}
+		if !s.cmd.cr {
+			// In the middle of a line (or at its start), the octets up to
+			// the next CR or LF can only make the line longer: take them
+			// at once. The CR or LF is then checked octet by octet below.
+			if run := plainLen(b[i:]); run > 0 {
+				if r := s.cmd.skip(run, s.maxLine); r != 0 {
+					return 0, r
+				}
+				s.keep(b[i : i+run])
+				i += run
+				continue
+			}
+		}
 		c := b[i]
 		i++
 		ended := s.cmd.cr && c == '\n'
@@ -119,10 +130,7 @@ func (s *scanner) scan(b []byte) (n int, r Reason) {
 			return 0, r
 		}
 		if !ended {
-			// Data lines only need their first octets (the dot line).
-			if len(s.line) < s.maxLine && (s.mode == modeCommand || len(s.line) < 2) {
-				s.line = append(s.line, c)
-			}
+			s.keep(b[i-1 : i])
 			continue
 		}
 		line := bytes.TrimSuffix(s.line, []byte{'\r'})
@@ -151,6 +159,19 @@ func (s *scanner) scan(b []byte) (n int, r Reason) {
 		}
 	}
 	return len(b), 0
+}
+
+// keep appends to s.line what the scanner needs of b, the next octets of
+// the current line: a command line up to maxLine octets, only the first two
+// octets of a data line (enough to tell the dot line).
+func (s *scanner) keep(b []byte) {
+	limit := s.maxLine
+	if s.mode != modeCommand {
+		limit = min(limit, 2)
+	}
+	if room := limit - len(s.line); room > 0 {
+		s.line = append(s.line, b[:min(room, len(b))]...)
+	}
 }
 
 // command classifies a command line (without CRLF) as go-smtp's parseCmd
@@ -258,6 +279,58 @@ func (p *plane) push(c byte, maxLine int) Reason {
 		return ReasonLineTooLong
 	}
 	return 0
+}
+
+// skip accounts for n octets that are neither CR nor LF, on a plane that
+// is not after a CR, exactly as n calls of push would: the line grows, and
+// is too long if its last octet with the CRLF still to come would be over
+// maxLine (the line only grows, so no earlier octet can be over when the
+// last is not).
+func (p *plane) skip(n, maxLine int) Reason {
+	if n == 0 {
+		return 0
+	}
+	p.lineLen += n
+	if maxLine > 0 && p.lineLen+2 > maxLine {
+		return ReasonLineTooLong
+	}
+	return 0
+}
+
+// pushAll checks the octets of b as push would one by one, with the
+// octets between line endings taken at once (skip).
+func (p *plane) pushAll(b []byte, maxLine int) Reason {
+	for len(b) > 0 {
+		if !p.cr {
+			n := plainLen(b)
+			if r := p.skip(n, maxLine); r != 0 {
+				return r
+			}
+			if b = b[n:]; len(b) == 0 {
+				break
+			}
+		}
+		if r := p.push(b[0], maxLine); r != 0 {
+			return r
+		}
+		b = b[1:]
+	}
+	return 0
+}
+
+// plainLen returns how many octets at the start of b are neither CR nor
+// LF. Two IndexByte calls are much faster than bytes.IndexAny, which
+// looks at one octet at a time; the second only searches the octets
+// before the CR the first found.
+func plainLen(b []byte) int {
+	n := bytes.IndexByte(b, '\r')
+	if n < 0 {
+		n = len(b)
+	}
+	if i := bytes.IndexByte(b[:n], '\n'); i >= 0 {
+		return i
+	}
+	return n
 }
 
 // atLineStart reports whether the next octet starts a new line, for the
