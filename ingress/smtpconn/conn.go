@@ -530,7 +530,19 @@ const (
 // scan consumes b up to and including the end-of-data line, returning how
 // many bytes belong to the content and whether the end was found.
 func (s *contentState) scan(b []byte) (int, bool) {
-	for i, ch := range b {
+	for i := 0; i < len(b); i++ {
+		if s.st == csText {
+			// In the middle of a line only a CR changes the state: skip
+			// to it at once.
+			j := bytes.IndexByte(b[i:], '\r')
+			if j < 0 {
+				return len(b), false
+			}
+			i += j
+			s.st = csCR
+			continue
+		}
+		ch := b[i]
 		switch s.st {
 		case csLineStart:
 			switch ch {
