@@ -1,7 +1,6 @@
 package smtpd
 
 import (
-	"bytes"
 	"context"
 
 	"github.com/emersion/go-smtp"
@@ -24,13 +23,14 @@ var errDMARCReject = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{
 // forge our verdicts (RFC 8601 §5). Mail from trusted networks and users
 // is not ours to judge and passes unchanged. It returns a reply when the
 // message is refused.
-func (s *Server) inbound(ctx context.Context, se *session, from, user string, content *bytes.Buffer) *smtp.SMTPError {
+func (s *Server) inbound(ctx context.Context, se *session, from, user string, content *content) *smtp.SMTPError {
 	if user != "" || s.policy.IsTrusted(se.client.Addr()) {
 		return nil
 	}
 	host := s.opts.Settings.Hostname
+	msg := content.Bytes()
 	r := authres.Check(ctx, s.resolver, host, authres.Input{
-		Client: se.client.Addr(), Helo: se.conn.Hostname(), MailFrom: from, Message: content.Bytes(),
+		Client: se.client.Addr(), Helo: se.conn.Hostname(), MailFrom: from, Message: msg,
 	})
 	s.metrics.authResults.Add(ctx, 1, authResultAttrs("spf", r.SPF))
 	dkim := authres.None
@@ -55,7 +55,7 @@ func (s *Server) inbound(ctx context.Context, se *session, from, user string, co
 		s.metrics.received.Add(ctx, 1, resultAttr(resultRejected))
 		return errDMARCReject
 	}
-	stripped := authres.StripForged(content.Bytes(), host)
+	stripped := authres.StripForged(msg, host)
 	content.Reset()
 	content.Write(r.Header)
 	content.Write(stripped)

@@ -311,11 +311,9 @@ func (se *session) Data(r io.Reader) error {
 
 	// Read the whole content before storing: a transaction is stored
 	// completely or not at all, and go-smtp has already capped its size.
-	var content bytes.Buffer
-	if env.opts.Size > 0 && env.opts.Size <= se.s.opts.Settings.MaxMessageBytes {
-		content.Grow(int(env.opts.Size))
-	}
-	if _, err := io.Copy(&content, se.s.contentReader(r)); err != nil {
+	var data content
+	defer data.Release()
+	if _, err := data.ReadFrom(se.s.contentReader(r)); err != nil {
 		reply := readFailure(err)
 		span.SetStatus(codes.Error, "reading DATA failed")
 		span.SetAttributes(attribute.Int("smtp.reply_code", reply.Code))
@@ -325,7 +323,7 @@ func (se *session) Data(r io.Reader) error {
 	}
 	// Mail for our domains from strangers: authentication results, and
 	// DMARC p=reject when configured (inbound.go).
-	if refuse := se.s.inbound(ctx, se, env.from, user, &content); refuse != nil {
+	if refuse := se.s.inbound(ctx, se, env.from, user, &data); refuse != nil {
 		return refuse
 	}
 
@@ -344,7 +342,7 @@ func (se *session) Data(r io.Reader) error {
 		For:      forRcpt,
 		Date:     now,
 	}.Header()
-	size := int64(len(header) + content.Len())
+	size := int64(len(header) + data.Len())
 	span.SetAttributes(
 		attribute.String("sluice.queue_id", qid),
 		attribute.String("messaging.destination.name", wire.MessageSubject(qid)),
@@ -370,7 +368,7 @@ func (se *session) Data(r io.Reader) error {
 	}
 
 	start := time.Now()
-	rcpt, err := se.s.opts.Store.Put(ctx, m, io.MultiReader(bytes.NewReader(header), &content), size)
+	rcpt, err := se.s.opts.Store.Put(ctx, m, io.MultiReader(bytes.NewReader(header), data.Reader()), size)
 	elapsed := time.Since(start).Seconds()
 	if err != nil {
 		se.s.metrics.storeDuration.Record(ctx, elapsed, resultAttr(resultFailed))

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -130,11 +131,13 @@ func (s *Store) Put(ctx context.Context, m *sluicev1.Message, body io.Reader, si
 	m.BodySize = size
 	m.Body, m.BodyObject = nil, ""
 	if size <= int64(s.opts.InlineBodyLimit) {
-		b := make([]byte, size)
-		if _, err := io.ReadFull(body, b); err != nil {
+		b := getBuf(int(size))
+		defer putBuf(b)
+		if _, err := io.ReadFull(body, *b); err != nil {
 			return Receipt{}, fmt.Errorf("store: read body: %w", err)
 		}
-		m.Body = b
+		m.Body = *b
+		defer func() { m.Body = nil }()
 		return s.publish(ctx, m)
 	}
 
@@ -167,10 +170,13 @@ func (s *Store) putObject(ctx context.Context, qid string, body io.Reader, size 
 }
 
 func (s *Store) publish(ctx context.Context, m *sluicev1.Message) (Receipt, error) {
-	data, err := proto.Marshal(m)
+	buf := getBuf(0)
+	defer putBuf(buf)
+	data, err := proto.MarshalOptions{}.MarshalAppend(*buf, m)
 	if err != nil {
 		return Receipt{}, fmt.Errorf("store: encode message: %w", err)
 	}
+	*buf = data
 	msg := nats.NewMsg(wire.MessageSubject(m.GetQueueId()))
 	msg.Data = data
 	msg.Header.Set(wire.HeaderQueueID, m.GetQueueId())
@@ -222,11 +228,20 @@ func classify(err error) error {
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 
-// Body returns the stored content of m: inline, or read from the object
-// store. Tests and tools use it to read back what the ingress stored.
+// Body reads back the stored content of m (by its queue id): inline in
+// the stored message, or from the object store. Tests and tools use it to
+// see what the ingress stored.
 func (s *Store) Body(ctx context.Context, m *sluicev1.Message) ([]byte, error) {
 	if m.GetBodyObject() == "" {
-		return m.GetBody(), nil
+		raw, err := s.msgs.GetLastMsgForSubject(ctx, wire.MessageSubject(m.GetQueueId()))
+		if err != nil {
+			return nil, fmt.Errorf("store: message %s: %w", m.GetQueueId(), err)
+		}
+		var stored sluicev1.Message
+		if err := proto.Unmarshal(raw.Data, &stored); err != nil {
+			return nil, fmt.Errorf("store: decode message %s: %w", m.GetQueueId(), err)
+		}
+		return stored.GetBody(), nil
 	}
 	r, err := s.bodies.Get(ctx, m.GetBodyObject())
 	if err != nil {
@@ -238,4 +253,30 @@ func (s *Store) Body(ctx context.Context, m *sluicev1.Message) ([]byte, error) {
 		return nil, fmt.Errorf("store: read body object %s: %w", m.GetBodyObject(), err)
 	}
 	return b.Bytes(), nil
+}
+
+// bufPool recycles the buffers of inline bodies and encoded messages: a
+// message is copied into them and out again (nats.go copies a synchronous
+// publish into its write buffer before PublishMsg returns), so nothing
+// keeps them. Buffers grown beyond maxPooledBuf are left to the collector.
+var bufPool = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledBuf = 2 << 20
+
+// getBuf returns a pooled buffer of length n.
+func getBuf(n int) *[]byte {
+	b := bufPool.Get().(*[]byte)
+	if cap(*b) < n {
+		*b = make([]byte, n)
+	}
+	*b = (*b)[:n]
+	return b
+}
+
+func putBuf(b *[]byte) {
+	if cap(*b) > maxPooledBuf {
+		return
+	}
+	*b = (*b)[:0]
+	bufPool.Put(b)
 }
