@@ -89,6 +89,7 @@ type Conn struct {
 	// Read side, touched only by Read.
 	cur       net.Conn // raw, or the *tls.Conn once TLS is up
 	in        []byte   // received, not yet examined
+	readSize  int      // size of the next read buffer (see fill)
 	out       []byte   // examined, not yet handed to go-smtp
 	mode      mode
 	chunkLeft int64
@@ -375,7 +376,18 @@ func (c *Conn) next() error {
 	return c.command(line)
 }
 
-// fill makes sure c.in holds at least one byte.
+// Read buffer sizes of fill: commands and small messages arrive in small
+// reads; a large message streams, and reading it 4 KiB at a time cost a
+// system call (and a trip through every layer above) per 4 KiB.
+const (
+	minReadSize = 4 << 10
+	maxReadSize = 64 << 10
+)
+
+// fill makes sure c.in holds at least one byte. Every read gets a fresh
+// buffer, because what was handed on may still point into the last one.
+// The buffer doubles while reads fill it and returns to the minimum when
+// one does not.
 func (c *Conn) fill() error {
 	if len(c.in) > 0 {
 		return nil
@@ -383,8 +395,17 @@ func (c *Conn) fill() error {
 	if c.eof != nil {
 		return c.eof
 	}
-	buf := make([]byte, 4096)
+	if c.readSize < minReadSize {
+		c.readSize = minReadSize
+	}
+	buf := make([]byte, c.readSize)
 	n, err := c.cur.Read(buf)
+	switch {
+	case n == len(buf):
+		c.readSize = min(2*c.readSize, maxReadSize)
+	default:
+		c.readSize = minReadSize
+	}
 	c.in = buf[:n]
 	if err != nil {
 		c.eof = err
