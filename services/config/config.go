@@ -214,6 +214,34 @@ type Queue struct {
 	// queue index from these events when they start, so it must be at
 	// least Lifetime.
 	EventsRetention time.Duration `yaml:"events_retention" env:"SLUICE_QUEUE_EVENTS_RETENTION"`
+	// EventsPersist is how JetStream writes the events stream: "default"
+	// writes every event to its file before acknowledging it (and fsyncs
+	// it when the server syncs always), like every other stream; "async"
+	// acknowledges events before they are written and flushes them in
+	// batches, never fsyncing them one by one. Mail itself (messages,
+	// jobs, results, bounce requests, bodies) is never affected. Empty
+	// means async on a single node (replicas 1) and default otherwise;
+	// JetStream supports async only without replicas, and a stream keeps
+	// the mode it was created with.
+	EventsPersist string `yaml:"events_persist" env:"SLUICE_QUEUE_EVENTS_PERSIST"`
+}
+
+// Events persistence modes (Queue.EventsPersist).
+const (
+	PersistDefault = "default"
+	PersistAsync   = "async"
+)
+
+// EventsPersistMode is the effective EventsPersist: the configured mode, or
+// async on a single node and default with replicas.
+func (q Queue) EventsPersistMode() string {
+	if q.EventsPersist != "" {
+		return q.EventsPersist
+	}
+	if q.Replicas == 1 {
+		return PersistAsync
+	}
+	return PersistDefault
 }
 
 // DefaultQueue returns the defaults.
@@ -234,6 +262,15 @@ func (q Queue) Validate() error {
 	}
 	if q.InlineBodyLimit < 1024 || q.InlineBodyLimit > 900<<10 {
 		return fmt.Errorf("queue.inline_body_limit: %d, want 1024..921600", q.InlineBodyLimit)
+	}
+	switch q.EventsPersist {
+	case "", PersistDefault:
+	case PersistAsync:
+		if q.Replicas != 1 {
+			return fmt.Errorf("queue.events_persist: async needs queue.replicas 1 (JetStream does not flush replicated streams asynchronously), have %d", q.Replicas)
+		}
+	default:
+		return fmt.Errorf("queue.events_persist: %q, want default or async", q.EventsPersist)
 	}
 	if q.EventsRetention < q.Lifetime {
 		return fmt.Errorf("queue.events_retention: %s is shorter than queue.lifetime %s; the queue index is rebuilt from events, so they must outlive every job", q.EventsRetention, q.Lifetime)

@@ -23,3 +23,31 @@ func TestEventsRetentionCoversLifetime(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestEventsPersist(t *testing.T) {
+	for _, tt := range []struct {
+		persist  string
+		replicas int
+		want     string // effective mode, or the start of the error
+	}{
+		{"", 1, PersistAsync},
+		{"", 3, PersistDefault},
+		{PersistDefault, 1, PersistDefault},
+		{PersistAsync, 1, PersistAsync},
+		{PersistAsync, 3, "queue.events_persist: async needs queue.replicas 1"},
+		{"sync", 1, `queue.events_persist: "sync"`},
+	} {
+		q := DefaultQueue()
+		q.EventsPersist, q.Replicas = tt.persist, tt.replicas
+		err := q.Validate()
+		if strings.HasPrefix(tt.want, "queue.") {
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("%q with %d replicas: error %v, want %q", tt.persist, tt.replicas, err, tt.want)
+			}
+			continue
+		}
+		if err != nil || q.EventsPersistMode() != tt.want {
+			t.Errorf("%q with %d replicas: mode %q, err %v; want %q", tt.persist, tt.replicas, q.EventsPersistMode(), err, tt.want)
+		}
+	}
+}

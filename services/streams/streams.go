@@ -112,8 +112,16 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			Replicas:    q.Replicas,
 			Duplicates:  DuplicateWindow,
 			AllowDirect: true,
+			PersistMode: eventsPersistMode(q),
 		},
 	}
+}
+
+func eventsPersistMode(q config.Queue) jetstream.PersistModeType {
+	if q.EventsPersistMode() == config.PersistAsync {
+		return jetstream.AsyncPersistMode
+	}
+	return jetstream.DefaultPersistMode
 }
 
 func orUnlimited(n int64) int64 {
@@ -126,6 +134,13 @@ func orUnlimited(n int64) int64 {
 // Provision creates or updates every stream and bucket.
 func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) error {
 	for _, sc := range Configs(q) {
+		// JetStream refuses to change a stream's persist mode: a stream
+		// keeps the mode it was created with.
+		if cur, err := js.Stream(ctx, sc.Name); err == nil {
+			sc.PersistMode = cur.CachedInfo().Config.PersistMode
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}
