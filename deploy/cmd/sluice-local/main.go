@@ -14,6 +14,7 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,10 @@ import (
 	"github.com/sluice-mta/sluice/deploy/stack"
 	"github.com/sluice-mta/sluice/services/lifecycle"
 )
+
+// embeddedMemoryLimit is the Go soft memory limit of this process (the
+// embedded NATS server) when GOMEMLIMIT does not set one.
+const embeddedMemoryLimit = 512 << 20
 
 func main() {
 	bin := flag.String("bin", "bin", "directory with the sluice-* binaries")
@@ -42,9 +47,14 @@ func main() {
 		os.Exit(2)
 	}
 
-	// The embedded NATS server runs in this process: same GC tuning as
-	// the services.
+	// The embedded NATS server runs in this process: the same collector
+	// target as the services, and a soft memory limit, because the
+	// server's heap (block caches, duplicate windows) is far larger than
+	// a service's and would otherwise triple with GOGC=200.
 	lifecycle.TuneGC()
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		debug.SetMemoryLimit(embeddedMemoryLimit)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if *pprofAddr != "" {
 		// net/http/pprof registers on the default mux.
