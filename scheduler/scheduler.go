@@ -147,9 +147,8 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.marks, err = marks.Watch(ctx, s.held, s.log); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	started := false
 	defer func() {
-		if !started {
+		if !s.started {
 			s.marks.Stop()
 		}
 	}()
@@ -178,7 +177,6 @@ func (s *Service) Start(ctx context.Context) error {
 	s.loops = []*loop{splitLoop, resLoop}
 	s.cancel = cancel
 	s.started = true
-	started = true
 	if err := s.startAdmin(ctx); err != nil {
 		s.mu.Unlock()
 		_ = s.Close()

@@ -35,14 +35,14 @@ import (
 // settled the job (so it must not be attempted).
 func (s *Service) steer(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) bool {
 	mark, marked, err := s.marks.Get(ctx, job.JobId)
-	if err == nil && !marked {
-		return false
-	}
 	if err != nil {
 		// Without knowing, attempting could deliver a held job.
 		log.WarnContext(ctx, "cannot read hold mark; job returned to the queue", "err", err)
 		_ = msg.NakWithDelay(infraRetry)
 		return true
+	}
+	if !marked {
+		return false
 	}
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.String("sluice.operator_mark", mark.Action))

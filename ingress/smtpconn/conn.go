@@ -400,10 +400,9 @@ func (c *Conn) fill() error {
 	}
 	buf := make([]byte, c.readSize)
 	n, err := c.cur.Read(buf)
-	switch {
-	case n == len(buf):
+	if n == len(buf) {
 		c.readSize = min(2*c.readSize, maxReadSize)
-	default:
+	} else {
 		c.readSize = minReadSize
 	}
 	c.in = buf[:n]

@@ -25,6 +25,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/hold"
 	"github.com/sluice-mta/sluice/scheduler/index"
 	"github.com/sluice-mta/sluice/scheduler/policy"
+	"github.com/sluice-mta/sluice/services/marks"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -379,7 +380,7 @@ func (s *Server) release(ctx context.Context, j index.Job, r *api.QueueActionReq
 		}
 		loc = &located{place: placeHeld, msg: msg, job: job}
 	}
-	_, marked, err := hold.Get(ctx, s.d.Held, j.ID)
+	_, marked, err := marks.Read(ctx, s.d.Held, j.ID)
 	if err != nil {
 		return outcome{}, err
 	}

@@ -1,5 +1,6 @@
-// Package hold reads and writes the marks of held and deleted jobs (bucket
-// wire.BucketHeld) and parks held jobs on their held subject.
+// Package hold writes and clears the marks of held and deleted jobs (bucket
+// wire.BucketHeld; package marks reads them) and parks held jobs on their
+// held subject.
 //
 // A job on hold lives on wire.HeldSubject(job id) in SLUICE_JOBS, which no
 // consumer reads, so nothing can deliver it. Whoever finds a held job where
@@ -24,14 +25,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
-	"github.com/sluice-mta/sluice/services/marks"
 )
-
-// Get returns the mark of jobID, if any, read from the bucket (hot paths
-// use a marks.Cache instead).
-func Get(ctx context.Context, kv jetstream.KeyValue, jobID string) (admin.QueueMark, bool, error) {
-	return marks.Read(ctx, kv, jobID)
-}
 
 // Put sets the mark of jobID.
 func Put(ctx context.Context, kv jetstream.KeyValue, jobID string, m admin.QueueMark) error {
