@@ -6,32 +6,9 @@ import (
 	"io"
 	"strconv"
 	"testing"
+
+	"github.com/sluice-mta/sluice/ingress/internal/benchmsg"
 )
-
-// benchContent is a message of about size octets as a client sends it: a
-// short header section and a body of 76-character lines (the length
-// base64 and quoted-printable produce), every line ending in CRLF.
-func benchContent(size int) []byte {
-	var b bytes.Buffer
-	b.WriteString("From: Alice <alice@example.org>\r\nTo: Bob <bob@example.test>\r\n")
-	b.WriteString("Subject: benchmark\r\nMessage-ID: <bench@example.org>\r\nMIME-Version: 1.0\r\n\r\n")
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-	line := make([]byte, 78)
-	for i := 0; b.Len() < size; i++ {
-		for j := range 76 {
-			line[j] = alphabet[(i*7+j)%len(alphabet)]
-		}
-		line[76], line[77] = '\r', '\n'
-		b.Write(line)
-	}
-	return b.Bytes()
-}
-
-// benchSizes are the message sizes every content benchmark runs with.
-var benchSizes = []struct {
-	name string
-	size int
-}{{"4KB", 4 << 10}, {"5MB", 5 << 20}}
 
 // readSize is how much go-smtp's bufio.Reader asks for at a time.
 const readSize = 4096
@@ -39,9 +16,9 @@ const readSize = 4096
 // BenchmarkScannerData measures the Conn's check of DATA content, handed
 // to the scanner in reads of readSize as go-smtp reads it.
 func BenchmarkScannerData(b *testing.B) {
-	for _, bs := range benchSizes {
-		in := append(benchContent(bs.size), ".\r\n"...)
-		b.Run(bs.name, func(b *testing.B) {
+	for _, bs := range benchmsg.Sizes {
+		in := append(benchmsg.Content(bs.Size), ".\r\n"...)
+		b.Run(bs.Name, func(b *testing.B) {
 			b.SetBytes(int64(len(in)))
 			for b.Loop() {
 				s := newScanner(1000)
@@ -63,10 +40,10 @@ func BenchmarkScannerData(b *testing.B) {
 
 // BenchmarkScannerBDAT measures the check of one BDAT LAST chunk.
 func BenchmarkScannerBDAT(b *testing.B) {
-	for _, bs := range benchSizes {
-		content := benchContent(bs.size)
+	for _, bs := range benchmsg.Sizes {
+		content := benchmsg.Content(bs.Size)
 		in := append([]byte("BDAT "+strconv.Itoa(len(content))+" LAST\r\n"), content...)
-		b.Run(bs.name, func(b *testing.B) {
+		b.Run(bs.Name, func(b *testing.B) {
 			b.SetBytes(int64(len(in)))
 			for b.Loop() {
 				s := newScanner(1000)
@@ -88,9 +65,9 @@ func BenchmarkScannerBDAT(b *testing.B) {
 // BenchmarkContentReader measures the session's check of the content
 // go-smtp hands over, read in pieces of readSize.
 func BenchmarkContentReader(b *testing.B) {
-	for _, bs := range benchSizes {
-		in := benchContent(bs.size)
-		b.Run(bs.name, func(b *testing.B) {
+	for _, bs := range benchmsg.Sizes {
+		in := benchmsg.Content(bs.Size)
+		b.Run(bs.Name, func(b *testing.B) {
 			b.SetBytes(int64(len(in)))
 			buf := make([]byte, readSize)
 			for b.Loop() {

@@ -5,38 +5,16 @@ import (
 	"io"
 	"net"
 	"testing"
+
+	"github.com/sluice-mta/sluice/ingress/internal/benchmsg"
 )
-
-// benchContent is a message of about size octets as a client sends it: a
-// short header section and a body of 76-character lines (the length
-// base64 and quoted-printable produce), every line ending in CRLF.
-func benchContent(size int) []byte {
-	var b bytes.Buffer
-	b.WriteString("From: Alice <alice@example.org>\r\nTo: Bob <bob@example.test>\r\n")
-	b.WriteString("Subject: benchmark\r\nMessage-ID: <bench@example.org>\r\nMIME-Version: 1.0\r\n\r\n")
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-	line := make([]byte, 78)
-	for i := 0; b.Len() < size; i++ {
-		for j := range 76 {
-			line[j] = alphabet[(i*7+j)%len(alphabet)]
-		}
-		line[76], line[77] = '\r', '\n'
-		b.Write(line)
-	}
-	return b.Bytes()
-}
-
-var benchSizes = []struct {
-	name string
-	size int
-}{{"4KB", 4 << 10}, {"5MB", 5 << 20}}
 
 // BenchmarkContentScan measures the search for the end of DATA content,
 // in pieces of the size fill reads.
 func BenchmarkContentScan(b *testing.B) {
-	for _, bs := range benchSizes {
-		in := append(benchContent(bs.size), ".\r\n"...)
-		b.Run(bs.name, func(b *testing.B) {
+	for _, bs := range benchmsg.Sizes {
+		in := append(benchmsg.Content(bs.Size), ".\r\n"...)
+		b.Run(bs.Name, func(b *testing.B) {
 			b.SetBytes(int64(len(in)))
 			for b.Loop() {
 				var s contentState
@@ -68,10 +46,10 @@ func (c *pipeConn) Close() error                { return nil }
 // BenchmarkConnData measures a DATA transaction's content through a Conn,
 // read in pieces of 4096 as go-smtp's bufio.Reader reads.
 func BenchmarkConnData(b *testing.B) {
-	for _, bs := range benchSizes {
-		content := benchContent(bs.size)
+	for _, bs := range benchmsg.Sizes {
+		content := benchmsg.Content(bs.Size)
 		in := append(append([]byte("DATA\r\n"), content...), ".\r\n"...)
-		b.Run(bs.name, func(b *testing.B) {
+		b.Run(bs.Name, func(b *testing.B) {
 			b.SetBytes(int64(len(in)))
 			buf := make([]byte, 4096)
 			for b.Loop() {

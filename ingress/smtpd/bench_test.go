@@ -2,7 +2,6 @@ package smtpd
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -19,26 +18,9 @@ import (
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/natstest"
 	"github.com/sluice-mta/sluice/services/streams"
-)
 
-// benchContent is a message of about size octets: a short header section
-// and a body of 76-character lines (the length base64 and
-// quoted-printable produce), every line ending in CRLF.
-func benchContent(size int) []byte {
-	var b bytes.Buffer
-	b.WriteString("From: Alice <alice@example.org>\r\nTo: Bob <bob@example.test>\r\n")
-	b.WriteString("Subject: benchmark\r\nMessage-ID: <bench@example.org>\r\nMIME-Version: 1.0\r\n\r\n")
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-	line := make([]byte, 78)
-	for i := 0; b.Len() < size; i++ {
-		for j := range 76 {
-			line[j] = alphabet[(i*7+j)%len(alphabet)]
-		}
-		line[76], line[77] = '\r', '\n'
-		b.Write(line)
-	}
-	return b.Bytes()
-}
+	"github.com/sluice-mta/sluice/ingress/internal/benchmsg"
+)
 
 // startBench runs an ingress against a fresh JetStream server, like start
 // but without the telemetry recorders, whose work would be measured too.
@@ -115,7 +97,7 @@ func BenchmarkMessage(b *testing.B) {
 		name string
 		n    int
 	}{{"4KB", 4 << 10}, {"5MB", 5 << 20}} {
-		content := benchContent(size.n)
+		content := benchmsg.Content(size.n)
 		// The content has no line starting with a dot: no stuffing needed.
 		data := append(append([]byte("DATA\r\n"), content...), ".\r\n"...)
 		bdat := append([]byte("BDAT "+strconv.Itoa(len(content))+" LAST\r\n"), content...)
