@@ -74,6 +74,18 @@ func TestResultObeysMarks(t *testing.T) {
 		if err := hold.Put(h.ctx, h.svc.held, jid, admin.QueueMark{Action: action, Time: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
+		// A mark reaches the scheduler's watched copy a moment after the
+		// write (README: marks); the result comes after that moment.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if m, ok, _ := h.svc.marks.Get(h.ctx, jid); ok && m.Action == action {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("mark %s never reached the scheduler's copy", action)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 		h.publishResult(&sluicev1.Result{Job: job, Recipients: []*sluicev1.RecipientResult{
 			outcome(job, "b@dest.test", temporary, sluicev1.Reason_REASON_REMOTE, 451, "4.2.1", "busy"),
 		}}, jid+"/1/result", raw.Header)
