@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -138,6 +139,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 		// keeps the mode it was created with.
 		if cur, err := js.Stream(ctx, sc.Name); err == nil {
 			sc.PersistMode = cur.CachedInfo().Config.PersistMode
+			if upToDate(cur.CachedInfo().Config, sc) {
+				continue
+			}
 		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}
@@ -157,17 +161,52 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 	return nil
 }
 
+// upToDate reports whether an existing stream already has every setting
+// Provision manages, so that no update is sent. Services start together and
+// each provisions everything: needless updates would race with the others'
+// consumer creation on the same stream (nats-server 2.15 reads the store's
+// configuration without a lock there), and cost a write of the stream's
+// metadata each.
+func upToDate(cur, want jetstream.StreamConfig) bool {
+	orDefault := func(v, def int64) int64 {
+		if v == 0 {
+			return def
+		}
+		return v
+	}
+	return cur.Description == want.Description &&
+		slices.Equal(cur.Subjects, want.Subjects) &&
+		cur.Retention == want.Retention && cur.Discard == want.Discard &&
+		cur.MaxAge == want.MaxAge && cur.Storage == want.Storage &&
+		max(cur.Replicas, 1) == max(want.Replicas, 1) &&
+		orDefault(cur.MaxBytes, -1) == orDefault(want.MaxBytes, -1) &&
+		orDefault(cur.MaxMsgs, -1) == orDefault(want.MaxMsgs, -1) &&
+		orDefault(int64(cur.MaxMsgSize), -1) == orDefault(int64(want.MaxMsgSize), -1) &&
+		(want.Duplicates == 0 || cur.Duplicates == want.Duplicates) &&
+		cur.AllowDirect == want.AllowDirect && cur.AllowMsgSchedules == want.AllowMsgSchedules &&
+		cur.AllowRollup == want.AllowRollup && cur.PersistMode == want.PersistMode
+}
+
+// bucketUpToDate reports whether the stream behind a key-value or object
+// bucket already has the settings Sluice gives it (see upToDate).
+func bucketUpToDate(ctx context.Context, js jetstream.JetStream, stream, desc string, ttl time.Duration, q config.Queue) bool {
+	str, err := js.Stream(ctx, stream)
+	if err != nil {
+		return false
+	}
+	c := str.CachedInfo().Config
+	return c.Description == desc && c.MaxAge == ttl && c.Storage == jetstream.FileStorage &&
+		max(c.Replicas, 1) == max(q.Replicas, 1)
+}
+
 // Held returns the bucket of hold and delete marks, keyed by job id, that
 // deliverers check before every attempt and the scheduler checks before it
 // schedules a retry, creating it if needed. A mark outlives any job it can
 // be about.
 func Held(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := keyValue(ctx, js, q, jetstream.KeyValueConfig{
 		Bucket:      wire.BucketHeld,
 		Description: "Sluice: jobs on hold or deleted by an operator",
-		TTL:         q.Lifetime + LifetimeGrace,
-		Storage:     jetstream.FileStorage,
-		Replicas:    q.Replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketHeld, err)
@@ -177,13 +216,19 @@ func Held(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstrea
 
 // Bodies returns the object store for large bodies, creating it if needed.
 func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.ObjectStore, error) {
-	os, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	cfg := jetstream.ObjectStoreConfig{
 		Bucket:      wire.BucketBodies,
 		Description: "Sluice: message bodies too large to store inline",
 		TTL:         q.Lifetime + LifetimeGrace,
 		Storage:     jetstream.FileStorage,
 		Replicas:    q.Replicas,
-	})
+	}
+	if bucketUpToDate(ctx, js, "OBJ_"+cfg.Bucket, cfg.Description, cfg.TTL, q) {
+		if os, err := js.ObjectStore(ctx, cfg.Bucket); err == nil {
+			return os, nil
+		}
+	}
+	os, err := js.CreateOrUpdateObjectStore(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("provision object store %s: %w", wire.BucketBodies, err)
 	}
@@ -193,17 +238,28 @@ func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstr
 // Refs returns the bucket that counts the open jobs of messages split into
 // more than one job, creating it if needed.
 func Refs(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := keyValue(ctx, js, q, jetstream.KeyValueConfig{
 		Bucket:      wire.BucketRefs,
 		Description: "Sluice: open jobs of messages split across destinations",
-		TTL:         q.Lifetime + LifetimeGrace,
-		Storage:     jetstream.FileStorage,
-		Replicas:    q.Replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketRefs, err)
 	}
 	return kv, nil
+}
+
+// keyValue opens the bucket cfg names, creating or updating it with the
+// queue's lifetime and replicas unless it already has them.
+func keyValue(ctx context.Context, js jetstream.JetStream, q config.Queue, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.TTL = q.Lifetime + LifetimeGrace
+	cfg.Storage = jetstream.FileStorage
+	cfg.Replicas = q.Replicas
+	if bucketUpToDate(ctx, js, "KV_"+cfg.Bucket, cfg.Description, cfg.TTL, q) {
+		if kv, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
+			return kv, nil
+		}
+	}
+	return js.CreateOrUpdateKeyValue(ctx, cfg)
 }
 
 // IsStorageFull reports whether a publish error means the stream or account

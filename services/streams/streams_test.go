@@ -2,6 +2,9 @@ package streams
 
 import (
 	"context"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,5 +81,60 @@ func TestFullMessageStreamRefuses(t *testing.T) {
 	}
 	if err == nil || !IsStorageFull(err) {
 		t.Fatalf("want a storage-full error from a capped stream, got %v", err)
+	}
+}
+
+// TestProvisionLeavesCurrentStreamsAlone: provisioning what already exists
+// with the same settings sends no update (services start together, and an
+// update racing another service's consumer creation is what we avoid);
+// a changed setting still updates every stream and bucket it concerns.
+func TestProvisionLeavesCurrentStreamsAlone(t *testing.T) {
+	s := natstest.Start(t)
+	nc, js := s.Connect(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var updates []string
+	if _, err := nc.Subscribe("$JS.API.STREAM.UPDATE.>", func(m *nats.Msg) {
+		mu.Lock()
+		updates = append(updates, strings.TrimPrefix(m.Subject, "$JS.API.STREAM.UPDATE."))
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	seen := func() []string {
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		out := slices.Clone(updates)
+		updates = nil
+		return out
+	}
+	q := config.DefaultQueue()
+	for i := range 2 {
+		if err := Provision(ctx, js, q); err != nil {
+			t.Fatal(err)
+		}
+		if got := seen(); i == 1 && len(got) != 0 {
+			t.Errorf("second provisioning updated %v", got)
+		}
+	}
+	q.Lifetime += time.Hour
+	if err := Provision(ctx, js, q); err != nil {
+		t.Fatal(err)
+	}
+	got := seen()
+	for _, want := range []string{wire.StreamMessages, wire.StreamJobs, "KV_" + wire.BucketHeld, "KV_" + wire.BucketRefs, "OBJ_" + wire.BucketBodies} {
+		if !slices.Contains(got, want) {
+			t.Errorf("a longer lifetime did not update %s (updates: %v)", want, got)
+		}
+	}
+	str, err := js.Stream(ctx, wire.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := str.CachedInfo().Config.MaxAge, q.Lifetime+LifetimeGrace; got != want {
+		t.Errorf("jobs max age %s, want %s", got, want)
 	}
 }
