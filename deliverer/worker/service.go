@@ -17,8 +17,12 @@
 // (FetchNoWait). An empty class hands its turn to the next class of the
 // cycle and gets a long-poll (Fetch with idleWait) in a free slot; while it
 // is pending the class is left out of the cycle, because the poll takes its
-// next job the moment it arrives. When every class is empty the dispatcher
-// sleeps until a poll ends, so it waits on the server instead of spinning.
+// next job the moment it arrives. A class whose last fetched job said
+// nothing was pending behind it (the job's NumPending metadata) goes straight
+// to its long-poll, without the FetchNoWait that would only come back empty:
+// under light load that saves two round trips per job. When every class is
+// empty the dispatcher sleeps until a poll ends, so it waits on the server
+// instead of spinning.
 // High mail is therefore served first while bulk mail still gets one turn in
 // twelve under full load, and an empty class costs one request per idleWait
 // rather than one per job of the others.
@@ -120,11 +124,13 @@ type Service struct {
 	dispatcher sync.WaitGroup
 	polls      sync.WaitGroup
 	polling    [3]atomic.Bool
-	pollDone   chan struct{}
-	jobs       sync.WaitGroup
-	inFlight   atomic.Int64
-	closeOnce  sync.Once
-	started    atomic.Bool
+	// drained[i]: class i's last fetched job had nothing pending behind it.
+	drained   [3]atomic.Bool
+	pollDone  chan struct{}
+	jobs      sync.WaitGroup
+	inFlight  atomic.Int64
+	closeOnce sync.Once
+	started   atomic.Bool
 }
 
 // New builds a service. s.DNSServer must be set (main reads resolv.conf).
@@ -321,6 +327,11 @@ func (s *Service) fetchRound(ctx context.Context, cyc *cycle, free int) ([]fetch
 		if i < 0 || ctx.Err() != nil {
 			return nil, order
 		}
+		if s.drained[i].Load() {
+			empty[i] = true
+			order = append(order, i)
+			continue
+		}
 		b, err := s.consumers[i].FetchNoWait(free)
 		if got := s.collect(b, err, i); len(got) > 0 {
 			return got, order
@@ -379,6 +390,10 @@ func (s *Service) collect(b jetstream.MessageBatch, err error, class int) []fetc
 	var out []fetched
 	for m := range b.Messages() {
 		out = append(out, fetched{msg: m, class: class})
+	}
+	if n := len(out); n > 0 {
+		md, err := out[n-1].msg.Metadata()
+		s.drained[class].Store(err == nil && md.NumPending == 0)
 	}
 	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 		s.log.Warn("fetch jobs", "class", wire.ClassName(wire.Classes[class]), "err", err)
@@ -493,6 +508,9 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	finished := time.Now()
+	// The result names the job; the body copy has served its purpose and
+	// is not sent back (retries read SLUICE_MSGS).
+	job.Body = nil
 	res := &sluicev1.Result{
 		Schema:           wire.SchemaVersion,
 		Job:              job,
@@ -569,10 +587,14 @@ func (s *Service) attempt(ctx context.Context, job *sluicev1.Job, log *slog.Logg
 	return res, headers, nil
 }
 
-// openBody returns the message content: inline in the Message at
+// openBody returns the message content: the job's own copy when it has one
+// (a first attempt of a small message), else inline in the Message at
 // job.msg_seq, or streamed from the object store. A body that is gone is a
 // permanent failure (*status.Error); other errors are infrastructure trouble.
 func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, func(), error) {
+	if len(job.Body) > 0 {
+		return bytesReader(job.Body), func() {}, nil
+	}
 	missing := func(what string) error {
 		return status.Permanent(sluicev1.Reason_REASON_INTERNAL, 554, "5.3.0",
 			fmt.Sprintf("message content is no longer in the queue (%s); it was deleted before delivery", what))

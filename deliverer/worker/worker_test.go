@@ -223,6 +223,30 @@ func TestDelivery(t *testing.T) {
 		}
 	})
 
+	t.Run("a job's own copy of the body is what is sent, and is not echoed in the result", func(t *testing.T) {
+		before := c.Count()
+		content := []byte("Subject: carried\r\n\r\nthe job's copy\r\n")
+		// MsgSeq names nothing: the copy alone must do.
+		job := &sluicev1.Job{Schema: 1, JobId: "CARRIED-0", QueueId: "CARRIED", MsgSeq: 999998, Domain: "mx.test",
+			Recipients: []*sluicev1.Recipient{{Address: "a@mx.test"}}, Priority: sluicev1.Priority_PRIORITY_NORMAL, Attempt: 1,
+			Body: content, BodySize: int64(len(content))}
+		e.publishJob(t, job)
+		r := e.result(t, job, 10*time.Second)
+		if r.Recipients[0].Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+			t.Fatalf("outcome %v: %s", r.Recipients[0].Outcome, r.Recipients[0].Text)
+		}
+		if len(r.Job.GetBody()) != 0 {
+			t.Error("the result carries the body back")
+		}
+		msgs, err := c.Wait(before+1, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := msgs[len(msgs)-1].Data; !bytes.HasSuffix(got, content) {
+			t.Errorf("sent %q, want it to end with the job's copy", got)
+		}
+	})
+
 	t.Run("large body streamed from the object store", func(t *testing.T) {
 		before := c.Count()
 		big := append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n"), 16000)...)

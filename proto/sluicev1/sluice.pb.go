@@ -633,7 +633,12 @@ type Job struct {
 	NotBeforeUnixNano int64  `protobuf:"varint,24,opt,name=not_before_unix_nano,json=notBeforeUnixNano,proto3" json:"not_before_unix_nano,omitempty"`
 	// Set once a delay DSN was requested for the job, so the sender is
 	// warned once, not at every retry.
-	DelayWarned   bool `protobuf:"varint,25,opt,name=delay_warned,json=delayWarned,proto3" json:"delay_warned,omitempty"`
+	DelayWarned bool `protobuf:"varint,25,opt,name=delay_warned,json=delayWarned,proto3" json:"delay_warned,omitempty"`
+	// The message content itself, on a first-attempt job of a small message
+	// (see policy.MakeJobs): the deliverer then has it without reading
+	// SLUICE_MSGS. Empty on retries and for large bodies, which are read
+	// through msg_seq or body_object, and never in a Result's copy of the job.
+	Body          []byte `protobuf:"bytes,26,opt,name=body,proto3" json:"body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -841,6 +846,13 @@ func (x *Job) GetDelayWarned() bool {
 		return x.DelayWarned
 	}
 	return false
+}
+
+func (x *Job) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
 }
 
 // RecipientResult is the outcome of one recipient in one attempt.
@@ -1174,7 +1186,7 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\vbody_object\x18\x11 \x01(\tR\n" +
 	"bodyObject\x12\x1b\n" +
 	"\tbody_size\x18\x12 \x01(\x03R\bbodySize\x12\x15\n" +
-	"\x06is_dsn\x18\x13 \x01(\bR\x05isDsn\"\xc5\x06\n" +
+	"\x06is_dsn\x18\x13 \x01(\bR\x05isDsn\"\xd9\x06\n" +
 	"\x03Job\x12\x16\n" +
 	"\x06schema\x18\x01 \x01(\rR\x06schema\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1208,7 +1220,8 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"last_error\x18\x16 \x01(\tR\tlastError\x12.\n" +
 	"\x13scheduled_unix_nano\x18\x17 \x01(\x03R\x11scheduledUnixNano\x12/\n" +
 	"\x14not_before_unix_nano\x18\x18 \x01(\x03R\x11notBeforeUnixNano\x12!\n" +
-	"\fdelay_warned\x18\x19 \x01(\bR\vdelayWarned\"\xa0\x02\n" +
+	"\fdelay_warned\x18\x19 \x01(\bR\vdelayWarned\x12\x12\n" +
+	"\x04body\x18\x1a \x01(\fR\x04body\"\xa0\x02\n" +
 	"\x0fRecipientResult\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12,\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x12.sluice.v1.OutcomeR\aoutcome\x12)\n" +

@@ -24,13 +24,25 @@ type JobParams struct {
 	Rules Rules
 }
 
+// JobBodyInline is how many bytes of body copies the first-attempt jobs of
+// one message may carry in all: a 4 KB message split into up to sixteen
+// jobs travels inside them, a 64 KB one only when it makes a single job.
+// The copy saves the deliverer one read of SLUICE_MSGS per job; the message
+// there stays the reference, for retries, bounces and operators.
+const JobBodyInline = 64 << 10
+
 // MakeJobs splits a message into its first-attempt jobs, one per recipient
 // domain (see Split), with ids wire.JobID(queue id, n). Each job carries the
 // envelope and RFC 3461 parameters of the message and a reference to its
-// body (stream sequence and object name), never the body itself. A message
-// without a receive time is treated as received now.
+// body (stream sequence and object name); when the body is inline in the
+// message and the copies fit in JobBodyInline, a copy of the body as well.
+// A message without a receive time is treated as received now.
 func MakeJobs(m *sluicev1.Message, p JobParams) []*sluicev1.Job {
 	groups := Split(m.GetRecipients())
+	var body []byte
+	if b := m.GetBody(); m.GetBodyObject() == "" && len(b) > 0 && len(b)*len(groups) <= JobBodyInline {
+		body = b
+	}
 	received := m.GetReceivedUnixNano()
 	if received == 0 {
 		received = p.Now.UnixNano()
@@ -64,6 +76,7 @@ func MakeJobs(m *sluicev1.Message, p JobParams) []*sluicev1.Job {
 			JobsTotal:         uint32(len(groups)),
 			IsDsn:             m.GetIsDsn(),
 			ScheduledUnixNano: p.Now.UnixNano(),
+			Body:              body,
 		})
 	}
 	return jobs

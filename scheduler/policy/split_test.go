@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"bytes"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -87,6 +89,44 @@ func TestMakeJobs(t *testing.T) {
 			j.ScheduledUnixNano != now.UnixNano() || j.Ret != "HDRS" || j.Envid != "E1" || !j.Smtputf8 ||
 			j.BodyType != "8BITMIME" || !j.RequireTls || j.MailFrom != "s@news.example" || j.Schema != wire.SchemaVersion {
 			t.Errorf("job fields wrong: %v", j)
+		}
+	}
+}
+
+// TestMakeJobsBodyCopy: first-attempt jobs carry the body while all the
+// copies fit in JobBodyInline, never for a body in the object store.
+func TestMakeJobsBodyCopy(t *testing.T) {
+	rcpts := func(domains int) []*sluicev1.Recipient {
+		var r []*sluicev1.Recipient
+		for i := range domains {
+			r = append(r, &sluicev1.Recipient{Address: fmt.Sprintf("a@d%d.test", i)})
+		}
+		return r
+	}
+	small := bytes.Repeat([]byte("x"), 4096)
+	for _, tc := range []struct {
+		name    string
+		m       *sluicev1.Message
+		carried bool
+	}{
+		{"small, one domain", &sluicev1.Message{QueueId: "Q", Body: small, Recipients: rcpts(1)}, true},
+		{"small, sixteen domains", &sluicev1.Message{QueueId: "Q", Body: small, Recipients: rcpts(16)}, true},
+		{"small, seventeen domains", &sluicev1.Message{QueueId: "Q", Body: small, Recipients: rcpts(17)}, false},
+		{"at the limit", &sluicev1.Message{QueueId: "Q", Body: make([]byte, JobBodyInline), Recipients: rcpts(1)}, true},
+		{"over the limit", &sluicev1.Message{QueueId: "Q", Body: make([]byte, JobBodyInline+1), Recipients: rcpts(1)}, false},
+		{"object store", &sluicev1.Message{QueueId: "Q", BodyObject: "Q", BodySize: 100, Recipients: rcpts(1)}, false},
+	} {
+		jobs := MakeJobs(tc.m, JobParams{Seq: 3, Now: time.Unix(1_800_000_000, 0), Lifetime: time.Hour})
+		for _, j := range jobs {
+			if got := len(j.Body) > 0; got != tc.carried {
+				t.Errorf("%s: job carries the body: %v, want %v", tc.name, got, tc.carried)
+			}
+			if tc.carried && !bytes.Equal(j.Body, tc.m.Body) {
+				t.Errorf("%s: the job's copy differs from the body", tc.name)
+			}
+			if j.MsgSeq != 3 {
+				t.Errorf("%s: job lost its reference to the message: seq %d", tc.name, j.MsgSeq)
+			}
 		}
 	}
 }
