@@ -168,34 +168,30 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 // configuration without a lock there), and cost a write of the stream's
 // metadata each.
 func upToDate(cur, want jetstream.StreamConfig) bool {
-	orDefault := func(v, def int64) int64 {
-		if v == 0 {
-			return def
-		}
-		return v
-	}
 	return cur.Description == want.Description &&
 		slices.Equal(cur.Subjects, want.Subjects) &&
 		cur.Retention == want.Retention && cur.Discard == want.Discard &&
 		cur.MaxAge == want.MaxAge && cur.Storage == want.Storage &&
 		max(cur.Replicas, 1) == max(want.Replicas, 1) &&
-		orDefault(cur.MaxBytes, -1) == orDefault(want.MaxBytes, -1) &&
-		orDefault(cur.MaxMsgs, -1) == orDefault(want.MaxMsgs, -1) &&
-		orDefault(int64(cur.MaxMsgSize), -1) == orDefault(int64(want.MaxMsgSize), -1) &&
+		orUnlimited(cur.MaxBytes) == orUnlimited(want.MaxBytes) &&
+		orUnlimited(cur.MaxMsgs) == orUnlimited(want.MaxMsgs) &&
+		orUnlimited(int64(cur.MaxMsgSize)) == orUnlimited(int64(want.MaxMsgSize)) &&
 		(want.Duplicates == 0 || cur.Duplicates == want.Duplicates) &&
 		cur.AllowDirect == want.AllowDirect && cur.AllowMsgSchedules == want.AllowMsgSchedules &&
 		cur.AllowRollup == want.AllowRollup && cur.PersistMode == want.PersistMode
 }
 
 // bucketUpToDate reports whether the stream behind a key-value or object
-// bucket already has the settings Sluice gives it (see upToDate).
-func bucketUpToDate(ctx context.Context, js jetstream.JetStream, stream, desc string, ttl time.Duration, q config.Queue) bool {
+// bucket already has the settings Sluice gives every bucket: its
+// description, the queue lifetime plus grace as TTL, file storage and the
+// queue's replicas (see upToDate).
+func bucketUpToDate(ctx context.Context, js jetstream.JetStream, stream, desc string, q config.Queue) bool {
 	str, err := js.Stream(ctx, stream)
 	if err != nil {
 		return false
 	}
 	c := str.CachedInfo().Config
-	return c.Description == desc && c.MaxAge == ttl && c.Storage == jetstream.FileStorage &&
+	return c.Description == desc && c.MaxAge == q.Lifetime+LifetimeGrace && c.Storage == jetstream.FileStorage &&
 		max(c.Replicas, 1) == max(q.Replicas, 1)
 }
 
@@ -223,7 +219,7 @@ func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstr
 		Storage:     jetstream.FileStorage,
 		Replicas:    q.Replicas,
 	}
-	if bucketUpToDate(ctx, js, "OBJ_"+cfg.Bucket, cfg.Description, cfg.TTL, q) {
+	if bucketUpToDate(ctx, js, "OBJ_"+cfg.Bucket, cfg.Description, q) {
 		if os, err := js.ObjectStore(ctx, cfg.Bucket); err == nil {
 			return os, nil
 		}
@@ -254,7 +250,7 @@ func keyValue(ctx context.Context, js jetstream.JetStream, q config.Queue, cfg j
 	cfg.TTL = q.Lifetime + LifetimeGrace
 	cfg.Storage = jetstream.FileStorage
 	cfg.Replicas = q.Replicas
-	if bucketUpToDate(ctx, js, "KV_"+cfg.Bucket, cfg.Description, cfg.TTL, q) {
+	if bucketUpToDate(ctx, js, "KV_"+cfg.Bucket, cfg.Description, q) {
 		if kv, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
 			return kv, nil
 		}
