@@ -318,7 +318,8 @@ func (s *Service) dispatch(ctx context.Context) {
 // that has any, and the classes it found empty on the way, in the order it
 // tried them. A class with a long-poll pending is skipped: it was empty when
 // the poll started, and the poll takes its next job the moment it arrives,
-// so asking again would only cost a round trip per job for nothing.
+// so asking again would only cost a round trip per job for nothing. A
+// drained class is counted empty without asking (see Service).
 func (s *Service) fetchRound(ctx context.Context, cyc *cycle, free int) ([]fetched, []int) {
 	var empty [3]bool
 	var order []int
@@ -327,14 +328,11 @@ func (s *Service) fetchRound(ctx context.Context, cyc *cycle, free int) ([]fetch
 		if i < 0 || ctx.Err() != nil {
 			return nil, order
 		}
-		if s.drained[i].Load() {
-			empty[i] = true
-			order = append(order, i)
-			continue
-		}
-		b, err := s.consumers[i].FetchNoWait(free)
-		if got := s.collect(b, err, i); len(got) > 0 {
-			return got, order
+		if !s.drained[i].Load() {
+			b, err := s.consumers[i].FetchNoWait(free)
+			if got := s.collect(b, err, i); len(got) > 0 {
+				return got, order
+			}
 		}
 		empty[i] = true
 		order = append(order, i)
