@@ -201,6 +201,11 @@ func TestHeadersTraceID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The endpoint's subscription must reach the server before the CLI,
+	// on its own connection, asks it.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	code, out, _ = diagRun("headers", "-server", ns.ClientURL(), "-dns", "127.0.0.1:1", "-timeout", "2s", path)
 	if code != 0 || asked != "0634R5Y2WQ7ZK8N3D1HFXM6T" || !strings.Contains(out, "trace id 4bf92f3577b34da6a3ce929d0e0e4736 (from sluice-scheduler)") {
 		t.Fatalf("with a scheduler (exit %d, asked %q):\n%s", code, asked, out)
