@@ -9,8 +9,11 @@
 // filtered on its subjects, shared by all deliverer processes: JetStream hands
 // each job to exactly one of them, and adding processes adds throughput.
 //
-// One dispatcher goroutine per Service fetches and a bounded set of delivery
-// goroutines (Settings.Concurrency) work. Whenever slots are free the
+// One dispatcher goroutine per Service fetches and a fixed pool of delivery
+// goroutines (Settings.Concurrency) work. The pool lives as long as the
+// service: a goroutine per job would start on a small stack and grow it
+// through the SMTP, protobuf and tracing calls of every job, which cost the
+// deliverer a tenth of its CPU. Whenever slots are free the
 // dispatcher picks a class by smooth weighted round robin (see cycle;
 // default weights high 8, normal 3, bulk 1) and asks that consumer for up to
 // as many jobs as there are free slots (at most maxBatch) without waiting
@@ -118,6 +121,7 @@ type Service struct {
 	steered metric.Int64Counter
 
 	slots      chan struct{}
+	work       chan fetched
 	stopFetch  context.CancelFunc
 	workCtx    context.Context
 	cancelWork context.CancelFunc
@@ -227,6 +231,10 @@ func (s *Service) Start(ctx context.Context) error {
 		return err
 	}
 	s.workCtx, s.cancelWork = context.WithCancel(context.Background())
+	s.work = make(chan fetched)
+	for range s.cfg.Concurrency {
+		go s.worker()
+	}
 	fetchCtx, stop := context.WithCancel(context.Background())
 	s.stopFetch = stop
 	s.dispatcher.Add(1)
@@ -255,6 +263,7 @@ func (s *Service) Close(ctx context.Context) error {
 			s.cancelWork()
 			<-done
 		}
+		close(s.work)
 		s.cancelWork()
 		s.courier.Close()
 		if s.marks != nil {
@@ -399,30 +408,41 @@ func (s *Service) collect(b jetstream.MessageBatch, err error, class int) []fetc
 	return out
 }
 
-// start runs one job in its own goroutine; its slot is already taken.
+// start hands one job to the pool; its slot is already taken, so a worker
+// is free or about to be.
 func (s *Service) start(f fetched) {
 	s.jobs.Add(1)
 	s.inFlight.Add(1)
 	s.m.inFlight.Add(context.Background(), 1)
-	go func() {
-		defer func() {
-			s.m.inFlight.Add(context.Background(), -1)
-			s.inFlight.Add(-1)
-			<-s.slots
-			s.jobs.Done()
-		}()
-		stop := s.keepAlive(f.msg)
-		defer stop()
-		defer func() {
-			// attempt turns panics of a delivery into results; this is
-			// the last resort for the rest of the handling.
-			if p := recover(); p != nil {
-				s.log.Error("panic handling job", "subject", f.msg.Subject(), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-				_ = f.msg.NakWithDelay(infraRetry)
-			}
-		}()
-		s.handle(s.workCtx, f.msg)
+	s.work <- f
+}
+
+// worker runs jobs until Close.
+func (s *Service) worker() {
+	for f := range s.work {
+		s.run(f)
+	}
+}
+
+// run works on one job and then gives back its slot.
+func (s *Service) run(f fetched) {
+	defer func() {
+		s.m.inFlight.Add(context.Background(), -1)
+		s.inFlight.Add(-1)
+		<-s.slots
+		s.jobs.Done()
 	}()
+	stop := s.keepAlive(f.msg)
+	defer stop()
+	defer func() {
+		// attempt turns panics of a delivery into results; this is the
+		// last resort for the rest of the handling.
+		if p := recover(); p != nil {
+			s.log.Error("panic handling job", "subject", f.msg.Subject(), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			_ = f.msg.NakWithDelay(infraRetry)
+		}
+	}()
+	s.handle(s.workCtx, f.msg)
 }
 
 // keepAlive tells JetStream every third of AckWait that the job is still
