@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // Options configures the embedded server.
@@ -85,6 +86,10 @@ func Start(o Options) (*Server, error) {
 
 // ClientURL is the nats:// URL clients connect to.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// InProcess lets clients in this process connect without a socket
+// (nats.InProcessServer).
+func (s *Server) InProcess() nats.InProcessConnProvider { return s.ns }
 
 // Shutdown stops the server and waits for it; it is safe to call twice.
 func (s *Server) Shutdown() {

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -25,12 +26,26 @@ type Options struct {
 	NATS      config.NATS
 	Queue     config.Queue
 	Telemetry config.Telemetry
-	// OTel is what the standard OTEL_* variables say; main reads them with
-	// telemetry.EnvFrom(os.LookupEnv).
-	OTel telemetry.Env
+	Host
 	// ConnectWait bounds the wait for NATS at start (default 30 s), for
 	// services started together with their servers.
 	ConnectWait time.Duration
+}
+
+// Host is what runs a service gives it besides its configuration: its own
+// process (the service's main), or sluice-local, which runs all four
+// services in the process of its embedded NATS server.
+type Host struct {
+	// OTel is what the standard OTEL_* variables say; main reads them with
+	// telemetry.EnvFrom(os.LookupEnv).
+	OTel telemetry.Env
+	// InProcess, when set, is the NATS server the service connects to
+	// in-process (nats.InProcessServer) instead of over TCP: the same
+	// protocol, streams and consumers, without a socket or a system call
+	// per message.
+	InProcess nats.InProcessConnProvider
+	// LogOutput receives the service's JSON log; nil is standard error.
+	LogOutput io.Writer
 }
 
 // Process is the plumbing every Sluice service shares: its telemetry, its
@@ -72,8 +87,15 @@ func Start(ctx context.Context, o Options) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.LogOutput != nil {
+		tel.Logger = telemetry.NewLogger(o.LogOutput, o.Service, o.Telemetry.LogLevel)
+	}
 	p := &Process{Tel: tel, Log: tel.Logger}
-	p.NC, p.JS, err = natsconn.Connect(o.NATS, "sluice-"+o.Service, o.ConnectWait, p.Log)
+	var extra []nats.Option
+	if o.InProcess != nil {
+		extra = append(extra, nats.InProcessServer(o.InProcess))
+	}
+	p.NC, p.JS, err = natsconn.Connect(o.NATS, "sluice-"+o.Service, o.ConnectWait, p.Log, extra...)
 	if err != nil {
 		p.shutdownTelemetry()
 		return nil, err

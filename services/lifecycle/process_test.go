@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/config"
+	"github.com/sluice-mta/sluice/services/embedded"
 	"github.com/sluice-mta/sluice/services/natstest"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -23,7 +25,7 @@ func TestProcessStartServeStop(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	o := Options{Service: "bouncer", NATS: config.DefaultNATS(), Queue: config.DefaultQueue(), OTel: telemetry.Env{}}
+	o := Options{Service: "bouncer", NATS: config.DefaultNATS(), Queue: config.DefaultQueue(), Host: Host{OTel: telemetry.Env{}}}
 	o.NATS.URL = s.ClientURL()
 	p, err := Start(context.Background(), o)
 	if err != nil {
@@ -61,5 +63,34 @@ func TestStartFailsClearlyWithoutNATS(t *testing.T) {
 	_, err := Start(context.Background(), o)
 	if err == nil || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
 		t.Fatalf("want an error naming the NATS URL, got %v", err)
+	}
+}
+
+// TestStartInProcess connects through the server's in-process connection
+// (no socket: the URL is not even dialled) and logs where Host says.
+func TestStartInProcess(t *testing.T) {
+	ns, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	var log bytes.Buffer
+	o := Options{Service: "scheduler", NATS: config.DefaultNATS(), Queue: config.DefaultQueue(),
+		Host: Host{InProcess: ns.InProcess(), LogOutput: &log}}
+	o.NATS.URL = "nats://127.0.0.1:1" // nothing listens there
+	p, err := Start(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.NC.ConnectedAddr(); got != "pipe" {
+		t.Errorf("connected to %q, want the in-process pipe", got)
+	}
+	if _, err := p.JS.Stream(context.Background(), wire.StreamMessages); err != nil {
+		t.Fatalf("stream %s after Start: %v", wire.StreamMessages, err)
+	}
+	p.Log.Info("hello")
+	p.Stop()
+	if !strings.Contains(log.String(), `"msg":"hello","service":"scheduler"`) || !strings.Contains(log.String(), `"msg":"stopped"`) {
+		t.Fatalf("log output = %q, want the service's JSON lines", log.String())
 	}
 }

@@ -15,8 +15,9 @@ import (
 
 // Connect dials NATS as the named client. It retries the first connection
 // for up to wait, because services usually start together with the servers,
-// and reconnects forever afterwards.
-func Connect(cfg config.NATS, name string, wait time.Duration, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+// and reconnects forever afterwards. Extra options are applied last (e.g.
+// nats.InProcessServer for a service running in the server's process).
+func Connect(cfg config.NATS, name string, wait time.Duration, log *slog.Logger, extra ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -53,6 +54,7 @@ func Connect(cfg config.NATS, name string, wait time.Duration, log *slog.Logger)
 	if cfg.CertFile != "" {
 		opts = append(opts, nats.ClientCert(cfg.CertFile, cfg.KeyFile))
 	}
+	opts = append(opts, extra...)
 	deadline := time.Now().Add(wait)
 	var nc *nats.Conn
 	var err error

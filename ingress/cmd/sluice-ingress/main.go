@@ -5,18 +5,11 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
-	"os/signal"
-	"syscall"
 
-	"github.com/sluice-mta/sluice/ingress"
-	"github.com/sluice-mta/sluice/ingress/smtpd"
-	"github.com/sluice-mta/sluice/ingress/store"
-	"github.com/sluice-mta/sluice/services/config"
+	"github.com/sluice-mta/sluice/ingress/daemon"
 	"github.com/sluice-mta/sluice/services/lifecycle"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -24,76 +17,15 @@ import (
 func main() {
 	path := flag.String("config", "", "configuration file (YAML); defaults apply without it")
 	flag.Parse()
-	cfg := ingress.Default()
-	if err := config.Load(*path, &cfg); err != nil {
+	cfg, err := daemon.Load(*path)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-ingress:", err)
 		os.Exit(2)
 	}
-	if err := run(cfg); err != nil {
+	ctx, stop := lifecycle.SignalContext()
+	defer stop()
+	if err := daemon.Run(ctx, cfg, lifecycle.Host{OTel: telemetry.EnvFrom(os.LookupEnv)}); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-ingress:", err)
 		os.Exit(1)
 	}
-}
-
-func run(cfg ingress.Config) error {
-	ctx, stop := lifecycle.SignalContext()
-	defer stop()
-	p, err := lifecycle.Start(ctx, lifecycle.Options{Service: "ingress", NATS: cfg.NATS, Queue: cfg.Queue,
-		Telemetry: cfg.Ingress.Telemetry, OTel: telemetry.EnvFrom(os.LookupEnv)})
-	if err != nil {
-		return err
-	}
-	log := p.Log
-	st, err := store.New(ctx, p.JS, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, Logger: log})
-	if err != nil {
-		p.Stop()
-		return err
-	}
-	srv, err := smtpd.New(smtpd.Options{Settings: cfg.Ingress, Store: st, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
-	if err == nil {
-		err = srv.Start()
-	}
-	if err == nil {
-		if err = p.ServeMetrics(cfg.Ingress.MetricsListen, p.NATSReady); err != nil {
-			_ = srv.Close()
-		}
-	}
-	if err != nil {
-		p.Stop()
-		return err
-	}
-	log.Info("started", "smtp_listen", addrString(srv.ListenerAddr(smtpd.ListenerSMTP)),
-		"submission_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmission)),
-		"submissions_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmissions)),
-		"metrics_listen", p.MetricsAddr(), "hostname", cfg.Ingress.Hostname)
-
-	// SIGHUP re-reads the credentials and recipients files, as Postfix's
-	// "postfix reload" would; they are also polled (reload_interval).
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-wait:
-	for {
-		select {
-		case <-ctx.Done():
-			break wait
-		case <-hup:
-			if err := srv.Reload(); err != nil {
-				log.Error("reload", "err", err)
-			}
-		}
-	}
-	log.Info("stopping", "grace", cfg.Ingress.ShutdownGrace.String())
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.Ingress.ShutdownGrace)
-	defer cancel()
-	p.Stop(srv.Shutdown(sctx))
-	return nil
-}
-
-// addrString is an address for the log, or "" for a listener not running.
-func addrString(a net.Addr) string {
-	if a == nil {
-		return ""
-	}
-	return a.String()
 }

@@ -1,0 +1,89 @@
+// Package daemon runs the SMTP ingress as a long-running service: in its
+// own process (cmd/sluice-ingress) or beside the other services in the
+// process of an embedded NATS server (sluice-local).
+package daemon
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sluice-mta/sluice/ingress"
+	"github.com/sluice-mta/sluice/ingress/smtpd"
+	"github.com/sluice-mta/sluice/ingress/store"
+	"github.com/sluice-mta/sluice/services/config"
+	"github.com/sluice-mta/sluice/services/lifecycle"
+)
+
+// Load reads the configuration as the service's main does: the defaults,
+// the file at path (none when empty), then SLUICE_* variables.
+func Load(path string) (ingress.Config, error) {
+	cfg := ingress.Default()
+	err := config.Load(path, &cfg)
+	return cfg, err
+}
+
+// Run runs the ingress until ctx ends, then stops it gracefully: no new
+// sessions, and the ones open get ingress.shutdown_grace to finish.
+func Run(ctx context.Context, cfg ingress.Config, host lifecycle.Host) error {
+	p, err := lifecycle.Start(ctx, lifecycle.Options{Service: "ingress", NATS: cfg.NATS, Queue: cfg.Queue,
+		Telemetry: cfg.Ingress.Telemetry, Host: host})
+	if err != nil {
+		return err
+	}
+	log := p.Log
+	st, err := store.New(ctx, p.JS, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, Logger: log})
+	if err != nil {
+		p.Stop()
+		return err
+	}
+	srv, err := smtpd.New(smtpd.Options{Settings: cfg.Ingress, Store: st, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
+	if err == nil {
+		err = srv.Start()
+	}
+	if err == nil {
+		if err = p.ServeMetrics(cfg.Ingress.MetricsListen, p.NATSReady); err != nil {
+			_ = srv.Close()
+		}
+	}
+	if err != nil {
+		p.Stop()
+		return err
+	}
+	log.Info("started", "smtp_listen", addrString(srv.ListenerAddr(smtpd.ListenerSMTP)),
+		"submission_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmission)),
+		"submissions_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmissions)),
+		"metrics_listen", p.MetricsAddr(), "hostname", cfg.Ingress.Hostname)
+
+	// SIGHUP re-reads the credentials and recipients files, as Postfix's
+	// "postfix reload" would; they are also polled (reload_interval).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-hup:
+			if err := srv.Reload(); err != nil {
+				log.Error("reload", "err", err)
+			}
+		}
+	}
+	log.Info("stopping", "grace", cfg.Ingress.ShutdownGrace.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Ingress.ShutdownGrace)
+	defer cancel()
+	p.Stop(srv.Shutdown(sctx))
+	return nil
+}
+
+// addrString is an address for the log, or "" for a listener not running.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
