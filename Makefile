@@ -45,12 +45,13 @@ tidy:
 	@set -e; for m in $(MODULES); do (cd $$m && $(GO) mod tidy); done
 
 # run builds everything and starts the whole system on this machine: an
-# embedded JetStream server, the four services as separate processes and a
-# capture destination for the test domain example.test.
+# embedded JetStream server, the four services (in the launcher's process, on
+# in-process NATS connections; ARGS=-processes runs each as a process of its
+# binary) and a capture destination for the test domain example.test.
 # When bin/jaeger exists (make jaeger), it is started too and receives every
 # service's traces.
 run: build
-	$(BIN)/sluice-local -bin $(BIN) -data $(CURDIR)/data -jaeger $(BIN)/jaeger -jaeger-config $(CURDIR)/deploy/jaeger/config.yaml
+	$(BIN)/sluice-local -bin $(BIN) -data $(CURDIR)/data -jaeger $(BIN)/jaeger -jaeger-config $(CURDIR)/deploy/jaeger/config.yaml $(ARGS)
 
 # jaeger builds Jaeger v1.76.0 from the Go module proxy into bin/jaeger (a few
 # minutes, once). Its module lives outside the workspace on purpose.

@@ -13,6 +13,9 @@
 #   POSTFIX=auto      auto: install (as root, from Debian) and include Postfix; 0: Sluice only
 #   OUT=/tmp/sluice-bench/<time>
 #   HARNESS=<repo>/../shared/bench
+#   SLUICE_FLAGS=     extra sluice-local flags; -processes runs each service as
+#                     its own process (as production does) instead of in
+#                     sluice-local's, and then peak memory is per service
 # Nothing here runs in `make test`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,7 +58,7 @@ start_sluice() { # extra sluice-local flags...
   local data=$OUT/sluice-data
   rm -rf "$data"
   "$ROOT/bin/sluice-local" -bin "$ROOT/bin" -data "$data" -smtp "$SLUICE_SMTP" -nats 127.0.0.1:4333 \
-    -capture 127.0.0.1:2727 -route bench-dst.example=$SINK -jaeger "" "$@" > "$OUT/sluice-local.log" 2>&1 &
+    -capture 127.0.0.1:2727 -route bench-dst.example=$SINK -jaeger "" ${SLUICE_FLAGS:-} "$@" > "$OUT/sluice-local.log" 2>&1 &
   SLUICE_PID=$!
   for _ in $(seq 100); do
     if (exec 3<>/dev/tcp/127.0.0.1/2600) 2>/dev/null; then return 0; fi
@@ -69,7 +72,8 @@ stop_sluice() {
   wait "$SLUICE_PID" 2>/dev/null || true
   SLUICE_PID=
 }
-# peak resident memory (VmHWM, MiB) of each Sluice process and of the embedded NATS (sluice-local)
+# peak resident memory (VmHWM, MiB) of each Sluice process: sluice-local holds
+# the embedded NATS server and, unless SLUICE_FLAGS=-processes, the services
 sluice_mem() {
   local p name
   for p in $(pgrep -f "$ROOT/bin/sluice-" || true); do

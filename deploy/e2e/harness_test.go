@@ -69,6 +69,7 @@ type worldOpts struct {
 	config     map[string]map[string]any
 	env        []string
 	jaeger     bool // start bin/jaeger next to the services
+	inProcess  bool // run the services in the test process (stack.Options.InProcess)
 }
 
 func newWorld(t testing.TB, o worldOpts) *world {
@@ -136,6 +137,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		Config:       cfg,
 		Deliverers:   o.deliverers,
 		Env:          o.env,
+		InProcess:    o.inProcess,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,10 @@
 // Package stack starts a whole Sluice system on one machine: an embedded
 // single-node JetStream server, a capture destination for a test domain, and
-// the four services as separate processes running the production binaries.
-// `make run` (cmd/sluice-local) and the end-to-end tests both use it, so what a
-// newcomer runs is what the tests prove.
+// the four services, either as separate processes running the production
+// binaries or (Options.InProcess) in this process, connected to the
+// embedded server in-process. `make run` (cmd/sluice-local) and the
+// end-to-end tests both use it, so what a newcomer runs is what the tests
+// prove.
 package stack
 
 import (
@@ -52,6 +54,13 @@ type Options struct {
 	Env []string
 	// Deliverers is how many deliverer processes to start (default 1).
 	Deliverers int
+	// InProcess runs the services in this process instead of as processes
+	// of their binaries (BinDir is not used): each with its own
+	// configuration, telemetry, metrics endpoint and log file as before,
+	// but connected to the embedded NATS server in-process, which spares
+	// every NATS message a socket write and read. Kill then stops a
+	// service as Stop does.
+	InProcess bool
 	// MetricsAddrs fixes the metrics address of named processes; the others
 	// get a free loopback port.
 	MetricsAddrs map[string]string
@@ -85,17 +94,21 @@ type Stack struct {
 	order []*Proc // in start order
 }
 
-// Proc is one service process.
+// Proc is one service process, or one service running in this process
+// (run is set).
 type Proc struct {
 	Name string
 	bin  string
 	args []string
 	env  []string
 	log  string
+	run  runFunc
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{}
+	cancel context.CancelFunc // in-process run
+	err    error              // of the last in-process run
 }
 
 // Start brings the system up and returns once every process has started.
@@ -147,6 +160,12 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			}
 		}
 	}
+	if o.InProcess && s.Jaeger != nil {
+		// The OTLP exporters read their endpoint from the environment,
+		// and the services now share this process's.
+		os.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+s.opts.JaegerOTLP)
+		os.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+	}
 	for _, svc := range Services {
 		n := 1
 		if svc == "deliverer" {
@@ -177,6 +196,14 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 				args: []string{"-config", s.ConfigPath},
 				env:  env,
 				log:  filepath.Join(o.DataDir, "logs", name+".log"),
+			}
+			if o.InProcess {
+				run, err := s.inProcess(svc, name, s.Metrics[name], env)
+				if err != nil {
+					s.Close()
+					return nil, fmt.Errorf("%s: %w", name, err)
+				}
+				p.run = run
 			}
 			if err := p.Start(); err != nil {
 				s.Close()
@@ -263,6 +290,9 @@ func (s *Stack) writeConfig() error {
 func (p *Proc) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.run != nil {
+		return p.startInProcess()
+	}
 	if _, err := os.Stat(p.bin); err != nil {
 		return fmt.Errorf("%s: binary missing (run `make build`): %w", p.Name, err)
 	}
@@ -284,6 +314,30 @@ func (p *Proc) Start() error {
 		close(done)
 	}()
 	p.cmd, p.done = cmd, done
+	return nil
+}
+
+// startInProcess runs the service in a goroutine; an error it ends with
+// is written to its log, as a process's would be.
+func (p *Proc) startInProcess() error {
+	lf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	p.cancel, p.done, p.err = cancel, done, nil
+	go func() {
+		defer close(done)
+		err := p.run(ctx, lf)
+		if err != nil {
+			fmt.Fprintf(lf, "sluice-%s: %v\n", p.Name, err)
+		}
+		lf.Close()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+	}()
 	return nil
 }
 
@@ -309,10 +363,22 @@ func (p *Proc) Stop(grace time.Duration) {
 	}
 }
 
-// ExitCode returns the exit code of the last run, or -1.
+// ExitCode returns the exit code of the last run, or -1. A service run in
+// this process "exits" 1 when it ended with an error, else 0.
 func (p *Proc) ExitCode() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.run != nil {
+		select {
+		case <-p.done:
+		default:
+			return -1
+		}
+		if p.err != nil {
+			return 1
+		}
+		return 0
+	}
 	if p.cmd == nil || p.cmd.ProcessState == nil {
 		return -1
 	}
@@ -321,8 +387,21 @@ func (p *Proc) ExitCode() int {
 
 func (p *Proc) signal(sig syscall.Signal, wait time.Duration) bool {
 	p.mu.Lock()
-	cmd, done := p.cmd, p.done
+	cmd, done, cancel := p.cmd, p.done, p.cancel
 	p.mu.Unlock()
+	if p.run != nil {
+		// A goroutine cannot be killed: every signal asks it to stop.
+		if cancel == nil {
+			return true
+		}
+		cancel()
+		select {
+		case <-done:
+			return true
+		case <-time.After(wait):
+			return false
+		}
+	}
 	if cmd == nil {
 		return true
 	}
