@@ -59,7 +59,8 @@ type Options struct {
 	// configuration, telemetry, metrics endpoint and log file as before,
 	// but connected to the embedded NATS server in-process, which spares
 	// every NATS message a socket write and read. Kill then stops a
-	// service as Stop does.
+	// service as Stop does. The trace exporters' OTEL_* settings are then
+	// this process's environment, not Env.
 	InProcess bool
 	// MetricsAddrs fixes the metrics address of named processes; the others
 	// get a free loopback port.
@@ -188,7 +189,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 				s.Metrics[name] = addr
 			}
 			if svc == "deliverer" {
-				env = append(env, "SLUICE_INSTANCE="+name)
+				env = append(env, "SLUICE_DELIVERER_INSTANCE="+name)
 			}
 			p := &Proc{
 				Name: name,
