@@ -390,20 +390,7 @@ func (p *Proc) signal(sig syscall.Signal, wait time.Duration) bool {
 	p.mu.Lock()
 	cmd, done, cancel := p.cmd, p.done, p.cancel
 	p.mu.Unlock()
-	if p.run != nil {
-		// A goroutine cannot be killed: every signal asks it to stop.
-		if cancel == nil {
-			return true
-		}
-		cancel()
-		select {
-		case <-done:
-			return true
-		case <-time.After(wait):
-			return false
-		}
-	}
-	if cmd == nil {
+	if cmd == nil && cancel == nil {
 		return true
 	}
 	select {
@@ -411,7 +398,12 @@ func (p *Proc) signal(sig syscall.Signal, wait time.Duration) bool {
 		return true
 	default:
 	}
-	_ = cmd.Process.Signal(sig)
+	if p.run != nil {
+		// A goroutine cannot be killed: every signal asks it to stop.
+		cancel()
+	} else {
+		_ = cmd.Process.Signal(sig)
+	}
 	select {
 	case <-done:
 		return true
