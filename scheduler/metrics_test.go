@@ -14,7 +14,7 @@ import (
 // names (no doubled _total or unit suffix).
 func TestPrometheusNames(t *testing.T) {
 	ctx := context.Background()
-	tel, err := telemetry.Setup(ctx, "scheduler", telemetry.Env{}, "error")
+	tel, err := telemetry.Setup(ctx, "scheduler", telemetry.Env{}, nil, "error")
 	if err != nil {
 		t.Fatal(err)
 	}

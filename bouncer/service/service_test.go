@@ -58,7 +58,7 @@ func start(t *testing.T, queue func(*config.Queue)) *harness {
 	if err := streams.Provision(ctx, js, q); err != nil {
 		t.Fatal(err)
 	}
-	tel, err := telemetry.Setup(ctx, "bouncer", telemetry.Env{}, "debug")
+	tel, err := telemetry.Setup(ctx, "bouncer", telemetry.Env{}, nil, "debug")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 // the exporter must not append unit or _total suffixes a second time.
 func TestMetricNamesOnPrometheus(t *testing.T) {
 	ctx := context.Background()
-	tel, err := telemetry.Setup(ctx, "ingress", telemetry.Env{}, "error")
+	tel, err := telemetry.Setup(ctx, "ingress", telemetry.Env{}, nil, "error")
 	if err != nil {
 		t.Fatal(err)
 	}

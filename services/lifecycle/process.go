@@ -83,12 +83,9 @@ func Start(ctx context.Context, o Options) (*Process, error) {
 	if o.ConnectWait <= 0 {
 		o.ConnectWait = 30 * time.Second
 	}
-	tel, err := telemetry.Setup(ctx, o.Service, o.OTel, o.Telemetry.LogLevel)
+	tel, err := telemetry.Setup(ctx, o.Service, o.OTel, o.LogOutput, o.Telemetry.LogLevel)
 	if err != nil {
 		return nil, err
-	}
-	if o.LogOutput != nil {
-		tel.Logger = telemetry.NewLogger(o.LogOutput, o.Service, o.Telemetry.LogLevel)
 	}
 	p := &Process{Tel: tel, Log: tel.Logger}
 	var extra []nats.Option

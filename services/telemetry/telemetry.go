@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -76,8 +77,9 @@ type Telemetry struct {
 
 // Setup creates the providers for service (its OpenTelemetry service.name
 // unless OTEL_SERVICE_NAME overrides it; the SDK reads OTEL_RESOURCE_ATTRIBUTES,
-// OTEL_SERVICE_NAME and OTEL_TRACES_SAMPLER itself).
-func Setup(ctx context.Context, service string, env Env, logLevel string) (*Telemetry, error) {
+// OTEL_SERVICE_NAME and OTEL_TRACES_SAMPLER itself) and its JSON logger,
+// writing to logOut (standard error when nil).
+func Setup(ctx context.Context, service string, env Env, logOut io.Writer, logLevel string) (*Telemetry, error) {
 	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
 		attributeServiceName(service)...,
 	))
@@ -116,7 +118,10 @@ func Setup(ctx context.Context, service string, env Env, logLevel string) (*Tele
 	scope := "github.com/sluice-mta/sluice/" + service
 	t.Tracer = t.TP.Tracer(scope)
 	t.Meter = t.MP.Meter(scope)
-	t.Logger = NewLogger(os.Stderr, service, logLevel)
+	if logOut == nil {
+		logOut = os.Stderr
+	}
+	t.Logger = NewLogger(logOut, service, logLevel)
 	return t, nil
 }
 

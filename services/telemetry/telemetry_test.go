@@ -31,11 +31,11 @@ func TestSpansReachAnOTLPReceiverAndContextCrossesNATSHeaders(t *testing.T) {
 	ctx := context.Background()
 	env := Env{Endpoint: rcv.URL, Protocol: "http/protobuf"}
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.URL)
-	a, err := Setup(ctx, "ingress", env, "info")
+	a, err := Setup(ctx, "ingress", env, nil, "info")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Setup(ctx, "scheduler", env, "info")
+	b, err := Setup(ctx, "scheduler", env, nil, "info")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestLoggerCarriesTraceIDs(t *testing.T) {
 }
 
 func TestMetricsEndpoint(t *testing.T) {
-	tel, err := Setup(context.Background(), "bouncer", Env{}, "info")
+	tel, err := Setup(context.Background(), "bouncer", Env{}, nil, "info")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestMetricsEndpoint(t *testing.T) {
 }
 
 func TestBadProtocolIsAClearError(t *testing.T) {
-	_, err := Setup(context.Background(), "x", Env{Endpoint: "http://127.0.0.1:1", Protocol: "carrier-pigeon"}, "info")
+	_, err := Setup(context.Background(), "x", Env{Endpoint: "http://127.0.0.1:1", Protocol: "carrier-pigeon"}, nil, "info")
 	if err == nil || !strings.Contains(err.Error(), "OTEL_EXPORTER_OTLP_PROTOCOL") {
 		t.Fatalf("want an error naming OTEL_EXPORTER_OTLP_PROTOCOL, got %v", err)
 	}
