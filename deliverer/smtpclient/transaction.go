@@ -7,6 +7,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/emersion/go-smtp"
 
@@ -233,12 +234,20 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 // content sends the message, dot-stuffed, and the end-of-data line.
 func (s *Session) content(body io.Reader) error {
 	dw := &dotWriter{w: s.w}
-	if _, err := io.Copy(dw, body); err != nil {
+	buf := copyBuffers.Get().(*[]byte)
+	_, err := io.CopyBuffer(dw, body, *buf)
+	copyBuffers.Put(buf)
+	if err != nil {
 		return err
 	}
 	dw.Close()
 	return s.flush()
 }
+
+// copyBuffers hold the buffers content copies bodies through: io.Copy
+// would allocate one of 32 KiB per message, the largest allocation of a
+// delivery.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // drainRefused reads the replies that follow a refused MAIL in a pipelined
 // group: one per RCPT, then DATA's. RFC 2920 §3.1 has the client check them

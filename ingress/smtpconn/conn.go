@@ -90,6 +90,7 @@ type Conn struct {
 	cur       net.Conn // raw, or the *tls.Conn once TLS is up
 	in        []byte   // received, not yet examined
 	readSize  int      // size of the next read buffer (see fill)
+	rbuf      []byte   // the read buffer fill may reuse
 	out       []byte   // examined, not yet handed to go-smtp
 	mode      mode
 	chunkLeft int64
@@ -384,10 +385,15 @@ const (
 	maxReadSize = 64 << 10
 )
 
-// fill makes sure c.in holds at least one byte. Every read gets a fresh
-// buffer, because what was handed on may still point into the last one.
-// The buffer doubles while reads fill it and returns to the minimum when
-// one does not.
+// keptReadSize is the largest read buffer a connection keeps between
+// reads; larger ones, for large messages, are allocated per read.
+const keptReadSize = 16 << 10
+
+// fill makes sure c.in holds at least one byte. The buffer doubles while
+// reads fill it and returns to the minimum when one does not. A read reuses
+// the last buffer when nothing still points into it (in and out are both
+// drained; Read copies out to go-smtp), as between the commands and small
+// messages of an ordinary session; otherwise it gets a fresh one.
 func (c *Conn) fill() error {
 	if len(c.in) > 0 {
 		return nil
@@ -398,7 +404,16 @@ func (c *Conn) fill() error {
 	if c.readSize < minReadSize {
 		c.readSize = minReadSize
 	}
-	buf := make([]byte, c.readSize)
+	var buf []byte
+	switch {
+	case len(c.out) == 0 && cap(c.rbuf) >= c.readSize:
+		buf = c.rbuf[:c.readSize]
+	case c.readSize <= keptReadSize:
+		c.rbuf = make([]byte, c.readSize)
+		buf = c.rbuf
+	default:
+		buf = make([]byte, c.readSize)
+	}
 	n, err := c.cur.Read(buf)
 	if n == len(buf) {
 		c.readSize = min(2*c.readSize, maxReadSize)
@@ -435,6 +450,10 @@ func (c *Conn) line() ([]byte, error) {
 		}
 		if c.eof != nil {
 			return nil, c.eof
+		}
+		if len(c.in) == 0 {
+			c.fill() // an error is kept in c.eof, and seen above
+			continue
 		}
 		buf := make([]byte, 4096)
 		n, err := c.cur.Read(buf)
