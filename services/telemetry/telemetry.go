@@ -66,6 +66,10 @@ func EnvFrom(lookup func(string) (string, bool)) Env {
 
 // Telemetry holds one service's providers and logger.
 type Telemetry struct {
+	// Tracer is the service's tracer. Without a trace exporter (and
+	// without OTEL_TRACES_SAMPLER) its spans carry ids but record nothing;
+	// TP.Tracer gives a recording one, for a span processor registered on
+	// TP.
 	Tracer   trace.Tracer
 	Meter    metric.Meter
 	Logger   *slog.Logger
@@ -95,7 +99,8 @@ func Setup(ctx context.Context, service string, env Env, logOut io.Writer, logLe
 
 	t := &Telemetry{}
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	if env.Endpoint != "" && env.Exporter != "none" {
+	exporting := env.Endpoint != "" && env.Exporter != "none"
+	if exporting {
 		exp, err := newTraceExporter(ctx, env)
 		if err != nil {
 			return nil, err
@@ -117,6 +122,10 @@ func Setup(ctx context.Context, service string, env Env, logOut io.Writer, logLe
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	scope := "github.com/sluice-mta/sluice/" + service
 	t.Tracer = t.TP.Tracer(scope)
+	if _, sampler := os.LookupEnv("OTEL_TRACES_SAMPLER"); !exporting && !sampler {
+		// Nothing exports, so nothing would read a recorded span.
+		t.Tracer = idTracer{}
+	}
 	t.Meter = t.MP.Meter(scope)
 	if logOut == nil {
 		logOut = os.Stderr

@@ -137,3 +137,77 @@ func TestBadProtocolIsAClearError(t *testing.T) {
 		t.Fatalf("want an error naming OTEL_EXPORTER_OTLP_PROTOCOL, got %v", err)
 	}
 }
+
+// TestWithoutExporterSpansCarryIDsOnly: with no exporter the spans record
+// nothing, but every span has its own id, children stay in their parent's
+// trace, the traceparent sent on says what the SDK's default sampler would
+// have said (sampled, unless the parent was not), and log lines carry the
+// ids.
+func TestWithoutExporterSpansCarryIDsOnly(t *testing.T) {
+	ctx := context.Background()
+	var logs bytes.Buffer
+	a, err := Setup(ctx, "ingress", Env{}, &logs, "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(ctx)
+	b, err := Setup(ctx, "scheduler", Env{Endpoint: "http://127.0.0.1:1", Exporter: "none"}, nil, "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown(ctx)
+
+	rootCtx, root := a.Tracer.Start(ctx, "ingress.receive")
+	if root.IsRecording() {
+		t.Fatal("a span of a service without an exporter records")
+	}
+	rsc := root.SpanContext()
+	if !rsc.IsValid() || !rsc.IsSampled() || rsc.IsRemote() {
+		t.Fatalf("root span context = %+v, want valid, sampled, local", rsc)
+	}
+	childCtx, child := a.Tracer.Start(rootCtx, "ingress.store")
+	if csc := child.SpanContext(); csc.TraceID() != rsc.TraceID() || csc.SpanID() == rsc.SpanID() || !csc.IsValid() {
+		t.Fatalf("child %v/%v of root %v/%v: want the root's trace and an id of its own", csc.TraceID(), csc.SpanID(), rsc.TraceID(), rsc.SpanID())
+	}
+	if _, other := a.Tracer.Start(ctx, "ingress.receive"); other.SpanContext().TraceID() == rsc.TraceID() {
+		t.Fatal("two root spans share a trace id")
+	}
+
+	h := nats.Header{}
+	Inject(childCtx, h)
+	want := "00-" + rsc.TraceID().String() + "-" + child.SpanContext().SpanID().String() + "-01"
+	if got := h.Get("traceparent"); got != want {
+		t.Fatalf("traceparent = %q, want %q", got, want)
+	}
+	_, next := b.Tracer.Start(Extract(ctx, h), "scheduler.split")
+	if nsc := next.SpanContext(); nsc.TraceID() != rsc.TraceID() || !nsc.IsSampled() || next.IsRecording() {
+		t.Fatalf("span continued from %q: trace %v sampled %v recording %v", want, nsc.TraceID(), nsc.IsSampled(), next.IsRecording())
+	}
+	unsampled := nats.Header{"traceparent": {"00-" + rsc.TraceID().String() + "-b7ad6b7169203331-00"}}
+	if _, s := b.Tracer.Start(Extract(ctx, unsampled), "scheduler.split"); s.SpanContext().IsSampled() {
+		t.Fatal("a child of an unsampled parent is sampled")
+	}
+
+	a.Logger.InfoContext(childCtx, "message accepted")
+	var rec map[string]any
+	if err := json.Unmarshal(logs.Bytes(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec["trace_id"] != rsc.TraceID().String() || rec["span_id"] != child.SpanContext().SpanID().String() {
+		t.Fatalf("log record = %v, want trace %v span %v", rec, rsc.TraceID(), child.SpanContext().SpanID())
+	}
+}
+
+// TestSamplerVariableKeepsTheSDK: OTEL_TRACES_SAMPLER asks for the SDK's
+// sampling, so its tracer is kept even without an exporter.
+func TestSamplerVariableKeepsTheSDK(t *testing.T) {
+	t.Setenv("OTEL_TRACES_SAMPLER", "always_on")
+	tel, err := Setup(context.Background(), "ingress", Env{}, nil, "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	if _, span := tel.Tracer.Start(context.Background(), "x"); !span.IsRecording() {
+		t.Fatal("with OTEL_TRACES_SAMPLER set the span does not record")
+	}
+}
