@@ -74,6 +74,7 @@ func main() {
 	binDir, _ := filepath.Abs(*bin)
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
+	lifecycle.HugePages(ctx)
 
 	metrics := map[string]string{"ingress": "127.0.0.1:9101", "scheduler": "127.0.0.1:9102", "deliverer": "127.0.0.1:9103", "bouncer": "127.0.0.1:9104"}
 	for i := 1; i <= *deliverers; i++ {
