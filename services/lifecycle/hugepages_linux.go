@@ -24,8 +24,6 @@ var hugePagesOnce sync.Once
 // load.
 const headroomBytes = 256 << 20
 
-var headroom []byte
-
 // HugePages asks the kernel to back the Go heap of this process with
 // transparent huge pages, as madvise(MADV_HUGEPAGE) does, and keeps doing
 // so for the memory the heap maps as it grows, until ctx ends. It does
@@ -51,10 +49,10 @@ func HugePages(ctx context.Context) {
 		// the next pass: a large allocation maps new arena memory without
 		// touching it, and once collected its pages stay mapped, advised
 		// and untouched (no resident memory) until the heap reuses them.
-		headroom = make([]byte, headroomBytes)
+		room := make([]byte, headroomBytes)
 		a := &heapAdvisor{}
 		a.advise()
-		headroom = nil
+		runtime.KeepAlive(room)
 		runtime.GC() // free the room now, before the heap grows past it
 		go a.run(ctx)
 	})
@@ -101,12 +99,12 @@ const adviseEvery = 250 * time.Millisecond
 
 // advise finds the heap's mappings and advises those not advised before.
 // The heap is the run of adjacent anonymous mappings around the one that
-// holds a fresh heap object: the runtime reserves arenas one after another
+// holds a, a heap object (it escapes to run's goroutine; a local probe
+// would live on the stack): the runtime reserves arenas one after another
 // (from a random base since Go 1.26) and maps each growth step as a mapping
 // of its own, which starts without the advice.
 func (a *heapAdvisor) advise() {
-	probe := new([64]byte)
-	at := uintptr(unsafe.Pointer(probe))
+	at := uintptr(unsafe.Pointer(a))
 	b, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
 		return
@@ -129,7 +127,6 @@ func (a *heapAdvisor) advise() {
 		}
 	}
 	a.done = done
-	_ = probe[0]
 }
 
 // mapping is one line of /proc/self/maps.
