@@ -26,15 +26,17 @@ type Validator interface {
 
 // Load reads the YAML file at path (if path is not empty) into cfg, which
 // must already hold the defaults, then applies environment overrides for
-// every field tagged `env:"NAME"`, then validates. Unknown sections for other
-// services are ignored so that one file can configure the whole system.
+// every field tagged `env:"NAME"`, then validates. Decoding is strict: a key
+// cfg does not have is an error naming the key and its line. The top-level
+// Sections of other services are accepted unread, so that one file can
+// configure the whole system.
 func Load(path string, cfg Validator) error {
 	if path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return fmt.Errorf("config: %w", err)
 		}
-		if err := yaml.Unmarshal(b, cfg); err != nil {
+		if err := Decode(b, cfg); err != nil {
 			return fmt.Errorf("config %s: %w", path, err)
 		}
 	}
@@ -45,6 +47,23 @@ func Load(path string, cfg Validator) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	return nil
+}
+
+// Decode decodes YAML document b into cfg strictly: an unknown key is an
+// error naming it and its line, with the closest known key when one is
+// near.
+func Decode(b []byte, cfg any) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return err
+	}
+	if err := checkKeys(&doc, cfg); err != nil {
+		return err
+	}
+	if doc.Kind == 0 {
+		return nil // an empty file: the defaults
+	}
+	return doc.Decode(cfg)
 }
 
 // ApplyEnv applies overrides from lookup to fields tagged `env`. It is exported

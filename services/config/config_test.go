@@ -27,7 +27,7 @@ func (c *testConfig) Validate() error {
 func TestLoadFileThenEnv(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sluice.yaml")
-	os.WriteFile(path, []byte("nats:\n  url: nats://a:1\nqueue:\n  lifetime: 10s\nother:\n  wait: 3s\nunknown_service:\n  x: 1\n"), 0o600)
+	os.WriteFile(path, []byte("nats:\n  url: nats://a:1\nqueue:\n  lifetime: 10s\nother:\n  wait: 3s\ndeliverer:\n  x: 1\n"), 0o600)
 	cfg := &testConfig{NATS: DefaultNATS(), Queue: DefaultQueue()}
 	t.Setenv("SLUICE_NATS_URL", "nats://b:2")
 	t.Setenv("T_NAMES", "x, y,,z")
