@@ -37,20 +37,25 @@ func Run(ctx context.Context, cfg service.Config, host lifecycle.Host) error {
 		return err
 	}
 	log := p.Log
-	svc, err := service.New(cfg.Bouncer, cfg.Queue, p.JS, p.Tel.Tracer, p.Tel.Meter, log)
-	if err == nil {
-		err = svc.Start(ctx)
-		if err == nil {
-			if err = p.ServeMetrics(cfg.Bouncer.MetricsListen, p.NATSReady); err != nil {
-				_ = svc.Close(context.Background())
-			}
+	var svc *service.Service
+	err = p.Retry(ctx, "start the bouncer", func(ctx context.Context) error {
+		s, err := service.New(cfg.Bouncer, cfg.Queue, p.JS, p.Tel.Tracer, p.Tel.Meter, log)
+		if err != nil {
+			return lifecycle.Permanent(err)
 		}
-	}
+		if err := s.Start(ctx); err != nil {
+			_ = s.Close(context.Background())
+			return err
+		}
+		svc = s
+		return nil
+	})
 	if err != nil {
 		log.Error("start", "err", err)
 		p.Stop()
 		return err
 	}
+	p.Ready(nil)
 	log.Info("started", "metrics_listen", p.MetricsAddr(), "nats", p.NC.ConnectedUrlRedacted(),
 		"hostname", cfg.Bouncer.Hostname, "consumer", service.ConsumerConfig().Durable)
 

@@ -71,25 +71,29 @@ func Run(ctx context.Context, cfg worker.Config, host lifecycle.Host) error {
 		return err
 	}
 	log := p.Log
-	svc, err := worker.New(cfg.Deliverer, worker.Deps{JS: p.JS, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
-	if err == nil {
-		err = svc.Start(ctx)
-	}
+	var svc *worker.Service
+	err = p.Retry(ctx, "start the deliverer", func(ctx context.Context) error {
+		s, err := worker.New(cfg.Deliverer, worker.Deps{JS: p.JS, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
+		if err != nil {
+			return lifecycle.Permanent(err)
+		}
+		if err := s.Start(ctx); err != nil {
+			_ = s.Close(context.Background())
+			return err
+		}
+		svc = s
+		return nil
+	})
 	if err != nil {
 		p.Stop()
 		return err
 	}
 	api, err := startAdmin(ctx, p.NC, cfg.Deliverer, p.Tel.Meter, log)
-	if err == nil {
-		err = p.ServeMetrics(cfg.Deliverer.MetricsListen, p.NATSReady)
-	}
 	if err != nil {
-		if api != nil {
-			api.stop()
-		}
 		p.Stop(svc.Close(context.Background()))
 		return err
 	}
+	p.Ready(nil)
 	log.Info("started", "instance", cfg.Deliverer.Instance, "hostname", cfg.Deliverer.Hostname,
 		"metrics", p.MetricsAddr(), "dns_server", cfg.Deliverer.DNSServer, "nats", p.NC.ConnectedUrlRedacted(),
 		"concurrency", cfg.Deliverer.Concurrency, "egress_ips", api.doctor.EgressIPs(), "egress_guessed", api.guessed,

@@ -249,6 +249,12 @@ func (s *Service) Close(ctx context.Context) error {
 	if !s.started.Load() {
 		return nil
 	}
+	if s.stopFetch == nil { // Start failed before fetching began
+		if s.marks != nil {
+			s.marks.Stop()
+		}
+		return nil
+	}
 	var err error
 	s.closeOnce.Do(func() {
 		s.stopFetch()

@@ -34,7 +34,11 @@ func Run(ctx context.Context, cfg ingress.Config, host lifecycle.Host) error {
 		return err
 	}
 	log := p.Log
-	st, err := store.New(ctx, p.JS, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, Logger: log})
+	var st *store.Store
+	err = p.Retry(ctx, "open the message store", func(ctx context.Context) error {
+		st, err = store.New(ctx, p.JS, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, Logger: log})
+		return err
+	})
 	if err != nil {
 		p.Stop()
 		return err
@@ -43,15 +47,11 @@ func Run(ctx context.Context, cfg ingress.Config, host lifecycle.Host) error {
 	if err == nil {
 		err = srv.Start()
 	}
-	if err == nil {
-		if err = p.ServeMetrics(cfg.Ingress.MetricsListen, p.NATSReady); err != nil {
-			_ = srv.Close()
-		}
-	}
 	if err != nil {
 		p.Stop()
 		return err
 	}
+	p.Ready(nil)
 	log.Info("started", "smtp_listen", addrString(srv.ListenerAddr(smtpd.ListenerSMTP)),
 		"submission_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmission)),
 		"submissions_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmissions)),

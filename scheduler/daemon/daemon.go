@@ -32,19 +32,27 @@ func Run(ctx context.Context, cfg scheduler.Config, host lifecycle.Host) error {
 		h, _ := os.Hostname()
 		cfg.Scheduler.Instance = fmt.Sprintf("%s-%d", h, os.Getpid())
 	}
-	svc, err := scheduler.New(cfg, p.JS, p.Tel.Tracer, p.Tel.Meter, p.Log)
-	if err == nil {
-		err = svc.Start(ctx)
-	}
-	if err == nil {
-		if err = p.ServeMetrics(cfg.Scheduler.MetricsListen, svc.Ready); err != nil {
-			_ = svc.Close()
+	// Start builds a fresh service on every attempt: one that failed
+	// half-way (a consumer not created while the cluster elects) is closed
+	// and forgotten.
+	var svc *scheduler.Service
+	err = p.Retry(ctx, "start the scheduler", func(ctx context.Context) error {
+		s, err := scheduler.New(cfg, p.JS, p.Tel.Tracer, p.Tel.Meter, p.Log)
+		if err != nil {
+			return lifecycle.Permanent(err)
 		}
-	}
+		if err := s.Start(ctx); err != nil {
+			_ = s.Close()
+			return err
+		}
+		svc = s
+		return nil
+	})
 	if err != nil {
 		p.Stop()
 		return err
 	}
+	p.Ready(svc.Ready)
 	p.Log.Info("started", "nats", p.NC.ConnectedUrlRedacted(), "metrics", p.MetricsAddr(),
 		"retry_min", cfg.Scheduler.Retry.Min.String(), "retry_max", cfg.Scheduler.Retry.Max.String(),
 		"priority_rules", len(cfg.Scheduler.PriorityRules))

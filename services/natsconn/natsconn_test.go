@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/embedded"
 )
@@ -115,7 +118,7 @@ func TestTLSAndPassword(t *testing.T) {
 	s := startSecure(t, &tls.Config{Certificates: []tls.Certificate{p.serverCert}, MinVersion: tls.VersionTLS12})
 	good := config.NATS{URL: s.ClientURL(), CAFile: p.caFile, User: "sluice", Password: "s3cret", RequestTimeout: 5 * time.Second}
 
-	nc, js, err := Connect(good, "natsconn-test", 0, quiet)
+	nc, js, err := Connect(context.Background(), good, "natsconn-test", quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,22 +135,28 @@ func TestTLSAndPassword(t *testing.T) {
 
 	wrongPassword := good
 	wrongPassword.Password = "guess"
-	if nc, _, err := Connect(wrongPassword, "natsconn-test", 0, quiet); err == nil {
+	if nc, _, err := connectBriefly(wrongPassword); err == nil {
 		nc.Close()
 		t.Error("connected with a wrong password")
+	} else if !IsPermanent(err) {
+		t.Errorf("a refused password is not a permanent error (a service would wait forever): %v", err)
 	}
 	noUser := good
 	noUser.User, noUser.Password = "", ""
-	if nc, _, err := Connect(noUser, "natsconn-test", 0, quiet); err == nil {
+	if nc, _, err := connectBriefly(noUser); err == nil {
 		nc.Close()
 		t.Error("connected without credentials")
+	} else if !IsPermanent(err) {
+		t.Errorf("missing credentials are not a permanent error: %v", err)
 	}
 	// Without our CA the server's certificate is not trusted.
 	noCA := good
 	noCA.CAFile = ""
-	if nc, _, err := Connect(noCA, "natsconn-test", 0, quiet); err == nil {
+	if nc, _, err := connectBriefly(noCA); err == nil {
 		nc.Close()
 		t.Error("connected without verifying the server certificate")
+	} else if !IsPermanent(err) {
+		t.Errorf("an untrusted server certificate is not a permanent error: %v", err)
 	}
 }
 
@@ -159,14 +168,22 @@ func TestMutualTLS(t *testing.T) {
 		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: p.pool,
 	})
 	cfg := config.NATS{URL: s.ClientURL(), CAFile: p.caFile, User: "sluice", Password: "s3cret", RequestTimeout: 5 * time.Second}
-	if nc, _, err := Connect(cfg, "natsconn-test", 0, quiet); err == nil {
+	if nc, _, err := connectBriefly(cfg); err == nil {
 		nc.Close()
 		t.Error("connected without a client certificate")
 	}
 	cfg.CertFile, cfg.KeyFile = p.clientCertFile, p.clientKeyFile
-	nc, _, err := Connect(cfg, "natsconn-test", 0, quiet)
+	nc, _, err := Connect(context.Background(), cfg, "natsconn-test", quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
+}
+
+// connectBriefly connects with a bound: a refusal that Connect would wait
+// out ends with the context's error.
+func connectBriefly(cfg config.NATS) (*nats.Conn, jetstream.JetStream, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return Connect(ctx, cfg, "natsconn-test", quiet)
 }

@@ -1,6 +1,7 @@
 package natsconn
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -49,19 +50,19 @@ func TestNKeyAuthentication(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	nc, _, err := Connect(cfg, "t", 0, log)
+	nc, _, err := Connect(context.Background(), cfg, "t", log)
 	if err != nil {
 		t.Fatalf("connect with the right NKey: %v", err)
 	}
 	nc.Close()
 
 	cfg.NKeySeedFile = bad
-	if nc, _, err := Connect(cfg, "t", 0, log); err == nil {
+	if nc, _, err := Connect(context.Background(), cfg, "t", log); err == nil {
 		nc.Close()
 		t.Fatal("a wrong NKey was let in")
 	}
 	cfg.NKeySeedFile = filepath.Join(dir, "missing.nk")
-	if _, _, err := Connect(cfg, "t", 0, log); err == nil || !strings.Contains(err.Error(), "nkey_seed_file") {
+	if _, _, err := Connect(context.Background(), cfg, "t", log); err == nil || !strings.Contains(err.Error(), "nkey_seed_file") {
 		t.Fatalf("a missing seed file: %v, want an error naming nats.nkey_seed_file", err)
 	}
 	cfg.NKeySeedFile, cfg.User = good, "someone"

@@ -154,8 +154,9 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Serve starts the HTTP endpoint with /metrics and /healthz on addr and
-// returns the server so main can shut it down; ready reports readiness.
+// Serve starts the HTTP endpoint with /metrics, /healthz (liveness) and
+// /readyz (readiness, which ready decides) on addr and returns the server so
+// main can shut it down.
 func (t *Telemetry) Serve(addr string, ready func() error) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -175,14 +176,21 @@ func (t *Telemetry) ServeListener(ln net.Listener, ready func() error) *http.Ser
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// Liveness: the process serves. A service waiting for NATS is alive;
+	// restarting it would not bring NATS back.
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	// Readiness: ready says whether the service does its work (connected,
+	// provisioned, consuming or listening), and why not.
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if ready != nil {
 			if err := ready(); err != nil {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}
 		}
-		fmt.Fprintln(w, "ok")
+		fmt.Fprintln(w, "ready")
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

@@ -120,14 +120,26 @@ func TestMetricsEndpoint(t *testing.T) {
 	if !strings.Contains(string(body), "sluice_bouncer_test_total 3") {
 		t.Fatalf("counter not exported:\n%s", body)
 	}
-	resp, _ = http.Get(base + "/healthz")
-	if resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("healthz while not ready = %d", resp.StatusCode)
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || body != "not ready: nats down\n" {
+		t.Fatalf("readyz while not ready = %d %q", code, body)
+	}
+	// Liveness does not depend on readiness.
+	if code, _ := get("/healthz"); code != http.StatusOK {
+		t.Fatalf("healthz while not ready = %d", code)
 	}
 	notReady.Store(false)
-	resp, _ = http.Get(base + "/healthz")
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("healthz when ready = %d", resp.StatusCode)
+	if code, body := get("/readyz"); code != http.StatusOK || body != "ready\n" {
+		t.Fatalf("readyz when ready = %d %q", code, body)
 	}
 }
 
