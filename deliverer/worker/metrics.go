@@ -26,6 +26,7 @@ type instruments struct {
 	inFlight        metric.Int64UpDownCounter
 	terminated      metric.Int64Counter
 	publishFailures metric.Int64Counter
+	redelivered     metric.Int64Counter
 }
 
 func newInstruments(m metric.Meter) (instruments, error) {
@@ -50,6 +51,11 @@ func newInstruments(m metric.Meter) (instruments, error) {
 	}
 	if i.publishFailures, err = m.Int64Counter("sluice_deliverer_result_publish_failures_total",
 		metric.WithDescription("Results that could not be stored; their jobs were returned to the queue.")); err != nil {
+		return i, err
+	}
+	if i.redelivered, err = m.Int64Counter("sluice_deliverer_jobs_redelivered_total",
+		metric.WithDescription("Jobs handed to a deliverer again for the same attempt: after a deliverer died or "+
+			"missed its acknowledgement, or returned the job to the queue. Each is a possible duplicate delivery.")); err != nil {
 		return i, err
 	}
 	return i, nil

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -414,5 +415,51 @@ func TestAckAfterResult(t *testing.T) {
 			t.Fatalf("job not acknowledged after its result was stored")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRedeliveryIsCounted: a job that another deliverer took and gave back
+// (as a crashed one does, after its ack wait) is delivered, and its attempt
+// span says it is a redelivery: a possible duplicate, counted by
+// sluice_deliverer_jobs_redelivered_total.
+func TestRedeliveryIsCounted(t *testing.T) {
+	e := newEnv(t)
+	c, _ := listenCapture(t, capture.Options{})
+	ctx := context.Background()
+	job := e.enqueue(t, jobSpec{domain: "again.test", rcpts: []string{"a@again.test"}})
+	// Another deliverer takes the job from the shared consumer and returns it.
+	cons, err := e.js.CreateOrUpdateConsumer(ctx, wire.StreamJobs, ConsumerConfig(job.Priority, testSettings(e).AckWait))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range b.Messages() {
+		n++
+		if err := m.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the other deliverer fetched %d jobs, want 1", n)
+	}
+	e.service(t, func(s *Settings) { s.Routes = map[string]string{"again.test": c.Addr} })
+	check(t, e.result(t, job, 15*time.Second).Recipients[0], delivered)
+	var redelivered []int64
+	for _, sp := range e.spans.GetSpans() {
+		if sp.Name != "deliverer.attempt" {
+			continue
+		}
+		for _, a := range sp.Attributes {
+			if a.Key == "sluice.redelivered" {
+				redelivered = append(redelivered, a.Value.AsInt64())
+			}
+		}
+	}
+	if len(redelivered) != 1 || redelivered[0] != 1 {
+		t.Fatalf("sluice.redelivered on attempt spans = %v, want [1]", redelivered)
 	}
 }
