@@ -105,6 +105,12 @@ type Settings struct {
 	// DMARC and the sender's domain publishes p=reject; otherwise such mail
 	// is accepted and the result recorded in Authentication-Results.
 	DMARCReject bool `yaml:"dmarc_reject" env:"SLUICE_INGRESS_DMARC_REJECT"`
+	// StoreTimeout is how long the ingress tries to store a message at the
+	// end of DATA before it answers 451 4.3.0: a write JetStream does not
+	// acknowledge (a leader election, a timeout, NATS reconnecting) is sent
+	// again with the same message id, which JetStream stores once. The
+	// client waits meanwhile (RFC 5321 gives it 10 minutes for this reply).
+	StoreTimeout time.Duration `yaml:"store_timeout" env:"SLUICE_INGRESS_STORE_TIMEOUT"`
 
 	config.Telemetry `yaml:",inline"`
 }
@@ -174,6 +180,7 @@ func DefaultSettings() Settings {
 
 		// Guard limits (see the fields for their Postfix counterparts).
 		DataTimeout:             10 * time.Minute,
+		StoreTimeout:            30 * time.Second,
 		MaxHeaderBytes:          256 << 10,
 		MaxConnections:          1000,
 		MaxConnectionsPerClient: 20,
@@ -298,6 +305,9 @@ func (s Settings) Trusted() ([]netip.Prefix, error) {
 func (s Settings) validateGuard() error {
 	if s.DataTimeout <= 0 {
 		return errors.New("ingress.data_timeout: must be positive")
+	}
+	if s.StoreTimeout < 0 || s.StoreTimeout > 5*time.Minute {
+		return fmt.Errorf("ingress.store_timeout: %s, want 0 (one try) to 5m (clients wait at most 10 minutes for the reply to DATA)", s.StoreTimeout)
 	}
 	if s.MaxHeaderBytes <= 0 {
 		return errors.New("ingress.max_header_bytes: must be positive")

@@ -15,6 +15,8 @@ func TestGuardSettingsValidate(t *testing.T) {
 		want   string // prefix of the error
 	}{
 		{"zero data timeout", func(s *Settings) { s.DataTimeout = 0 }, "ingress.data_timeout:"},
+		{"store timeout beyond the client's patience", func(s *Settings) { s.StoreTimeout = 11 * time.Minute }, "ingress.store_timeout:"},
+		{"negative store timeout", func(s *Settings) { s.StoreTimeout = -time.Second }, "ingress.store_timeout:"},
 		{"zero header limit", func(s *Settings) { s.MaxHeaderBytes = 0 }, "ingress.max_header_bytes:"},
 		{"negative connections", func(s *Settings) { s.MaxConnections = -1 }, "ingress.max_connections:"},
 		{"negative per client", func(s *Settings) { s.MaxConnectionsPerClient = -1 }, "ingress.max_connections_per_client:"},

@@ -36,7 +36,7 @@ func Run(ctx context.Context, cfg ingress.Config, host lifecycle.Host) error {
 	log := p.Log
 	var st *store.Store
 	err = p.Retry(ctx, "open the message store", func(ctx context.Context) error {
-		st, err = store.New(ctx, p.JS, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, Logger: log})
+		st, err = store.New(ctx, p.JS, cfg.Queue, store.Options{RequestTimeout: cfg.NATS.RequestTimeout, RetryFor: cfg.Ingress.StoreTimeout, Logger: log})
 		return err
 	})
 	if err != nil {

@@ -51,6 +51,13 @@ type Options struct {
 	InlineBodyLimit int
 	// RequestTimeout bounds every JetStream request (nats.request_timeout).
 	RequestTimeout time.Duration
+	// RetryFor is how long Put keeps trying to store a message whose write
+	// JetStream did not acknowledge (no leader during an election, a
+	// timeout, the connection down): the same write is sent again with the
+	// same message id, which JetStream stores once, so an election costs
+	// the client a wait instead of a 451 and a resent duplicate. Zero
+	// tries once. A full queue is never retried.
+	RetryFor time.Duration
 	// Logger receives cleanup failures; nil discards.
 	Logger *slog.Logger
 }
@@ -109,6 +116,9 @@ type Receipt struct {
 	// Duplicate is set when JetStream already held a message with this
 	// queue id (a retried write).
 	Duplicate bool
+	// Attempts is how many writes it took (more than one after an
+	// election or a timeout; see Options.RetryFor).
+	Attempts int
 }
 
 // Put stores m with the size bytes of body (the content with our Received
@@ -124,7 +134,7 @@ func (s *Store) Put(ctx context.Context, m *sluicev1.Message, body io.Reader, si
 	// send it after a reconnect, possibly long after we answered 451 and
 	// the client queued the message for a retry. Refusing at once avoids
 	// that duplicate and answers the client promptly.
-	if !s.connected() {
+	if !s.connected() && s.opts.RetryFor <= 0 {
 		return Receipt{}, fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
 	}
 	m.Schema = wire.SchemaVersion
@@ -181,16 +191,50 @@ func (s *Store) publish(ctx context.Context, m *sluicev1.Message) (Receipt, erro
 	msg.Data = data
 	msg.Header.Set(wire.HeaderQueueID, m.GetQueueId())
 	telemetry.Inject(ctx, msg.Header)
-	pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-	defer cancel()
 	// The queue id is the message id, so JetStream stores a retried
-	// publish of the same transaction once.
-	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(m.GetQueueId()), jetstream.WithExpectStream(wire.StreamMessages))
-	if err != nil {
-		return Receipt{}, classify(fmt.Errorf("store: publish message %s: %w", m.GetQueueId(), err))
+	// publish of the same transaction once: a write whose acknowledgement
+	// was lost is safe to send again.
+	deadline := time.Now().Add(s.opts.RetryFor)
+	wait := retryMin
+	for attempt := 1; ; attempt++ {
+		var err error
+		if s.connected() {
+			pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+			var ack *jetstream.PubAck
+			ack, err = s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(m.GetQueueId()), jetstream.WithExpectStream(wire.StreamMessages))
+			cancel()
+			if err == nil {
+				if attempt > 1 {
+					s.log.InfoContext(ctx, "message stored after retrying", "queue_id", m.GetQueueId(), "attempts", attempt, "duplicate", ack.Duplicate)
+				}
+				return Receipt{Seq: ack.Sequence, Duplicate: ack.Duplicate, Attempts: attempt}, nil
+			}
+			err = classify(fmt.Errorf("store: publish message %s: %w", m.GetQueueId(), err))
+		} else {
+			err = fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+		}
+		if errors.Is(err, ErrFull) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			if attempt > 1 {
+				err = fmt.Errorf("%w (after %d attempts)", err, attempt)
+			}
+			return Receipt{}, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Receipt{}, err
+		case <-t.C:
+		}
+		wait = min(2*wait, retryMax)
 	}
-	return Receipt{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
 }
+
+// Backoff between tries of one write (Options.RetryFor).
+const (
+	retryMin = 100 * time.Millisecond
+	retryMax = 2 * time.Second
+)
 
 // abandonObject removes the body of a message whose publish failed, so the
 // object store never holds half of a message. When the publish timed out

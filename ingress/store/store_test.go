@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,5 +89,81 @@ func TestInvalidQueueID(t *testing.T) {
 	s, _ := setup(t, config.DefaultQueue())
 	if _, err := s.Put(context.Background(), &sluicev1.Message{QueueId: "a.b"}, bytes.NewReader(nil), 0); err == nil {
 		t.Fatal("Put accepted a queue id that is not a subject token")
+	}
+}
+
+// TestPutRetriesThroughAnOutage: while the message stream does not answer
+// (as during a leader election) Put keeps trying the same write, and stores
+// the message once when the stream is back.
+func TestPutRetriesThroughAnOutage(t *testing.T) {
+	q := config.DefaultQueue()
+	s, js := setup(t, q)
+	s.opts.RetryFor = 20 * time.Second
+	s.opts.RequestTimeout = 500 * time.Millisecond
+	ctx := context.Background()
+	if err := js.DeleteStream(ctx, wire.StreamMessages); err != nil {
+		t.Fatal(err)
+	}
+	qid := wire.NewQueueID(time.Now())
+	type result struct {
+		r   Receipt
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := s.Put(ctx, &sluicev1.Message{QueueId: qid, MailFrom: "a@example.org"}, bytes.NewReader([]byte("hello")), 5)
+		done <- result{r, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("Put returned while the stream was missing: %+v, %v", r.r, r.err)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	if err := streams.Provision(ctx, js, q); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.r.Attempts < 2 || r.r.Duplicate {
+		t.Fatalf("Put = %+v, %v; want stored after several attempts", r.r, r.err)
+	}
+	str, err := js.Stream(ctx, wire.StreamMessages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := str.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages, want exactly 1", info.State.Msgs)
+	}
+	got, err := s.Body(ctx, &sluicev1.Message{QueueId: qid})
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("stored body = %q, %v", got, err)
+	}
+}
+
+func TestPutGivesUpAfterRetryFor(t *testing.T) {
+	s, js := setup(t, config.DefaultQueue())
+	s.opts.RetryFor = time.Second
+	s.opts.RequestTimeout = 200 * time.Millisecond
+	if err := js.DeleteStream(context.Background(), wire.StreamMessages); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Put(context.Background(), &sluicev1.Message{QueueId: wire.NewQueueID(time.Now())}, bytes.NewReader([]byte("x")), 1)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "attempts)") {
+		t.Fatalf("Put = %v, want ErrUnavailable after several attempts", err)
+	}
+}
+
+// TestFullIsNotRetried: a full queue is an answer, not an outage.
+func TestFullIsNotRetried(t *testing.T) {
+	q := config.DefaultQueue()
+	q.MaxBytes = 100
+	s, _ := setup(t, q)
+	s.opts.RetryFor = time.Minute
+	_, err := s.Put(context.Background(), &sluicev1.Message{QueueId: wire.NewQueueID(time.Now())}, bytes.NewReader(make([]byte, 500)), 500)
+	if !errors.Is(err, ErrFull) || strings.Contains(err.Error(), "attempts") {
+		t.Fatalf("Put = %v, want ErrFull at the first attempt", err)
 	}
 }
