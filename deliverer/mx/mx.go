@@ -80,6 +80,15 @@ type Host struct {
 type Route struct {
 	Domain string
 	Hosts  []Host
+	// Site names the receiving servers behind the route: the set of MX
+	// host names, sorted and joined with commas ("a.mx.test,b.mx.test"), so
+	// that every domain served by the same MX hosts (gmail.com and
+	// googlemail.com) is one site with one budget of connections, as
+	// KumoMTA's "MX rollup". A domain without MX records is its own site
+	// (its name); a static route's site is its "host:port"; an address
+	// literal is its own site. Computing it costs a sort of the hosts of an
+	// answer that is cached for its DNS TTL.
+	Site string
 	// Static is true when a configured route decided, Implicit when the
 	// domain had no MX and its own address is used (RFC 5321 §5.1).
 	Static   bool
@@ -168,7 +177,7 @@ func (r *Resolver) Route(ctx context.Context, domain string) (Route, error) {
 	}
 	if lit, ok := addressLiteral(domain); ok {
 		// RFC 5321 §4.1.3: an address literal names the host directly.
-		return Route{Domain: domain, Hosts: []Host{{Name: domain, Port: r.cfg.Port, Addrs: []netip.Addr{lit}}}}, nil
+		return Route{Domain: domain, Site: domain, Hosts: []Host{{Name: domain, Port: r.cfg.Port, Addrs: []netip.Addr{lit}}}}, nil
 	}
 	if domain == "" {
 		return Route{}, status.Permanent(sluicev1.Reason_REASON_NO_DOMAIN, 550, "5.1.2", "empty destination domain")
@@ -204,8 +213,24 @@ func (r *Resolver) Route(ctx context.Context, domain string) (Route, error) {
 		}
 		hosts = append(hosts, Host{Name: name, Preference: mx.Preference, Port: r.cfg.Port})
 	}
+	site := siteOf(hosts)
+	if site == "" {
+		site = domain
+	}
 	r.order(hosts)
-	return Route{Domain: domain, Hosts: hosts}, nil
+	return Route{Domain: domain, Site: site, Hosts: hosts}, nil
+}
+
+// siteOf is the site key of a set of MX hosts: their names, sorted,
+// without duplicates, joined by commas. Preferences are left out: a
+// provider that reorders its MX records is still the same site.
+func siteOf(hosts []Host) string {
+	names := make([]string, len(hosts))
+	for i, h := range hosts {
+		names[i] = h.Name
+	}
+	slices.Sort(names)
+	return strings.Join(slices.Compact(names), ",")
 }
 
 // order sorts hosts by preference and shuffles runs of equal preference.
@@ -237,7 +262,7 @@ func (r *Resolver) implicit(ctx context.Context, domain string) (Route, error) {
 		}
 		return Route{}, err
 	}
-	return Route{Domain: domain, Implicit: true, Hosts: []Host{{Name: domain, Port: r.cfg.Port, Addrs: addrs}}}, nil
+	return Route{Domain: domain, Site: domain, Implicit: true, Hosts: []Host{{Name: domain, Port: r.cfg.Port, Addrs: addrs}}}, nil
 }
 
 // static builds the route of a configured transport entry.
@@ -256,7 +281,7 @@ func (r *Resolver) static(domain, hostport string) (Route, error) {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		h.Addrs = []netip.Addr{ip.Unmap()}
 	}
-	return Route{Domain: domain, Static: true, Hosts: []Host{h}}, nil
+	return Route{Domain: domain, Site: net.JoinHostPort(h.Name, strconv.Itoa(port)), Static: true, Hosts: []Host{h}}, nil
 }
 
 // Addrs returns the IPv4 then IPv6 addresses of host. When neither query

@@ -196,3 +196,47 @@ func TestCacheAndCNAME(t *testing.T) {
 		t.Errorf("CNAME-followed addresses %v %v", addrs, err)
 	}
 }
+
+// TestSite checks the MX rollup: domains served by the same MX hosts are
+// one site whatever the order or preference of their records; a domain
+// without MX is its own site; a static route is its host and port.
+func TestSite(t *testing.T) {
+	d := dnstest.Start(t)
+	d.MustAdd(t,
+		"gmail.test. 300 IN MX 5 gmail-smtp-in.l.google.test.",
+		"gmail.test. 300 IN MX 10 alt1.gmail-smtp-in.l.google.test.",
+		"googlemail.test. 300 IN MX 40 ALT1.gmail-smtp-in.l.google.test.",
+		"googlemail.test. 300 IN MX 5 gmail-smtp-in.l.google.test.",
+		"other.test. 300 IN MX 5 gmail-smtp-in.l.google.test.",
+		"bare.test. 300 IN A 192.0.2.40",
+	)
+	r := newResolver(t, d, nil)
+	ctx := context.Background()
+	site := func(domain string) string {
+		t.Helper()
+		got, err := r.Route(ctx, domain)
+		if err != nil {
+			t.Fatalf("%s: %v", domain, err)
+		}
+		return got.Site
+	}
+	want := "alt1.gmail-smtp-in.l.google.test,gmail-smtp-in.l.google.test"
+	if g := site("gmail.test"); g != want {
+		t.Errorf("gmail.test site %q, want %q", g, want)
+	}
+	if g := site("googlemail.test"); g != want {
+		t.Errorf("googlemail.test site %q, want the same site as gmail.test %q", g, want)
+	}
+	if g := site("other.test"); g != "gmail-smtp-in.l.google.test" {
+		t.Errorf("other.test site %q: a different MX set is a different site", g)
+	}
+	if g := site("bare.test"); g != "bare.test" {
+		t.Errorf("domain without MX: site %q, want its own name", g)
+	}
+	if g := site("routed.test"); g != "192.0.2.7:2626" {
+		t.Errorf("static route site %q, want 192.0.2.7:2626", g)
+	}
+	if g := site("[192.0.2.9]"); g != "[192.0.2.9]" {
+		t.Errorf("address literal site %q", g)
+	}
+}
