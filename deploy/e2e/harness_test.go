@@ -19,6 +19,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/sluice-mta/sluice/deploy/cluster"
 	"github.com/sluice-mta/sluice/deploy/stack"
 	"github.com/sluice-mta/sluice/services/capture"
 	"github.com/sluice-mta/sluice/services/dnstest"
@@ -41,6 +42,15 @@ func TestMain(m *testing.M) {
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building the service binaries failed:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	// The cluster tests run nats-server processes of the version the
+	// services are built against (the module's main package).
+	cmd = exec.Command("go", "build", "-o", filepath.Join(dir, "nats-server"), "github.com/nats-io/nats-server/v2")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: building nats-server failed:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -70,6 +80,10 @@ type worldOpts struct {
 	env        []string
 	jaeger     bool // start bin/jaeger next to the services
 	inProcess  bool // run the services in the test process (stack.Options.InProcess)
+	// cluster, when set, is the NATS cluster the services use (with
+	// queue.replicas 3) instead of an embedded server; newWorld then
+	// waits for every service to be ready rather than for SMTP alone.
+	cluster *cluster.Cluster
 }
 
 func newWorld(t testing.TB, o worldOpts) *world {
@@ -113,6 +127,11 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		},
 		"bouncer": {"hostname": "sluice.test"},
 	}
+	var natsURL string
+	if o.cluster != nil {
+		natsURL = o.cluster.URLs()
+		cfg["queue"]["replicas"] = 3
+	}
 	for sec, kv := range o.config {
 		for k, v := range kv {
 			cfg[sec][k] = v
@@ -134,6 +153,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		BinDir:       binDir,
 		DataDir:      dataDir,
 		NATSListen:   natsAddr,
+		NATSURL:      natsURL,
 		Config:       cfg,
 		Deliverers:   o.deliverers,
 		Env:          o.env,
@@ -156,6 +176,16 @@ func newWorld(t testing.TB, o worldOpts) *world {
 			}
 		}
 	})
+	if o.cluster != nil {
+		// A fresh cluster elects its meta leader and creates five R3
+		// streams while every service waits for it: that takes seconds on
+		// a quiet machine and far longer on a loaded one.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := st.Ready(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	w.waitSMTP(30 * time.Second)
 	return w
 }

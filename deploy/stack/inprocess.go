@@ -20,7 +20,8 @@ type runFunc func(ctx context.Context, log io.Writer) error
 // inProcess prepares the named instance of svc to run in this process,
 // connected to the embedded server in-process: the configuration file as
 // its own process would read it (with the launcher's SLUICE_* variables),
-// its metrics address, and the OTEL_* settings env gives.
+// its metrics address, and the OTEL_* settings env gives. With
+// Options.NATSURL it connects to those servers over TCP, as a process would.
 func (s *Stack) inProcess(svc, name, metrics string, env []string) (runFunc, error) {
 	vars := map[string]string{}
 	for _, kv := range env {
@@ -29,8 +30,10 @@ func (s *Stack) inProcess(svc, name, metrics string, env []string) (runFunc, err
 		}
 	}
 	host := lifecycle.Host{
-		OTel:      telemetry.EnvFrom(func(k string) (string, bool) { v, ok := vars[k]; return v, ok }),
-		InProcess: s.NATS.InProcess(),
+		OTel: telemetry.EnvFrom(func(k string) (string, bool) { v, ok := vars[k]; return v, ok }),
+	}
+	if s.NATS != nil {
+		host.InProcess = s.NATS.InProcess()
 	}
 	with := func(log io.Writer) lifecycle.Host { h := host; h.LogOutput = log; return h }
 	path := s.ConfigPath

@@ -1,6 +1,7 @@
 // Package stack starts a whole Sluice system on one machine: an embedded
-// single-node JetStream server, a capture destination for a test domain, and
-// the four services, either as separate processes running the production
+// single-node JetStream server (or, with Options.NATSURL, servers started
+// elsewhere, such as a cluster), a capture destination for a test domain,
+// and the four services, either as separate processes running the production
 // binaries or (Options.InProcess) in this process, connected to the
 // embedded server in-process. `make run` (cmd/sluice-local) and the
 // end-to-end tests both use it, so what a newcomer runs is what the tests
@@ -37,6 +38,12 @@ type Options struct {
 	DataDir string
 	// NATSListen is the embedded server's client address.
 	NATSListen string
+	// NATSURL, when set, is a comma-separated list of NATS servers the
+	// services connect to instead of an embedded server, which is then not
+	// started (NATSListen and SyncAlways are not used): a cluster, for
+	// example, with "queue": {"replicas": 3} in Config. Start does not
+	// wait for these servers: the services wait for them.
+	NATSURL string
 	// SyncAlways makes JetStream fsync every write.
 	SyncAlways bool
 	// CaptureListen is the capture destination's address; empty disables it.
@@ -58,7 +65,8 @@ type Options struct {
 	// of their binaries (BinDir is not used): each with its own
 	// configuration, telemetry, metrics endpoint and log file as before,
 	// but connected to the embedded NATS server in-process, which spares
-	// every NATS message a socket write and read. Kill then stops a
+	// every NATS message a socket write and read (with NATSURL, they
+	// connect to those servers over TCP). Kill then stops a
 	// service as Stop does. The trace exporters' OTEL_* settings are then
 	// this process's environment, not Env.
 	InProcess bool
@@ -79,7 +87,8 @@ type Options struct {
 
 // Stack is a running system.
 type Stack struct {
-	opts       Options
+	opts Options
+	// NATS is the embedded server; nil with Options.NATSURL.
 	NATS       *embedded.Server
 	Capture    *capture.Server
 	ConfigPath string
@@ -129,13 +138,15 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		}
 	}
 	s := &Stack{opts: o, procs: map[string]*Proc{}, Metrics: map[string]string{}}
-	ns, err := embedded.Start(embedded.Options{
-		Listen: o.NATSListen, StoreDir: filepath.Join(o.DataDir, "jetstream"), SyncAlways: o.SyncAlways,
-	})
-	if err != nil {
-		return nil, err
+	if o.NATSURL == "" {
+		ns, err := embedded.Start(embedded.Options{
+			Listen: o.NATSListen, StoreDir: filepath.Join(o.DataDir, "jetstream"), SyncAlways: o.SyncAlways,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.NATS = ns
 	}
-	s.NATS = ns
 	if o.CaptureListen != "" {
 		co := o.CaptureOptions
 		if co.Dir == "" {
@@ -144,7 +155,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		co.Log = o.Log
 		c, err := capture.Listen(o.CaptureListen, co)
 		if err != nil {
-			ns.Shutdown()
+			s.Close()
 			return nil, fmt.Errorf("capture destination: %w", err)
 		}
 		s.Capture = c
@@ -217,6 +228,14 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	return s, nil
 }
 
+// NATSURL is the URL (or comma-separated URLs) the services connect to.
+func (s *Stack) NATSURL() string {
+	if s.NATS == nil {
+		return s.opts.NATSURL
+	}
+	return s.NATS.ClientURL()
+}
+
 // Proc returns the named process ("ingress", "deliverer", "deliverer-2", ...).
 func (s *Stack) Proc(name string) *Proc {
 	s.mu.Lock()
@@ -253,7 +272,7 @@ func (s *Stack) writeConfig() error {
 	o := s.opts
 	host, _ := os.Hostname()
 	cfg := map[string]map[string]any{
-		"nats":      {"url": s.NATS.ClientURL()},
+		"nats":      {"url": s.NATSURL()},
 		"queue":     {"replicas": 1},
 		"ingress":   {"listen": "127.0.0.1:2525", "hostname": "sluice.localhost"},
 		"scheduler": {},

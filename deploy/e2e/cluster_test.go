@@ -1,0 +1,542 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluice-mta/sluice/deploy/cluster"
+	"github.com/sluice-mta/sluice/deploy/stack"
+)
+
+// The cluster tests run Sluice as it is deployed: the four service
+// binaries against a three-node JetStream cluster of real nats-server
+// processes with every stream replicated three times, and fail one part
+// while an SMTP load runs. Each asserts exact counts: every message the
+// ingress answered 250 arrives at the destination, duplicates (only what
+// was in flight at the failure) stay under 1%, and the cluster's replicas
+// are current again afterwards. A client that got a 4xx during an election
+// was not promised anything and sends again, as real clients do; those
+// replies are counted.
+
+// startCluster starts a three-node cluster on loopback, stopped (and its
+// logs printed, if the test failed) when the test ends.
+func startCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	c, err := cluster.Start(cluster.Options{
+		Bin:  filepath.Join(binDir, "nats-server"),
+		Dir:  t.TempDir(),
+		Addr: stack.FreeAddr,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		if t.Failed() {
+			for _, n := range c.Nodes {
+				b, _ := os.ReadFile(n.LogFile)
+				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+				if len(lines) > 25 {
+					lines = lines[len(lines)-25:]
+				}
+				t.Logf("--- nats-server %s log (last lines):\n%s", n.Name, strings.Join(lines, "\n"))
+			}
+		}
+	})
+	return c
+}
+
+// readyCluster is startCluster, waiting until every node is healthy
+// before the services start: the tests of failures during a load need a
+// cold start no more than once (TestClusterColdStart).
+func readyCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// clusterJS connects the test itself to the cluster, to ask it about its
+// streams.
+func clusterJS(t *testing.T, c *cluster.Cluster) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+		nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// streamLeader returns the node leading stream, waiting for it to have one.
+func streamLeader(t *testing.T, js jetstream.JetStream, c *cluster.Cluster, stream string) *cluster.Node {
+	t.Helper()
+	var leader *cluster.Node
+	eventually(t, 30*time.Second, stream+" has a leader", func() bool {
+		s, err := js.Stream(context.Background(), stream)
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(context.Background())
+		if err != nil || info.Cluster == nil {
+			return false
+		}
+		leader = c.Node(info.Cluster.Leader)
+		return leader != nil
+	})
+	return leader
+}
+
+// replicasCurrent reports nil when every stream of the account (the
+// queue's streams, the key-value buckets and the object store) has a
+// leader and replicas on every other node, each online and current.
+func replicasCurrent(js jetstream.JetStream, nodes int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	names := js.StreamNames(ctx)
+	var all []string
+	for n := range names.Name() {
+		all = append(all, n)
+	}
+	if err := names.Err(); err != nil {
+		return err
+	}
+	if len(all) == 0 {
+		return errors.New("no streams")
+	}
+	for _, name := range all {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if info.Cluster == nil || info.Cluster.Leader == "" {
+			return fmt.Errorf("%s: no leader", name)
+		}
+		if len(info.Cluster.Replicas) != nodes-1 {
+			return fmt.Errorf("%s: leader %s and %d replicas, want %d", name, info.Cluster.Leader, len(info.Cluster.Replicas), nodes-1)
+		}
+		for _, r := range info.Cluster.Replicas {
+			if r.Offline || !r.Current {
+				return fmt.Errorf("%s: replica on %s offline=%v current=%v lag=%d", name, r.Name, r.Offline, r.Current, r.Lag)
+			}
+		}
+	}
+	return nil
+}
+
+// waitCurrent waits until replicasCurrent holds.
+func waitCurrent(t *testing.T, js jetstream.JetStream, d time.Duration) {
+	t.Helper()
+	var last error
+	deadline := time.Now().Add(d)
+	for {
+		if last = replicasCurrent(js, 3); last == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s the cluster's replicas are not current: %v", d, last)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// load sends numbered messages (X-Seq and Message-ID carry the number) to
+// dest.test over concurrent SMTP sessions. Each message is sent until the
+// ingress answers 250; a 4xx, 5xx or broken connection is counted and the
+// same message sent again.
+type load struct {
+	w        *world
+	n        int           // at most this many messages
+	sessions int           // concurrent SMTP sessions
+	interval time.Duration // message i is started no earlier than start + i*interval
+
+	start    time.Time
+	took     time.Duration // from start to the last 250, set when the sessions end
+	taken    atomic.Int64  // messages taken by a session
+	accepted atomic.Int64  // messages answered 250
+	temp     atomic.Int64  // 4xx replies
+	perm     atomic.Int64  // 5xx replies
+	broken   atomic.Int64  // connection errors
+	stopping atomic.Bool
+	wg       sync.WaitGroup
+	slowest  atomic.Int64 // longest time from taking a message to its 250, in ns
+
+	mu       sync.Mutex
+	lastPerm error
+	stuck    []int // messages given up on
+}
+
+// run starts the sessions; wait or stop ends them.
+func (l *load) run() {
+	l.start = time.Now()
+	for range l.sessions {
+		l.wg.Add(1)
+		go l.session()
+	}
+}
+
+// stop makes the sessions take no new message and waits for them to get
+// the messages they hold accepted.
+func (l *load) stop() { l.stopping.Store(true); l.wait() }
+
+// wait waits until every message has been accepted.
+func (l *load) wait() { l.wg.Wait(); l.took = time.Since(l.start) }
+
+// count is how many messages were taken, all of which were accepted once
+// the load has ended.
+func (l *load) count() int { return int(l.taken.Load()) }
+
+func (l *load) session() {
+	defer l.wg.Done()
+	var c *smtp.Client
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	for !l.stopping.Load() {
+		i := int(l.taken.Add(1) - 1)
+		if i >= l.n {
+			l.taken.Add(-1)
+			return
+		}
+		if l.interval > 0 {
+			time.Sleep(time.Until(l.start.Add(time.Duration(i) * l.interval)))
+		}
+		data := fmt.Sprintf("From: a@sender.test\r\nTo: r%d@dest.test\r\nSubject: load %d\r\nMessage-ID: <load-%d@sender.test>\r\nX-Seq: %d\r\n\r\nbody %d\r\n", i, i, i, i, i)
+		given := time.Now()
+		for {
+			if c == nil {
+				var err error
+				if c, err = smtp.Dial(l.w.smtp); err != nil {
+					l.broken.Add(1)
+					c = nil
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 30*time.Second
+			}
+			_, err := sendOn(c, "a@sender.test", []string{fmt.Sprintf("r%d@dest.test", i)}, data)
+			if err == nil {
+				l.accepted.Add(1)
+				for took := int64(time.Since(given)); ; {
+					s := l.slowest.Load()
+					if took <= s || l.slowest.CompareAndSwap(s, took) {
+						break
+					}
+				}
+				break
+			}
+			var se *smtp.SMTPError
+			switch {
+			case errors.As(err, &se) && se.Code >= 400 && se.Code < 500:
+				l.temp.Add(1)
+			case errors.As(err, &se):
+				l.perm.Add(1)
+				l.mu.Lock()
+				l.lastPerm = err
+				l.mu.Unlock()
+			default:
+				l.broken.Add(1)
+			}
+			if se == nil || c.Reset() != nil {
+				c.Close()
+				c = nil
+			}
+			if time.Since(given) > 90*time.Second {
+				// Nothing to count it against: a message never accepted
+				// was promised nothing, but the test must say so.
+				l.mu.Lock()
+				l.stuck = append(l.stuck, i)
+				l.mu.Unlock()
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// verify waits until every accepted message arrived at dest.test (up to
+// d) and asserts the counts: none missing, none unknown, duplicates under
+// 1%, and no 5xx reply ever (a 5xx would make a client bounce mail the
+// failure should only have delayed).
+func (l *load) verify(t *testing.T, d time.Duration) {
+	t.Helper()
+	l.mu.Lock()
+	stuck, lastPerm := l.stuck, l.lastPerm
+	l.mu.Unlock()
+	if len(stuck) > 0 {
+		t.Errorf("%d messages never got a 250 in 90 s of retrying, e.g. %v", len(stuck), stuck[:min(10, len(stuck))])
+	}
+	n := l.count()
+	if got := int(l.accepted.Load()); got != n-len(stuck) {
+		t.Fatalf("accepted %d of %d messages taken", got, n)
+	}
+	seq := regexp.MustCompile(`(?m)^X-Seq: (\d+)\r?$`)
+	delivered := make([]int, n)
+	var unknown, unique int
+	count := func() {
+		clear(delivered)
+		unknown, unique = 0, 0
+		for _, m := range l.w.dest.Messages() {
+			s := seq.FindSubmatch(m.Data)
+			if s == nil {
+				unknown++
+				continue
+			}
+			i := atoi(s[1])
+			if i >= n {
+				unknown++
+				continue
+			}
+			if delivered[i] == 0 {
+				unique++
+			}
+			delivered[i]++
+		}
+	}
+	deadline := time.Now().Add(d)
+	for count(); unique < n-len(stuck) && time.Now().Before(deadline); count() {
+		time.Sleep(250 * time.Millisecond)
+	}
+	var missing []int
+	dups := 0
+	for i, k := range delivered {
+		if k == 0 && !contains(stuck, i) {
+			missing = append(missing, i)
+		}
+		if k > 1 {
+			dups += k - 1
+		}
+	}
+	t.Logf("load: %d messages accepted in %s over %d sessions (slowest %s to its 250); replies 4xx %d, 5xx %d, broken connections %d; delivered %d unique, %d duplicates, %d unknown",
+		n, l.took.Round(time.Millisecond), l.sessions, time.Duration(l.slowest.Load()).Round(time.Millisecond),
+		l.temp.Load(), l.perm.Load(), l.broken.Load(), unique, dups, unknown)
+	if len(missing) > 0 {
+		t.Errorf("%d accepted messages not delivered after %s, e.g. %v", len(missing), d, missing[:min(10, len(missing))])
+	}
+	if unknown > 0 {
+		t.Errorf("%d delivered messages are not ones the load sent", unknown)
+	}
+	if dups*100 >= n {
+		t.Errorf("%d duplicate deliveries of %d messages: 1%% or more", dups, n)
+	}
+	if p := l.perm.Load(); p > 0 {
+		t.Errorf("%d transactions were refused with 5xx (last: %v): a client would have bounced them", p, lastPerm)
+	}
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// waitDrained waits until the queue's work streams are empty: every
+// message was completed and deleted, no job or result is left behind.
+func waitDrained(t *testing.T, js jetstream.JetStream, d time.Duration) {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(d)
+	for {
+		last = ""
+		for _, name := range []string{"SLUICE_MSGS", "SLUICE_JOBS", "SLUICE_RESULTS", "SLUICE_BOUNCES"} {
+			s, err := js.Stream(context.Background(), name)
+			if err != nil {
+				last = fmt.Sprintf("%s: %v", name, err)
+				break
+			}
+			info, err := s.Info(context.Background())
+			if err != nil {
+				last = fmt.Sprintf("%s: %v", name, err)
+				break
+			}
+			if info.State.Msgs != 0 {
+				last = fmt.Sprintf("%s holds %d messages", name, info.State.Msgs)
+				break
+			}
+		}
+		if last == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue not drained after %s: %s", d, last)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// waitTaken waits until the load has taken at least k messages.
+func waitTaken(t *testing.T, l *load, k int) {
+	t.Helper()
+	eventually(t, 2*time.Minute, fmt.Sprintf("load reaches %d messages", k), func() bool { return l.count() >= k })
+}
+
+// TestClusterColdStart starts the three nodes and every service at the
+// same moment, with the default NATS settings: the services wait for the
+// cluster to form and their R3 streams to be created, and mail flows.
+func TestClusterColdStart(t *testing.T) {
+	c := startCluster(t)
+	w := newWorld(t, worldOpts{cluster: c})
+	js := clusterJS(t, c)
+	// Every stream is replicated on all three nodes.
+	for _, name := range []string{"SLUICE_MSGS", "SLUICE_JOBS", "SLUICE_RESULTS", "SLUICE_BOUNCES", "SLUICE_EVENTS"} {
+		s, err := js.Stream(context.Background(), name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Fatalf("%s has %d replicas, want 3", name, r)
+		}
+	}
+	l := &load{w: w, n: 300, sessions: 10}
+	l.run()
+	l.wait()
+	l.verify(t, time.Minute)
+	waitCurrent(t, js, 30*time.Second)
+	waitDrained(t, js, 30*time.Second)
+}
+
+// TestClusterStreamLeaderKilled kills -9 the node leading SLUICE_JOBS
+// while mail is sent, restarts it, and checks that nothing accepted is
+// lost and that the restarted node's replicas catch up.
+func TestClusterStreamLeaderKilled(t *testing.T) {
+	c := readyCluster(t)
+	w := newWorld(t, worldOpts{cluster: c})
+	js := clusterJS(t, c)
+	l := &load{w: w, n: 1200, sessions: 10, interval: 8 * time.Millisecond}
+	l.run()
+	waitTaken(t, l, 300)
+	leader := streamLeader(t, js, c, "SLUICE_JOBS")
+	pid := leader.Pid()
+	leader.Kill()
+	t.Logf("killed SLUICE_JOBS leader %s (pid %d) after %d messages", leader.Name, pid, l.count())
+	time.Sleep(3 * time.Second)
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	l.wait()
+	l.verify(t, 90*time.Second)
+	if next := streamLeader(t, js, c, "SLUICE_JOBS"); next == nil {
+		t.Fatal("no leader")
+	}
+	waitCurrent(t, js, 60*time.Second)
+	waitDrained(t, js, 30*time.Second)
+}
+
+// TestClusterDelivererKilled runs two deliverers and kills -9 one of them
+// during the load: the other delivers everything, including the jobs the
+// dead one held (redelivered after their ack wait).
+func TestClusterDelivererKilled(t *testing.T) {
+	c := readyCluster(t)
+	w := newWorld(t, worldOpts{cluster: c, deliverers: 2})
+	js := clusterJS(t, c)
+	l := &load{w: w, n: 1200, sessions: 10, interval: 8 * time.Millisecond}
+	l.run()
+	waitTaken(t, l, 400)
+	p := w.st.Proc("deliverer-1")
+	p.Kill()
+	t.Logf("killed deliverer-1 after %d messages", l.count())
+	l.wait()
+	l.verify(t, 90*time.Second)
+	// Both deliverers worked: the second alone delivered what came after.
+	if got := w.metric("deliverer-2", "sluice_deliverer_attempts_total", `result="delivered"`); got <= 0 {
+		t.Fatalf("deliverer-2 delivered %v", got)
+	}
+	waitDrained(t, js, 30*time.Second)
+}
+
+// TestClusterNodeFrozen freezes the SLUICE_JOBS leader with SIGSTOP for
+// freeze during the load (its sockets stay open, it answers nothing), then
+// thaws it: nothing accepted is lost and it catches up.
+func TestClusterNodeFrozen(t *testing.T) {
+	const freeze = 15 * time.Second
+	c := readyCluster(t)
+	w := newWorld(t, worldOpts{cluster: c})
+	js := clusterJS(t, c)
+	l := &load{w: w, n: 5000, sessions: 10, interval: 10 * time.Millisecond}
+	l.run()
+	waitTaken(t, l, 300)
+	leader := streamLeader(t, js, c, "SLUICE_JOBS")
+	if err := leader.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("froze SLUICE_JOBS leader %s (pid %d) after %d messages", leader.Name, leader.Pid(), l.count())
+	time.Sleep(freeze)
+	if err := leader.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	thawed := l.count()
+	t.Logf("thawed %s after %d messages", leader.Name, thawed)
+	// Mail keeps flowing with the thawed node back.
+	waitTaken(t, l, thawed+300)
+	l.stop()
+	if l.count() >= l.n {
+		t.Fatalf("the load ended (%d messages) before the node was thawed", l.n)
+	}
+	l.verify(t, 90*time.Second)
+	waitCurrent(t, js, 60*time.Second)
+	waitDrained(t, js, 30*time.Second)
+}
+
+// TestClusterRollingRestart restarts the three nodes one at a time, as a
+// rollout does (SIGTERM, start, wait until the node and every replica are
+// current before the next), while mail is sent throughout.
+func TestClusterRollingRestart(t *testing.T) {
+	c := readyCluster(t)
+	w := newWorld(t, worldOpts{cluster: c})
+	js := clusterJS(t, c)
+	l := &load{w: w, n: 5000, sessions: 10, interval: 12 * time.Millisecond}
+	l.run()
+	waitTaken(t, l, 200)
+	for _, n := range c.Nodes {
+		n.Stop(30 * time.Second)
+		t.Logf("stopped %s after %d messages", n.Name, l.count())
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := n.Ready(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitCurrent(t, js, time.Minute)
+		t.Logf("%s is back and current after %d messages", n.Name, l.count())
+	}
+	l.stop()
+	if l.count() >= l.n {
+		t.Fatalf("the load ended (%d messages) before the restarts did", l.n)
+	}
+	l.verify(t, 90*time.Second)
+	waitDrained(t, js, 30*time.Second)
+}
