@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/sluice-mta/sluice/services/consume"
 )
 
 // handler processes one input and settles it (ack, nak or term) itself.
@@ -99,6 +101,7 @@ func (l *loop) handle(ctx context.Context, h handler, msg jetstream.Msg) {
 	}()
 	hctx, cancel := context.WithTimeout(ctx, handleTimeout)
 	defer cancel()
+	defer consume.KeepInProgress(msg, keepAlive)()
 	h(hctx, msg)
 }
 

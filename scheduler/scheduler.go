@@ -43,14 +43,17 @@ import (
 // Consumer settings shared by both durable consumers.
 const (
 	// ackWait is how long JetStream waits for an acknowledgement before
-	// redelivering. Handling one input takes a few round trips; this only
-	// matters when a scheduler dies holding inputs.
-	ackWait = 30 * time.Second
+	// redelivering: how long the inputs of a scheduler that died wait for
+	// another instance. A live instance tells JetStream every keepAlive
+	// that it still works on an input (from the moment it takes it), so a
+	// slow input is not handed to a second instance meanwhile.
+	ackWait = 10 * time.Second
+	// keepAlive is the interval of in-progress acknowledgements.
+	keepAlive = ackWait / 3
 	// maxAckPending bounds the inputs in flight across all scheduler
 	// instances sharing a consumer.
 	maxAckPending = 4096
-	// handleTimeout bounds the work on one input, below ackWait so that an
-	// input is never redelivered while it is still being handled.
+	// handleTimeout bounds the work on one input.
 	handleTimeout = 20 * time.Second
 	// infraRetryDelay is the redelivery delay after a failure of our own
 	// infrastructure (JetStream unavailable, a publish not acknowledged).

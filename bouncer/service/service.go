@@ -38,6 +38,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/config"
+	"github.com/sluice-mta/sluice/services/consume"
 	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -120,6 +121,11 @@ func New(s Settings, q config.Queue, js jetstream.JetStream, tracer trace.Tracer
 	return svc, nil
 }
 
+// ackWait is how long JetStream waits for a request's acknowledgement:
+// how long the requests of a bouncer that died wait for another instance.
+// The request being handled is kept in progress meanwhile.
+const ackWait = 10 * time.Second
+
 // ConsumerConfig is the durable consumer the bouncer reads SLUICE_BOUNCES
 // with. It is exported so tests and operators can see what is provisioned.
 func ConsumerConfig() jetstream.ConsumerConfig {
@@ -127,7 +133,7 @@ func ConsumerConfig() jetstream.ConsumerConfig {
 		Durable:       wire.ConsumerBouncer,
 		Description:   "Sluice bouncer: writes delivery status notifications",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       ackWait,
 		MaxAckPending: 256,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
@@ -148,7 +154,9 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.cc != nil {
 		return errors.New("bouncer: already started")
 	}
-	cc, err := cons.Consume(s.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	// Requests are handled one at a time: a small prefetch keeps the
+	// ones waiting in this process well within AckWait.
+	cc, err := cons.Consume(s.handle, jetstream.PullMaxMessages(32), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		s.log.Warn("bounce consumer", "err", err)
 	}))
 	if err != nil {
@@ -213,6 +221,7 @@ func (s *Service) handle(m jetstream.Msg) {
 			attribute.String("messaging.consumer.group.name", wire.ConsumerBouncer),
 		))
 	defer span.End()
+	defer consume.KeepInProgress(m, ackWait/3)()
 
 	var delivered uint64 = 1
 	if md, err := m.Metadata(); err == nil {

@@ -115,7 +115,7 @@ func DefaultSettings() Settings {
 		SMTPPort:        25,
 		Concurrency:     32,
 		Weights:         Weights{High: 8, Normal: 3, Bulk: 1},
-		AckWait:         30 * time.Second,
+		AckWait:         10 * time.Second,
 		ConnectTimeout:  30 * time.Second,
 		CommandTimeout:  5 * time.Minute,
 		DataTimeout:     10 * time.Minute,

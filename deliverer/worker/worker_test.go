@@ -448,15 +448,24 @@ func TestRedeliveryIsCounted(t *testing.T) {
 	}
 	e.service(t, func(s *Settings) { s.Routes = map[string]string{"again.test": c.Addr} })
 	check(t, e.result(t, job, 15*time.Second).Recipients[0], delivered)
+	// The attempt span ends after the result is stored: wait for it.
 	var redelivered []int64
-	for _, sp := range e.spans.GetSpans() {
-		if sp.Name != "deliverer.attempt" {
-			continue
-		}
-		for _, a := range sp.Attributes {
-			if a.Key == "sluice.redelivered" {
-				redelivered = append(redelivered, a.Value.AsInt64())
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		attempts := 0
+		redelivered = redelivered[:0]
+		for _, sp := range e.spans.GetSpans() {
+			if sp.Name != "deliverer.attempt" {
+				continue
 			}
+			attempts++
+			for _, a := range sp.Attributes {
+				if a.Key == "sluice.redelivered" {
+					redelivered = append(redelivered, a.Value.AsInt64())
+				}
+			}
+		}
+		if attempts > 0 || time.Now().After(deadline) {
+			break
 		}
 	}
 	if len(redelivered) != 1 || redelivered[0] != 1 {
