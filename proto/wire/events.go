@@ -38,6 +38,7 @@ const (
 	EventReleased      = "released"      // released from hold
 	EventDeleted       = "deleted"       // removed by an operator
 	EventReprioritised = "reprioritised" // moved to another priority class by an operator
+	EventThrottled     = "throttled"     // a deliverer left the job waiting: its site is at its limits or suspended
 )
 
 // Admin endpoint names of the queue API, under AdminQueuePrefix.

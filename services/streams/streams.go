@@ -158,6 +158,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 	if _, err := Held(ctx, js, q); err != nil {
 		return err
 	}
+	if _, err := Shaping(ctx, js, q); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -206,6 +209,39 @@ func Held(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstrea
 	})
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketHeld, err)
+	}
+	return kv, nil
+}
+
+// ShapingLimitMarkerTTL is how long the shaping bucket keeps the marker of
+// a key removed by its TTL: long enough for every watcher to see it.
+const ShapingLimitMarkerTTL = time.Minute
+
+// Shaping returns the deliverers' traffic shaping bucket (connection slots,
+// concurrency and suspensions per receiving site), creating it if needed.
+// Its keys carry their own TTLs (a slot expires a few seconds after the
+// deliverer holding it stopped renewing it), so the bucket has no TTL of
+// its own and needs per-key TTL support (LimitMarkerTTL, nats-server 2.11).
+func Shaping(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.KeyValue, error) {
+	cfg := jetstream.KeyValueConfig{
+		Bucket:         wire.BucketShaping,
+		Description:    "Sluice: deliverers' connection slots, concurrency and suspensions per receiving site",
+		Storage:        jetstream.FileStorage,
+		Replicas:       q.Replicas,
+		LimitMarkerTTL: ShapingLimitMarkerTTL,
+	}
+	if str, err := js.Stream(ctx, "KV_"+cfg.Bucket); err == nil {
+		c := str.CachedInfo().Config
+		if c.Description == cfg.Description && c.SubjectDeleteMarkerTTL == cfg.LimitMarkerTTL && c.AllowMsgTTL &&
+			max(c.Replicas, 1) == max(q.Replicas, 1) {
+			if kv, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
+				return kv, nil
+			}
+		}
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketShaping, err)
 	}
 	return kv, nil
 }
