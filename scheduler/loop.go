@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sluice-mta/sluice/services/consume"
+	"github.com/sluice-mta/sluice/services/natsconn"
 )
 
 // handler processes one input and settles it (ack, nak or term) itself.
@@ -22,24 +23,34 @@ type handler func(ctx context.Context, msg jetstream.Msg)
 // pool of workers. Pulling is batched (one pull request asks for up to batch
 // messages) and the workers overlap their JetStream round trips, which is
 // where the throughput comes from.
+//
+// If the consumer goes away under it (deleted by an operator, or lost with
+// its replicas), the loop provisions it again with reopen and goes on, and
+// reports itself broken (Service.Ready) until it has.
 type loop struct {
 	name     string
-	it       jetstream.MessagesContext
+	batch    int
+	reopen   func(context.Context) (jetstream.Consumer, error)
 	log      *slog.Logger
 	m        *instruments
 	work     chan jetstream.Msg
 	done     chan struct{}
 	stopOnce sync.Once
 	stopped  chan struct{}
+
+	mu     sync.Mutex
+	it     jetstream.MessagesContext
+	broken error
 }
 
-func startLoop(ctx context.Context, name string, cons jetstream.Consumer, batch, workers int, log *slog.Logger, m *instruments, h handler) (*loop, error) {
+func startLoop(ctx context.Context, name string, cons jetstream.Consumer, reopen func(context.Context) (jetstream.Consumer, error),
+	batch, workers int, log *slog.Logger, m *instruments, h handler) (*loop, error) {
 	it, err := cons.Messages(jetstream.PullMaxMessages(batch))
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: consume %s: %w", name, err)
 	}
 	l := &loop{
-		name: name, it: it, log: log, m: m,
+		name: name, batch: batch, reopen: reopen, it: it, log: log, m: m,
 		work:    make(chan jetstream.Msg),
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -63,12 +74,25 @@ func startLoop(ctx context.Context, name string, cons jetstream.Consumer, batch,
 	return l, nil
 }
 
-// dispatch feeds the workers until the iterator is drained.
+// dispatch feeds the workers until the loop is stopped and its iterator
+// drained.
 func (l *loop) dispatch() {
 	for {
-		msg, err := l.it.Next()
+		l.mu.Lock()
+		it := l.it
+		l.mu.Unlock()
+		msg, err := it.Next()
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
+			select {
+			case <-l.stopped:
+				return
+			default:
+			}
+			// Closed, and not by stop: the consumer is gone.
+			if !l.recover(err) {
+				return
+			}
+			continue
 		}
 		if err != nil {
 			// Missed heartbeats and similar are reported here; the
@@ -109,9 +133,62 @@ func (l *loop) handle(ctx context.Context, h handler, msg jetstream.Msg) {
 // terminated.
 const maxPanics = 5
 
+// recover provisions the consumer again and opens a new iterator on it,
+// retrying with backoff until it succeeds (true) or the loop is stopped
+// (false).
+func (l *loop) recover(cause error) bool {
+	l.mu.Lock()
+	l.broken = fmt.Errorf("consumer of %s lost: %w", l.name, cause)
+	l.mu.Unlock()
+	l.log.Error("consumer lost; provisioning it again", "input", l.name, "err", cause)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-l.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := natsconn.Retry(ctx, l.log, "provision the "+l.name+" consumer again", func(ctx context.Context) error {
+		cons, err := l.reopen(ctx)
+		if err != nil {
+			return err
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(l.batch))
+		if err != nil {
+			return err
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		select {
+		case <-l.stopped:
+			it.Stop()
+			return context.Canceled
+		default:
+		}
+		l.it, l.broken = it, nil
+		return nil
+	})
+	if err != nil {
+		return false
+	}
+	l.log.Info("consumer provisioned again", "input", l.name)
+	return true
+}
+
+// err is why the loop is not consuming, or nil.
+func (l *loop) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.broken
+}
+
 // stop stops pulling; messages already pulled are still handled.
 func (l *loop) stop() {
 	l.stopOnce.Do(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
 		close(l.stopped)
 		l.it.Drain()
 	})

@@ -155,22 +155,32 @@ func (s *Service) Start(ctx context.Context) error {
 			s.marks.Stop()
 		}
 	}()
-	msgCons, err := s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, "Sluice scheduler: splits accepted messages into delivery jobs")
+	const (
+		msgDesc = "Sluice scheduler: splits accepted messages into delivery jobs"
+		resDesc = "Sluice scheduler: applies delivery results (done, bounce, retry)"
+	)
+	msgCons, err := s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, msgDesc)
 	if err != nil {
 		return err
 	}
-	resCons, err := s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, "Sluice scheduler: applies delivery results (done, bounce, retry)")
+	resCons, err := s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, resDesc)
 	if err != nil {
 		return err
 	}
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	set := s.cfg.Scheduler
-	splitLoop, err := startLoop(base, "messages", msgCons, set.Batch, set.Concurrency, s.log, s.m, s.split)
+	msgReopen := func(ctx context.Context) (jetstream.Consumer, error) {
+		return s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, msgDesc)
+	}
+	resReopen := func(ctx context.Context) (jetstream.Consumer, error) {
+		return s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, resDesc)
+	}
+	splitLoop, err := startLoop(base, "messages", msgCons, msgReopen, set.Batch, set.Concurrency, s.log, s.m, s.split)
 	if err != nil {
 		cancel()
 		return err
 	}
-	resLoop, err := startLoop(base, "results", resCons, set.Batch, set.Concurrency, s.log, s.m, s.result)
+	resLoop, err := startLoop(base, "results", resCons, resReopen, set.Batch, set.Concurrency, s.log, s.m, s.result)
 	if err != nil {
 		splitLoop.stop()
 		splitLoop.wait(time.Second)
@@ -237,6 +247,11 @@ func (s *Service) Ready() error {
 	defer s.mu.Unlock()
 	if !s.started || s.closed {
 		return errors.New("scheduler not running")
+	}
+	for _, l := range s.loops {
+		if err := l.err(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

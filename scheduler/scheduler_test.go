@@ -528,3 +528,31 @@ func TestCloseTwice(t *testing.T) {
 		t.Error("Start after Close succeeded")
 	}
 }
+
+// TestLostConsumerIsProvisionedAgain: a consumer deleted under a running
+// scheduler (an operator, or replicas lost) makes it unready, not silently
+// idle; it provisions the consumer again and splits what arrives.
+func TestLostConsumerIsProvisionedAgain(t *testing.T) {
+	h := start(t, nil)
+	first := &sluicev1.Message{MailFrom: "a@x.test", Recipients: []*sluicev1.Recipient{rcpt("b@y.test")}}
+	h.publishMessage(first)
+	h.job(normal, wire.JobID(first.QueueId, 0))
+	if err := h.svc.Ready(); err != nil {
+		t.Fatalf("Ready before the loss = %v", err)
+	}
+	if err := h.js.DeleteConsumer(h.ctx, wire.StreamMessages, wire.ConsumerScheduler); err != nil {
+		t.Fatal(err)
+	}
+	second := &sluicev1.Message{MailFrom: "a@x.test", Recipients: []*sluicev1.Recipient{rcpt("c@y.test")}}
+	h.publishMessage(second)
+	j, _ := h.job(normal, wire.JobID(second.QueueId, 0))
+	if len(j.Recipients) != 1 || j.Recipients[0].Address != "c@y.test" {
+		t.Fatalf("job of the message sent after the loss: %v", j.Recipients)
+	}
+	if _, err := h.js.Consumer(h.ctx, wire.StreamMessages, wire.ConsumerScheduler); err != nil {
+		t.Fatalf("consumer not provisioned again: %v", err)
+	}
+	if err := h.svc.Ready(); err != nil {
+		t.Fatalf("Ready after recovery = %v", err)
+	}
+}
