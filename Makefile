@@ -58,6 +58,19 @@ tidy:
 run: build
 	$(BIN)/sluice-local -bin $(BIN) -data $(CURDIR)/data -jaeger $(BIN)/jaeger -jaeger-config $(CURDIR)/deploy/jaeger/config.yaml $(ARGS)
 
+# cluster is `make run` on a JetStream cluster: three nats-server processes on
+# loopback (client ports 4222-4224, monitoring 8222-8224), every stream
+# replicated three times, and the services against them. Kill a node to
+# watch the failover; sluice-local starts it again after 10 s.
+.PHONY: cluster
+cluster: build $(BIN)/nats-server
+	$(BIN)/sluice-local -cluster 3 -nats-server $(BIN)/nats-server -bin $(BIN) -data $(CURDIR)/data -jaeger $(BIN)/jaeger -jaeger-config $(CURDIR)/deploy/jaeger/config.yaml $(ARGS)
+
+# nats-server is built from the module the services are tested with.
+$(BIN)/nats-server: services/go.mod
+	@mkdir -p $(BIN)
+	cd deploy && $(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
+
 # jaeger builds Jaeger v1.76.0 from the Go module proxy into bin/jaeger (a few
 # minutes, once). Its module lives outside the workspace on purpose.
 jaeger: $(BIN)/jaeger

@@ -41,6 +41,11 @@ type Options struct {
 	// Addr returns a free loopback address for each port of each node;
 	// nil uses a port the kernel picks.
 	Addr func() (string, error)
+	// ClientPort, ClusterPort and MonitorPort, when not zero, fix the
+	// first node's ports on 127.0.0.1; node i takes port+i-1 (the
+	// defaults of a single nats-server are 4222, 6222 and 8222). Addr is
+	// then not used.
+	ClientPort, ClusterPort, MonitorPort int
 }
 
 // Cluster is a set of running (or killed, or frozen) nodes.
@@ -95,12 +100,19 @@ func Start(o Options) (*Cluster, error) {
 	c := &Cluster{opts: o}
 	for i := 1; i <= o.Nodes; i++ {
 		n := &Node{Name: fmt.Sprintf("n%d", i), bin: o.Bin}
-		for _, a := range []*string{&n.ClientAddr, &n.ClusterAddr, &n.MonitorAddr} {
+		for _, a := range []struct {
+			addr *string
+			port int
+		}{{&n.ClientAddr, o.ClientPort}, {&n.ClusterAddr, o.ClusterPort}, {&n.MonitorAddr, o.MonitorPort}} {
+			if a.port != 0 {
+				*a.addr = fmt.Sprintf("127.0.0.1:%d", a.port+i-1)
+				continue
+			}
 			addr, err := o.Addr()
 			if err != nil {
 				return nil, fmt.Errorf("cluster: %w", err)
 			}
-			*a = addr
+			*a.addr = addr
 		}
 		dir := filepath.Join(o.Dir, n.Name)
 		n.StoreDir = filepath.Join(dir, "jetstream")

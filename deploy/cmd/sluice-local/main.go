@@ -10,6 +10,13 @@
 // NATS message costs a socket write and read, which on a small machine is a
 // fifth to a third of the CPU a message takes. With -processes each service
 // runs as a process of its binary, as production deploys them.
+//
+// With -cluster 3 (`make cluster`) the embedded server is replaced by a
+// JetStream cluster of three nats-server processes on loopback, every
+// stream replicated on all three, so failover can be tried on one machine:
+// kill -9 a node (or freeze it with kill -STOP) while mail flows, and
+// nothing accepted is lost. A node that exits is started again after
+// -node-restart.
 package main
 
 import (
@@ -25,6 +32,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-mta/sluice/deploy/cluster"
 	"github.com/sluice-mta/sluice/deploy/stack"
 	"github.com/sluice-mta/sluice/services/lifecycle"
 )
@@ -49,11 +57,18 @@ func main() {
 	jaeger := flag.String("jaeger", "bin/jaeger", "Jaeger binary to start next to Sluice, if it exists (make jaeger builds it)")
 	jaegerConfig := flag.String("jaeger-config", "deploy/jaeger/config.yaml", "Jaeger configuration")
 	pprofAddr := flag.String("pprof", "", "serve Go profiles of this process (the embedded NATS server, and the services unless -processes) on this address, e.g. 127.0.0.1:6060")
+	clusterNodes := flag.Int("cluster", 0, "run a JetStream cluster of this many nats-server processes (3 or 5), every stream with 3 replicas, instead of the embedded server; client ports start at -nats's, route ports at 6222, monitoring at 8222")
+	natsServer := flag.String("nats-server", "bin/nats-server", "nats-server binary for -cluster (make cluster builds it)")
+	nodeRestart := flag.Duration("node-restart", 10*time.Second, "with -cluster, start a node that exited (killed, crashed) again after this long; 0 leaves it down")
 	var routes routeFlags
 	flag.Var(&routes, "route", "extra static route `domain=host:port` (repeatable), e.g. for a benchmark sink")
 	flag.Parse()
 	if *captureAddr == "" {
 		fmt.Fprintln(os.Stderr, "sluice-local: -capture: the capture destination needs an address")
+		os.Exit(2)
+	}
+	if *clusterNodes != 0 && *clusterNodes != 3 && *clusterNodes != 5 {
+		fmt.Fprintf(os.Stderr, "sluice-local: -cluster %d: want 3 or 5 nodes (every stream has 3 replicas)\n", *clusterNodes)
 		os.Exit(2)
 	}
 
@@ -76,21 +91,39 @@ func main() {
 	defer stop()
 	lifecycle.HugePages(ctx)
 
+	config := map[string]map[string]any{"ingress": {"listen": *smtp}}
+	var nodes *cluster.Cluster
+	if *clusterNodes > 0 {
+		var err error
+		nodes, err = startCluster(*natsServer, filepath.Join(dataDir, "cluster"), *natsAddr, *clusterNodes, *syncAlways)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "sluice-local:", err)
+			os.Exit(1)
+		}
+		defer stopCluster(nodes)
+		config["queue"] = map[string]any{"replicas": 3}
+	}
+
 	metrics := map[string]string{"ingress": "127.0.0.1:9101", "scheduler": "127.0.0.1:9102", "deliverer": "127.0.0.1:9103", "bouncer": "127.0.0.1:9104"}
 	for i := 1; i <= *deliverers; i++ {
 		metrics[fmt.Sprintf("deliverer-%d", i)] = fmt.Sprintf("127.0.0.1:%d", 9110+i)
+	}
+	natsURL := ""
+	if nodes != nil {
+		natsURL = nodes.URLs()
 	}
 	s, err := stack.Start(ctx, stack.Options{
 		BinDir:        binDir,
 		DataDir:       dataDir,
 		NATSListen:    *natsAddr,
+		NATSURL:       natsURL,
 		SyncAlways:    *syncAlways,
 		CaptureListen: *captureAddr,
 		TestDomain:    *testDomain,
 		Deliverers:    *deliverers,
 		InProcess:     !*processes,
 		MetricsAddrs:  metrics,
-		Config:        map[string]map[string]any{"ingress": {"listen": *smtp}},
+		Config:        config,
 		Routes:        routes.m,
 		Env:           os.Environ(),
 		JaegerBin:     *jaeger,
@@ -99,11 +132,26 @@ func main() {
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-local:", err)
+		stopCluster(nodes)
 		os.Exit(1)
 	}
+	if nodes != nil {
+		// A fresh cluster elects its leaders and the services create
+		// their replicated streams: say so rather than print an address
+		// that answers nothing yet.
+		fmt.Fprintf(os.Stderr, "waiting for the %d-node cluster and the services to be ready...\n", len(nodes.Nodes))
+		if err := s.Ready(ctx); err != nil && ctx.Err() == nil {
+			fmt.Fprintln(os.Stderr, "sluice-local:", err)
+		}
+	}
 	printBanner(s, *smtp, *testDomain, dataDir, routes.m)
+	if nodes != nil {
+		printCluster(nodes, *nodeRestart, dataDir)
+	}
 	if *processes {
 		fmt.Printf("  Services       processes of %s/sluice-{ingress,scheduler,deliverer,bouncer}\n", binDir)
+	} else if nodes != nil {
+		fmt.Printf("  Services       in this process, connected to the cluster over TCP (-processes: one process each)\n")
 	} else {
 		fmt.Printf("  Services       in this process, on in-process NATS connections (-processes: one process each)\n")
 	}
@@ -117,6 +165,12 @@ func main() {
 	// Supervise: restart a process that exits while we are running, as a
 	// container orchestrator would.
 	var wg sync.WaitGroup
+	if nodes != nil && *nodeRestart > 0 {
+		for _, n := range nodes.Nodes {
+			wg.Add(1)
+			go func() { defer wg.Done(); superviseNode(ctx, n, *nodeRestart, log) }()
+		}
+	}
 	for _, p := range s.Procs() {
 		wg.Add(1)
 		go func(p *stack.Proc) {
@@ -174,7 +228,7 @@ Sluice is running.
   NATS           %[7]s   JetStream files in %[8]s/
   Config         %[9]s
 `, smtp, testDomain, s.Capture.Addr, rel(filepath.Join(dataDir, "capture")), rel(filepath.Join(dataDir, "logs")),
-		s.Metrics["ingress"], s.NATS.ClientURL(), rel(filepath.Join(dataDir, "jetstream")), rel(s.ConfigPath))
+		s.Metrics["ingress"], s.NATSURL(), rel(jetStreamDir(s, dataDir)), rel(s.ConfigPath))
 	for d, hp := range routes {
 		fmt.Printf("  route          %s -> %s\n", d, hp)
 	}
