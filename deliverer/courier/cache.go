@@ -15,20 +15,39 @@ import (
 // destination is never held busy by a connection we do not use, and load
 // balancing behind one MX name still sees new connections.
 //
-// Sessions are keyed by destination domain: every domain has its own MX
-// lookup, its own policy (require_tls) and its own limits.
+// Sessions are keyed by receiving site (mx.Route.Site: the set of MX hosts),
+// not by destination domain: two domains served by the same MX hosts share
+// their sessions, as they share the site's connection slots. A session that
+// cannot carry a job (require_tls at a server without it) is closed and its
+// slot serves a new connection.
+//
+// An idle session keeps the fleet-wide connection slot (Slot) it was opened
+// with: it is an open connection to the site. The slot is released when
+// the session is closed, whoever closes it.
 
 // CacheConfig configures connection reuse. A zero TTL disables it.
 type CacheConfig struct {
 	TTL     time.Duration
 	MaxUses int
-	// MaxIdle bounds the idle sessions kept per domain.
+	// MaxIdle bounds the idle sessions kept per site.
 	MaxIdle int
 }
 
 type idleSession struct {
 	s     *smtpclient.Session
 	since time.Time
+	slot  Slot
+	// maxUses is the site's limit of transactions per connection; 0 means
+	// CacheConfig.MaxUses.
+	maxUses int
+}
+
+// close closes the session and gives back its slot.
+func (e idleSession) close() {
+	e.s.Close()
+	if e.slot != nil {
+		e.slot.Release()
+	}
 }
 
 type connCache struct {
@@ -55,33 +74,34 @@ func newConnCache(cfg CacheConfig) *connCache {
 	return c
 }
 
-// get returns an idle session for domain, most recently used first (the
-// likeliest to be alive), or nil.
-func (c *connCache) get(domain string) *smtpclient.Session {
+// get returns an idle session of site, most recently used first (the
+// likeliest to be alive).
+func (c *connCache) get(site string) (idleSession, bool) {
 	if c == nil {
-		return nil
+		return idleSession{}, false
 	}
 	now := time.Now()
-	var found *smtpclient.Session
-	var stale []*smtpclient.Session
+	var found idleSession
+	ok := false
+	var stale []idleSession
 	c.mu.Lock()
-	l := c.idle[domain]
-	for len(l) > 0 && found == nil {
+	l := c.idle[site]
+	for len(l) > 0 && !ok {
 		e := l[len(l)-1]
 		l = l[:len(l)-1]
 		if now.Sub(e.since) < c.cfg.TTL {
-			found = e.s
+			found, ok = e, true
 		} else {
-			stale = append(stale, e.s)
+			stale = append(stale, e)
 		}
 	}
-	c.set(domain, l)
+	c.set(site, l)
 	c.mu.Unlock()
 	// QUIT can wait on the network: never under the lock.
-	for _, s := range stale {
-		s.Close()
+	for _, e := range stale {
+		e.close()
 	}
-	return found
+	return found, ok
 }
 
 func (c *connCache) set(domain string, l []idleSession) {
@@ -92,29 +112,34 @@ func (c *connCache) set(domain string, l []idleSession) {
 	}
 }
 
-// put keeps s for the next delivery to domain, or closes it when it cannot
-// or should not be reused.
-func (c *connCache) put(domain string, s *smtpclient.Session) {
-	if c == nil || !s.Reusable() || s.Uses() >= c.cfg.MaxUses {
-		s.Close()
+// put keeps e.s for the next delivery to site, or closes it (releasing its
+// slot) when it cannot or should not be reused.
+func (c *connCache) put(site string, e idleSession) {
+	limit := e.maxUses
+	if c != nil && limit <= 0 {
+		limit = c.cfg.MaxUses
+	}
+	if c == nil || !e.s.Reusable() || e.s.Uses() >= limit {
+		e.close()
 		return
 	}
-	s.Bind(nil)
+	e.s.Bind(nil)
+	e.since = time.Now()
 	c.mu.Lock()
 	select {
 	case <-c.done:
 		c.mu.Unlock()
-		s.Close()
+		e.close()
 		return
 	default:
 	}
-	l := c.idle[domain]
+	l := c.idle[site]
 	if len(l) >= c.cfg.MaxIdle {
 		c.mu.Unlock()
-		s.Close()
+		e.close()
 		return
 	}
-	c.idle[domain] = append(l, idleSession{s: s, since: time.Now()})
+	c.idle[site] = append(l, e)
 	c.mu.Unlock()
 }
 
@@ -128,13 +153,13 @@ func (c *connCache) janitor() {
 		case <-c.done:
 			return
 		case now := <-t.C:
-			var stale []*smtpclient.Session
+			var stale []idleSession
 			c.mu.Lock()
 			for d, l := range c.idle {
 				keep := l[:0]
 				for _, e := range l {
 					if now.Sub(e.since) >= c.cfg.TTL {
-						stale = append(stale, e.s)
+						stale = append(stale, e)
 					} else {
 						keep = append(keep, e)
 					}
@@ -142,8 +167,8 @@ func (c *connCache) janitor() {
 				c.set(d, keep)
 			}
 			c.mu.Unlock()
-			for _, s := range stale {
-				s.Close()
+			for _, e := range stale {
+				e.close()
 			}
 		}
 	}
@@ -168,7 +193,7 @@ func (c *connCache) close() {
 	c.wg.Wait()
 	for _, l := range idle {
 		for _, e := range l {
-			e.s.Close()
+			e.close()
 		}
 	}
 }

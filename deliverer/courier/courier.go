@@ -88,7 +88,7 @@ func WithSigner(s *dkim.Signer) Option {
 }
 
 // WithConnectionReuse keeps sessions open for the next delivery to the same
-// domain (see CacheConfig). Close the Courier to close them.
+// site (see CacheConfig). Close the Courier to close them.
 func WithConnectionReuse(cfg CacheConfig) Option {
 	return func(c *Courier) { c.cache = newConnCache(cfg) }
 }
@@ -105,11 +105,85 @@ func New(router Router, dialer *smtpclient.Dialer, tracer trace.Tracer, opts ...
 	return c
 }
 
-// Deliver makes one attempt to deliver body to the recipients of job and
-// returns a result per recipient, in the job's order, with notify and orcpt
-// copied for the bouncer.
+// Slot is the right to hold one connection to a site open, shared by the
+// fleet (*shaping.Lease). The courier releases it when the connection it
+// covers closes.
+type Slot interface {
+	Release()
+}
+
+// Ticket is what one attempt may use to reach its site: an idle session of
+// the site taken from the cache, which keeps the slot it was opened with,
+// or a slot for a new connection. The attempt that receives it owns it.
+type Ticket struct {
+	site    string
+	slot    Slot
+	maxUses int
+	idle    *smtpclient.Session
+}
+
+// NewTicket returns a ticket for a new connection to site covered by slot
+// (nil: no limit), whose session carries at most maxUses transactions (0:
+// CacheConfig.MaxUses).
+func NewTicket(site string, slot Slot, maxUses int) *Ticket {
+	return &Ticket{site: site, slot: slot, maxUses: maxUses}
+}
+
+// Idle takes an idle session of site from the cache, or returns nil. Its
+// connection already holds a slot of the site.
+func (c *Courier) Idle(site string) *Ticket {
+	e, ok := c.cache.get(site)
+	if !ok {
+		return nil
+	}
+	return &Ticket{site: site, slot: e.slot, maxUses: e.maxUses, idle: e.s}
+}
+
+// Release gives back a ticket that will not be used: its idle session is
+// closed and its slot released.
+func (t *Ticket) Release() {
+	if t.idle != nil {
+		t.idle.Close()
+		t.idle = nil
+	}
+	if t.slot != nil {
+		t.slot.Release()
+		t.slot = nil
+	}
+}
+
+// Deliver makes one attempt to deliver body to the recipients of job,
+// without connection limits, and returns a result per recipient (see
+// DeliverVia).
 func (c *Courier) Deliver(ctx context.Context, job *sluicev1.Job, body io.Reader) []*sluicev1.RecipientResult {
-	outcomes := c.attempt(ctx, job, body)
+	route, err := c.Route(ctx, job.Domain)
+	if err != nil {
+		return RouteFailed(job, err)
+	}
+	t := c.Idle(route.Site)
+	if t == nil {
+		t = NewTicket(route.Site, nil, 0)
+	}
+	return c.DeliverVia(ctx, job, route, t, body)
+}
+
+// RouteFailed is the result of every recipient of a job whose route could
+// not be found (an error of Route).
+func RouteFailed(job *sluicev1.Job, err error) []*sluicev1.RecipientResult {
+	return results(job, all(len(job.Recipients), status.Classify(err, sluicev1.Reason_REASON_DNS, "")))
+}
+
+// DeliverVia makes one attempt to deliver body to the recipients of job at
+// the hosts of route, with the ticket's session or a new connection under
+// its slot, and returns a result per recipient, in the job's order, with
+// notify and orcpt copied for the bouncer. It takes the ticket over: the
+// session goes back to the cache with its slot, or is closed and the slot
+// released.
+func (c *Courier) DeliverVia(ctx context.Context, job *sluicev1.Job, route mx.Route, t *Ticket, body io.Reader) []*sluicev1.RecipientResult {
+	return results(job, c.attempt(ctx, job, route, t, body))
+}
+
+func results(job *sluicev1.Job, outcomes []outcome) []*sluicev1.RecipientResult {
 	res := make([]*sluicev1.RecipientResult, len(job.Recipients))
 	for i, r := range job.Recipients {
 		rr := &sluicev1.RecipientResult{Address: r.Address, Notify: r.Notify, Orcpt: r.Orcpt}
@@ -142,8 +216,11 @@ func all(n int, e *status.Error) []outcome {
 	return out
 }
 
-func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, body io.Reader) []outcome {
+func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route, t *Ticket, body io.Reader) []outcome {
 	n := len(job.Recipients)
+	// Whatever happens, the ticket's slot ends up with a cached session or
+	// released.
+	defer t.Release()
 	// The message is signed once per attempt, when a server is first ready
 	// for it, and the same signed content serves a retry on a new
 	// connection after a cached one turned out dead.
@@ -166,15 +243,14 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, body io.Reader
 			signed.done()
 		}
 	}()
-	if sess := c.cache.get(job.Domain); sess != nil {
-		if out, ok := c.reuse(ctx, sess, job, message); ok {
+	if sess := t.idle; sess != nil {
+		t.idle = nil
+		if out, ok := c.reuse(ctx, sess, t, job, message); ok {
 			return out
 		}
+		// The session was closed; its slot serves the new connection.
 	}
-	route, err := c.route(ctx, job.Domain)
-	if err != nil {
-		return all(n, status.Classify(err, sluicev1.Reason_REASON_DNS, ""))
-	}
+	var err error
 	var failures []*status.Error
 	for _, h := range route.Hosts {
 		addrs := h.Addrs
@@ -218,26 +294,33 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, body io.Reader
 				return all(n, e)
 			}
 			out := c.transaction(ctx, sess, h, job, msg, added)
-			c.cache.put(job.Domain, sess)
+			c.keep(t, sess)
 			return out
 		}
 	}
 	return all(n, pick(failures, route.Domain))
 }
 
+// keep hands a session and the ticket's slot to the cache.
+func (c *Courier) keep(t *Ticket, sess *smtpclient.Session) {
+	c.cache.put(t.site, idleSession{s: sess, slot: t.slot, maxUses: t.maxUses})
+	t.slot = nil
+}
+
 // reuse runs the transaction on a cached session. It reports false, having
-// sent nothing, when the session turns out to be dead before MAIL FROM was
-// accepted (servers close idle connections) or cannot carry this job
-// (require_tls), and the attempt continues with a new connection.
-func (c *Courier) reuse(ctx context.Context, sess *smtpclient.Session, job *sluicev1.Job, message func() (io.Reader, int64, *status.Error)) ([]outcome, bool) {
+// sent nothing and closed the session, when the session turns out to be dead
+// before MAIL FROM was accepted (servers close idle connections) or cannot
+// carry this job (require_tls), and the attempt continues with a new
+// connection under the same slot.
+func (c *Courier) reuse(ctx context.Context, sess *smtpclient.Session, t *Ticket, job *sluicev1.Job, message func() (io.Reader, int64, *status.Error)) ([]outcome, bool) {
 	sess.Bind(ctx)
 	if e := c.secure(ctx, sess, job); e != nil {
-		c.cache.put(job.Domain, sess)
+		sess.Close()
 		return nil, false
 	}
 	msg, added, e := message()
 	if e != nil {
-		c.cache.put(job.Domain, sess)
+		c.keep(t, sess)
 		return all(len(job.Recipients), e), true
 	}
 	h := mx.Host{Name: sess.Host(), Port: int(sess.Addr().Port())}
@@ -247,7 +330,7 @@ func (c *Courier) reuse(ctx context.Context, sess *smtpclient.Session, job *slui
 		sess.Close()
 		return nil, false
 	}
-	c.cache.put(job.Domain, sess)
+	c.keep(t, sess)
 	return out, true
 }
 
@@ -264,7 +347,9 @@ func pick(failures []*status.Error, domain string) *status.Error {
 	return failures[0]
 }
 
-func (c *Courier) route(ctx context.Context, domain string) (mx.Route, error) {
+// Route finds the hosts of domain, in a dns.mx span. Its error is a
+// *status.Error or one that RouteFailed classifies.
+func (c *Courier) Route(ctx context.Context, domain string) (mx.Route, error) {
 	ctx, span := c.tracer.Start(ctx, "dns.mx", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("sluice.destination_domain", domain)))
 	defer span.End()
@@ -277,7 +362,7 @@ func (c *Courier) route(ctx context.Context, domain string) (mx.Route, error) {
 	for i, h := range r.Hosts {
 		hosts[i] = fmt.Sprintf("%d %s:%d", h.Preference, h.Name, h.Port)
 	}
-	span.SetAttributes(attribute.StringSlice("sluice.mx.hosts", hosts),
+	span.SetAttributes(attribute.StringSlice("sluice.mx.hosts", hosts), attribute.String("sluice.site", r.Site),
 		attribute.Bool("sluice.mx.static", r.Static), attribute.Bool("sluice.mx.implicit", r.Implicit))
 	return r, nil
 }

@@ -2,10 +2,12 @@ package courier
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sluice-mta/sluice/deliverer/mx"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/services/capture"
 )
@@ -101,5 +103,70 @@ func TestIdleSessionsExpire(t *testing.T) {
 	deliverOne(t, c)
 	if n := srv.Connections(); n != 2 {
 		t.Fatalf("%d connections, want 2", n)
+	}
+}
+
+// countingSlot records releases of a connection slot.
+type countingSlot struct{ released int }
+
+func (s *countingSlot) Release() { s.released++ }
+
+// TestReuseBySiteAndSlots: sessions are cached per site, so two domains
+// routed to the same servers share one connection; the connection keeps its
+// slot while idle and gives it back, once, when it is closed.
+func TestReuseBySiteAndSlots(t *testing.T) {
+	srv, err := capture.Listen("127.0.0.1:0", capture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := newCourier(t, srv.Addr, WithConnectionReuse(CacheConfig{TTL: 5 * time.Second, MaxUses: 100}))
+	defer c.Close()
+	ctx := context.Background()
+	route, err := c.Route(ctx, "example.net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := &countingSlot{}
+	if c.Idle(route.Site) != nil {
+		t.Fatal("an idle session before any delivery")
+	}
+	j := job()
+	res := c.DeliverVia(ctx, j, route, NewTicket(route.Site, slot, 2), strings.NewReader(message))
+	if res[0].Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+		t.Fatalf("outcome %v: %s", res[0].Outcome, res[0].Text)
+	}
+	if slot.released != 0 {
+		t.Fatal("the slot of an idle cached session was released")
+	}
+	// Another domain of the same site takes the idle session.
+	other := job()
+	other.Domain = "example.org"
+	tk := c.Idle(route.Site)
+	if tk == nil {
+		t.Fatal("no idle session for the site")
+	}
+	res = c.DeliverVia(ctx, other, route, tk, strings.NewReader(message))
+	if res[0].Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+		t.Fatalf("outcome %v: %s", res[0].Outcome, res[0].Text)
+	}
+	if n := srv.Connections(); n != 1 {
+		t.Errorf("%d connections for two domains of one site, want 1", n)
+	}
+	// The ticket's limit of 2 messages per connection closed the session
+	// and released its slot.
+	if slot.released != 1 {
+		t.Errorf("slot released %d times after the session's last message, want 1", slot.released)
+	}
+	if c.Idle(route.Site) != nil {
+		t.Error("a session past its message limit was cached")
+	}
+	// A ticket for a connection that fails releases its slot.
+	bad := &countingSlot{}
+	dead := route
+	dead.Hosts = []mx.Host{{Name: "127.0.0.1", Port: 1, Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}}
+	res = c.DeliverVia(ctx, job(), dead, NewTicket(route.Site, bad, 0), strings.NewReader(message))
+	if res[0].Outcome != sluicev1.Outcome_OUTCOME_TEMPORARY || res[0].Reason != sluicev1.Reason_REASON_CONNECT || bad.released != 1 {
+		t.Errorf("refused connection: %v %v, slot released %d times", res[0].Outcome, res[0].Reason, bad.released)
 	}
 }

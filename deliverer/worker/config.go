@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluice-mta/sluice/deliverer/dkim"
+	"github.com/sluice-mta/sluice/deliverer/shaping"
 	"github.com/sluice-mta/sluice/services/config"
 )
 
@@ -61,6 +62,10 @@ type Settings struct {
 	// ConnectionReuseLimit is the most transactions one session carries
 	// (Postfix's smtp_connection_reuse_count_limit).
 	ConnectionReuseLimit int `yaml:"connection_reuse_limit" env:"SLUICE_DELIVERER_CONNECTION_REUSE_LIMIT"`
+	// Shaping limits what the whole fleet of deliverers does to each
+	// receiving site: connections, slow start, suspensions (see package
+	// shaping and the README's "Traffic shaping").
+	Shaping shaping.Config `yaml:"shaping"`
 	// ShutdownTimeout is how long a stopping deliverer lets running
 	// deliveries finish before it interrupts them and hands their jobs back.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SLUICE_DELIVERER_SHUTDOWN_TIMEOUT"`
@@ -123,6 +128,7 @@ func DefaultSettings() Settings {
 		// Postfix's defaults for connection reuse.
 		ConnectionCacheTime:  2 * time.Second,
 		ConnectionReuseLimit: 100,
+		Shaping:              shaping.DefaultConfig(),
 		// Zones that answer queries for free at low volume; Spamhaus refuses
 		// queries that come through large public resolvers (the doctor
 		// reports that as an error, not as "not listed").
@@ -198,6 +204,9 @@ func (s Settings) Validate() error {
 	}
 	if s.ConnectionReuseLimit < 1 {
 		return fmt.Errorf("deliverer.connection_reuse_limit: %d, want at least 1", s.ConnectionReuseLimit)
+	}
+	if err := s.Shaping.Validate(); err != nil {
+		return err
 	}
 	if err := s.validateIdentity(); err != nil {
 		return err

@@ -17,6 +17,11 @@ import (
 //	sluice_deliverer_jobs_in_flight                     no labels
 //	sluice_deliverer_jobs_terminated_total{reason}      undecodable | invalid
 //	sluice_deliverer_result_publish_failures_total      no labels
+//	sluice_deliverer_jobs_throttled_total{why}          busy | suspended
+//	    jobs handed back without an attempt because their site had no
+//	    free connection slot (busy) or was suspended; each one is also
+//	    counted by sluice_deliverer_jobs_redelivered_total when it comes
+//	    back. Sites are not a label: their number is unbounded.
 //
 // sluice_deliverer_connections_active is declared in smtpclient and
 // sluice_deliverer_dns_lookup_duration_seconds in mx.
@@ -27,6 +32,7 @@ type instruments struct {
 	terminated      metric.Int64Counter
 	publishFailures metric.Int64Counter
 	redelivered     metric.Int64Counter
+	throttled       metric.Int64Counter
 }
 
 func newInstruments(m metric.Meter) (instruments, error) {
@@ -56,6 +62,10 @@ func newInstruments(m metric.Meter) (instruments, error) {
 	if i.redelivered, err = m.Int64Counter("sluice_deliverer_jobs_redelivered_total",
 		metric.WithDescription("Jobs handed to a deliverer again for the same attempt: after a deliverer died or "+
 			"missed its acknowledgement, or returned the job to the queue. Each is a possible duplicate delivery.")); err != nil {
+		return i, err
+	}
+	if i.throttled, err = m.Int64Counter("sluice_deliverer_jobs_throttled_total",
+		metric.WithDescription("Jobs handed back without an attempt because their receiving site was busy or suspended.")); err != nil {
 		return i, err
 	}
 	return i, nil

@@ -72,6 +72,7 @@ import (
 
 	"github.com/sluice-mta/sluice/deliverer/courier"
 	"github.com/sluice-mta/sluice/deliverer/mx"
+	"github.com/sluice-mta/sluice/deliverer/shaping"
 	"github.com/sluice-mta/sluice/deliverer/smtpclient"
 	"github.com/sluice-mta/sluice/deliverer/status"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
@@ -119,6 +120,9 @@ type Service struct {
 	// steered counts jobs not attempted because of an operator's mark;
 	// action: hold, delete.
 	steered metric.Int64Counter
+	// shaper holds this deliverer's connection slots and its view of every
+	// site's limits (see shape.go).
+	shaper *shaping.Shaper
 
 	slots      chan struct{}
 	work       chan fetched
@@ -230,6 +234,18 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.marks, err = marks.Watch(ctx, held, s.log); err != nil {
 		return err
 	}
+	shapingKV, err := s.js.KeyValue(ctx, wire.BucketShaping)
+	if err != nil {
+		s.marks.Stop()
+		return fmt.Errorf("key-value %s: %w", wire.BucketShaping, err)
+	}
+	if s.shaper, err = shaping.New(s.js, shapingKV, s.cfg.Shaping, s.cfg.Instance, s.log); err == nil {
+		err = s.shaper.Start(ctx)
+	}
+	if err != nil {
+		s.marks.Stop()
+		return err
+	}
 	s.workCtx, s.cancelWork = context.WithCancel(context.Background())
 	s.work = make(chan fetched)
 	for range s.cfg.Concurrency {
@@ -250,9 +266,6 @@ func (s *Service) Close(ctx context.Context) error {
 		return nil
 	}
 	if s.stopFetch == nil { // Start failed before fetching began
-		if s.marks != nil {
-			s.marks.Stop()
-		}
 		return nil
 	}
 	var err error
@@ -271,7 +284,10 @@ func (s *Service) Close(ctx context.Context) error {
 		}
 		close(s.work)
 		s.cancelWork()
+		// Closing the idle sessions releases their connection slots, before
+		// the shaper stops renewing them.
 		s.courier.Close()
+		s.shaper.Stop()
 		if s.marks != nil {
 			s.marks.Stop()
 		}
@@ -513,15 +529,30 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if s.steer(ctx, msg, job, log) {
 		return
 	}
+	// Route to a site, and take a connection slot of it or wait.
+	route, routeErr := s.courier.Route(ctx, job.Domain)
+	var site shaping.Site
+	var ticket *courier.Ticket
+	if routeErr == nil {
+		site = s.shaper.Rules().Site(job.Domain, route.Site)
+		span.SetAttributes(attribute.String("sluice.site", site.Name))
+		var ok bool
+		if ticket, ok = s.admit(ctx, msg, job, site, log); !ok {
+			return
+		}
+	}
 	// The attempt is recorded before it is made.
 	recorded, err := s.recordAttempt(ctx, msg, job)
 	if err != nil {
+		if ticket != nil {
+			ticket.Release()
+		}
 		span.SetStatus(codes.Error, "cannot record the attempt")
 		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
 		_ = msg.NakWithDelay(infraRetry)
 		return
 	}
-	results, headers, infraErr := s.attempt(ctx, job, log)
+	results, headers, infraErr := s.attempt(ctx, job, route, routeErr, ticket, log)
 	if infraErr != nil {
 		span.SetStatus(codes.Error, infraErr.Error())
 		log.WarnContext(ctx, "job returned to the queue", "err", infraErr)
@@ -534,6 +565,9 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		span.SetStatus(codes.Error, "interrupted by shutdown")
 		_ = msg.Nak()
 		return
+	}
+	if routeErr == nil {
+		s.adapt(ctx, job, site, results, log)
 	}
 	finished := time.Now()
 	// The result names the job; the body copy has served its purpose and
@@ -588,9 +622,16 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// attempt reads the body and runs the courier. A non-nil error means our own
+// attempt reads the body and runs the courier on the route with the ticket
+// (or reports the route's error). A non-nil error means our own
 // infrastructure failed and the job should be retried soon.
-func (s *Service) attempt(ctx context.Context, job *sluicev1.Job, log *slog.Logger) (res []*sluicev1.RecipientResult, headers []byte, infra error) {
+func (s *Service) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route, routeErr error, ticket *courier.Ticket, log *slog.Logger) (res []*sluicev1.RecipientResult, headers []byte, infra error) {
+	handed := false
+	defer func() {
+		if !handed && ticket != nil {
+			ticket.Release()
+		}
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			log.ErrorContext(ctx, "panic in delivery", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -608,7 +649,12 @@ func (s *Service) attempt(ctx context.Context, job *sluicev1.Job, log *slog.Logg
 	}
 	defer closeBody()
 	tap := newHeaderTap(body)
-	res = s.courier.Deliver(ctx, job, tap)
+	if routeErr != nil {
+		res = courier.RouteFailed(job, routeErr)
+	} else {
+		handed = true
+		res = s.courier.DeliverVia(ctx, job, route, ticket, tap)
+	}
 	if !allDelivered(res) {
 		headers = tap.Headers()
 	}

@@ -1,0 +1,169 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluice-mta/sluice/deliverer/courier"
+	"github.com/sluice-mta/sluice/deliverer/shaping"
+	"github.com/sluice-mta/sluice/proto/admin"
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/telemetry"
+)
+
+// Traffic shaping (package shaping) puts two steps on a job's way between
+// finding its route and connecting, and one after the attempt:
+//
+//   - admit: a job of a suspended site, or of a site whose connection slots
+//     are all taken across the fleet, is not attempted. It is handed back to
+//     JetStream with a delay (Nak with delay: until the suspension ends, at
+//     most shaping.max_wait; or busy_delay with as much again of jitter when
+//     the site is busy), which frees this deliverer's slot at once and
+//     records no attempt, so the wait does not count against the job's
+//     attempts; its lifetime runs on, as it does for any queued mail. The
+//     wait is a "throttled" event in the job's history (once per attempt
+//     and reason) and a span event on its trace. Otherwise the job gets a
+//     ticket: an idle session of its site, or a new slot.
+//   - adapt: the attempt's outcome feeds the site's concurrency: a delivery
+//     raises it (slow start), a failure to reach any server lowers it by
+//     one, a reply that asks us to slow down halves it and suspends the
+//     site. A lowering or a suspension is recorded on the job that caused
+//     it, like a wait.
+
+// admit returns the ticket the job's attempt may use, or settles the job
+// (Nak) and returns false.
+func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, bool) {
+	if until, reason, ok := s.shaper.Suspended(site); ok {
+		delay := min(time.Until(until), s.cfg.Shaping.MaxWait)
+		// Spread the jobs of a long suspension over a second, so they do
+		// not all come back in the same instant.
+		delay += rand.N(time.Second)
+		why := fmt.Sprintf("throttled by site %s: suspended until %s after %q", site.Name, until.UTC().Format(time.RFC3339), reason)
+		s.wait(ctx, msg, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log)
+		return nil, false
+	}
+	if t := s.courier.Idle(site.Name); t != nil {
+		return t, true
+	}
+	lease, err := s.shaper.Acquire(ctx, site)
+	switch {
+	case err == nil:
+		return courier.NewTicket(site.Name, lease, site.Policy.MaxMessagesPerConnection), true
+	case errors.Is(err, shaping.ErrBusy):
+		n := s.shaper.Limit(site)
+		delay := s.cfg.Shaping.BusyDelay + rand.N(s.cfg.Shaping.BusyDelay)
+		why := fmt.Sprintf("throttled by site %s: all %d connections the fleet may open to it are in use", site.Name, n)
+		s.wait(ctx, msg, job, site, "busy", "", why, delay, log)
+		return nil, false
+	default:
+		log.WarnContext(ctx, "cannot take a connection slot; job returned to the queue", "site", site.Name, "err", err)
+		trace.SpanFromContext(ctx).SetAttributes(attribute.String("sluice.result", "returned"))
+		_ = msg.NakWithDelay(infraRetry)
+		return nil, false
+	}
+}
+
+// wait hands the job back to JetStream for delay and says why.
+func (s *Service) wait(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, kind, episode, why string, delay time.Duration, log *slog.Logger) {
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(attribute.String("sluice.result", "throttled"), attribute.String("sluice.site", site.Name))
+	span.AddEvent("sluice.throttled", trace.WithAttributes(
+		attribute.String("sluice.site", site.Name),
+		attribute.String("sluice.throttle", kind),
+		attribute.String("sluice.throttle.why", why),
+		attribute.Int64("sluice.throttle.delay_ms", delay.Milliseconds())))
+	s.m.throttled.Add(context.Background(), 1, metric.WithAttributes(attribute.String("why", kind)))
+	s.recordThrottled(ctx, job, kind+"/"+episode, why, time.Now().Add(delay), log)
+	log.DebugContext(ctx, "job waits for its site", "site", site.Name, "why", kind, "delay_ms", delay.Milliseconds())
+	_ = msg.NakWithDelay(delay)
+}
+
+// adapt feeds an attempt's outcome to the site's concurrency and marks
+// replies that asked us to slow down as REASON_THROTTLED.
+func (s *Service) adapt(ctx context.Context, job *sluicev1.Job, site shaping.Site, results []*sluicev1.RecipientResult, log *slog.Logger) {
+	var first *sluicev1.RecipientResult
+	for _, r := range results {
+		if r.Outcome == sluicev1.Outcome_OUTCOME_DELIVERED {
+			s.shaper.Delivered(ctx, site)
+			return
+		}
+		if first == nil && r.Outcome == sluicev1.Outcome_OUTCOME_TEMPORARY {
+			first = r
+		}
+	}
+	if first == nil {
+		return
+	}
+	reply := fmt.Sprintf("%d %s %s", first.Code, first.EnhancedCode, first.Text)
+	var c *shaping.Change
+	switch {
+	case site.SlowDown(int(first.Code), first.EnhancedCode, first.Text):
+		for _, r := range results {
+			if r.Outcome == sluicev1.Outcome_OUTCOME_TEMPORARY && site.SlowDown(int(r.Code), r.EnhancedCode, r.Text) {
+				r.Reason = sluicev1.Reason_REASON_THROTTLED
+			}
+		}
+		c = s.shaper.SlowDown(ctx, site, reply)
+	case first.Reason == sluicev1.Reason_REASON_CONNECT || first.Reason == sluicev1.Reason_REASON_TIMEOUT && first.RemoteHost == "":
+		c = s.shaper.ConnectFailed(ctx, site, reply)
+	}
+	if c == nil {
+		return
+	}
+	why := "throttled by site " + c.String()
+	trace.SpanFromContext(ctx).AddEvent("sluice.site_slowed", trace.WithAttributes(
+		attribute.String("sluice.site", c.Site),
+		attribute.Int("sluice.site.concurrency_from", c.From),
+		attribute.Int("sluice.site.concurrency_to", c.To),
+		attribute.String("sluice.site.suspended_until", formatTime(c.Until)),
+		attribute.String("sluice.smtp.reply", c.Reason)))
+	log.WarnContext(ctx, "site slowed down", "site", c.Site, "from", c.From, "to", c.To, "until", formatTime(c.Until), "reply", c.Reason)
+	s.recordThrottled(ctx, job, "slowed/"+strconv.Itoa(c.To), why, c.Until, log)
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// recordThrottled sends a "throttled" event without waiting for it: the
+// history is an explanation, and a lost one costs no mail. The message id
+// makes it once per attempt and episode (a suspension, "busy").
+func (s *Service) recordThrottled(ctx context.Context, job *sluicev1.Job, episode, why string, next time.Time, log *slog.Logger) {
+	ev := &admin.QueueEvent{
+		Type: wire.EventThrottled, Time: time.Now().UTC(), QueueID: job.QueueId, JobID: job.JobId,
+		Attempt: job.Attempt, Priority: wire.ClassName(job.Priority), Instance: s.cfg.Instance,
+		Reason: "throttled", Note: why, NextAttempt: next.UTC(),
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.TraceID().IsValid() {
+		ev.TraceID = sc.TraceID().String()
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return
+	}
+	m := nats.NewMsg(wire.EventSubject(job.QueueId, wire.EventThrottled))
+	m.Data = data
+	m.Header.Set(wire.HeaderJobID, job.JobId)
+	telemetry.Inject(ctx, m.Header)
+	_, err = s.js.PublishMsgAsync(m, jetstream.WithExpectStream(wire.StreamEvents),
+		jetstream.WithMsgID(job.JobId+"/"+strconv.FormatUint(uint64(job.Attempt), 10)+"/ev/throttled/"+episode))
+	if err != nil {
+		log.DebugContext(ctx, "throttled event not sent", "err", err)
+	}
+}
