@@ -39,18 +39,19 @@ type loop struct {
 	stopped  chan struct{}
 
 	mu     sync.Mutex
+	cons   jetstream.Consumer
 	it     jetstream.MessagesContext
 	broken error
 }
 
 func startLoop(ctx context.Context, name string, cons jetstream.Consumer, reopen func(context.Context) (jetstream.Consumer, error),
 	batch, workers int, log *slog.Logger, m *instruments, h handler) (*loop, error) {
-	it, err := cons.Messages(jetstream.PullMaxMessages(batch))
+	it, err := messages(cons, batch)
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: consume %s: %w", name, err)
 	}
 	l := &loop{
-		name: name, batch: batch, reopen: reopen, it: it, log: log, m: m,
+		name: name, batch: batch, reopen: reopen, cons: cons, it: it, log: log, m: m,
 		work:    make(chan jetstream.Msg),
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -93,6 +94,11 @@ func (l *loop) dispatch() {
 				return
 			}
 			continue
+		}
+		if errors.Is(err, jetstream.ErrNoHeartbeat) {
+			// Silence: the server may have lost the consumer without a
+			// word to this pull. Look, and start over if it is gone.
+			l.stopIfLost(it)
 		}
 		if err != nil {
 			// Missed heartbeats and similar are reported here; the
@@ -155,7 +161,7 @@ func (l *loop) recover(cause error) bool {
 		if err != nil {
 			return err
 		}
-		it, err := cons.Messages(jetstream.PullMaxMessages(l.batch))
+		it, err := messages(cons, l.batch)
 		if err != nil {
 			return err
 		}
@@ -167,7 +173,7 @@ func (l *loop) recover(cause error) bool {
 			return context.Canceled
 		default:
 		}
-		l.it, l.broken = it, nil
+		l.cons, l.it, l.broken = cons, it, nil
 		return nil
 	})
 	if err != nil {
@@ -175,6 +181,27 @@ func (l *loop) recover(cause error) bool {
 	}
 	l.log.Info("consumer provisioned again", "input", l.name)
 	return true
+}
+
+// messages opens the loop's iterator on cons. Pull requests expire every
+// 5 s and missed heartbeats are reported, so a consumer that went away
+// without a word is noticed within seconds.
+func messages(cons jetstream.Consumer, batch int) (jetstream.MessagesContext, error) {
+	return cons.Messages(jetstream.PullMaxMessages(batch), jetstream.PullExpiry(5*time.Second),
+		jetstream.WithMessagesErrOnMissingHeartbeat(true))
+}
+
+// stopIfLost stops it when the loop's consumer no longer exists, so that
+// dispatch provisions it again.
+func (l *loop) stopIfLost(it jetstream.MessagesContext) {
+	l.mu.Lock()
+	cons := l.cons
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cons.Info(ctx); errors.Is(err, jetstream.ErrConsumerNotFound) {
+		it.Stop()
+	}
 }
 
 // err is why the loop is not consuming, or nil.

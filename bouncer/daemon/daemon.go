@@ -55,7 +55,7 @@ func Run(ctx context.Context, cfg service.Config, host lifecycle.Host) error {
 		p.Stop()
 		return err
 	}
-	p.Ready(nil)
+	p.Ready(svc.Ready)
 	log.Info("started", "metrics_listen", p.MetricsAddr(), "nats", p.NC.ConnectedUrlRedacted(),
 		"hostname", cfg.Bouncer.Hostname, "consumer", service.ConsumerConfig().Durable)
 

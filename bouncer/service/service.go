@@ -39,6 +39,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/consume"
+	"github.com/sluice-mta/sluice/services/natsconn"
 	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -72,9 +73,12 @@ type Service struct {
 	invalid    metric.Int64Counter
 	failures   metric.Int64Counter
 
-	mu     sync.Mutex
-	cc     jetstream.ConsumeContext
-	closed bool
+	mu       sync.Mutex
+	cc       jetstream.ConsumeContext
+	closed   bool
+	broken   error         // why the bouncer is not consuming, while it recovers
+	stopping chan struct{} // closed by Close: ends a recovery
+	watchers sync.WaitGroup
 }
 
 // New returns a bouncer for the settings and queue layout. It registers its
@@ -140,8 +144,24 @@ func ConsumerConfig() jetstream.ConsumerConfig {
 }
 
 // Start creates or updates the durable consumer and starts consuming. The
-// context bounds only the setup; Close stops consumption.
+// context bounds only the setup; Close stops consumption. Should the
+// consumer go away later (deleted by an operator, or lost with its
+// replicas), the bouncer provisions it again and goes on; Ready reports the
+// loss meanwhile.
 func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	if s.cc != nil || s.stopping != nil {
+		s.mu.Unlock()
+		return errors.New("bouncer: already started")
+	}
+	s.stopping = make(chan struct{})
+	s.mu.Unlock()
+	return s.consume(ctx)
+}
+
+// consume provisions the consumer and consumes from it, watching for its
+// loss.
+func (s *Service) consume(ctx context.Context) error {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, wire.StreamBounces, ConsumerConfig())
 	if err != nil {
 		return fmt.Errorf("bouncer: consumer %s on %s: %w", wire.ConsumerBouncer, wire.StreamBounces, err)
@@ -151,19 +171,76 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.closed {
 		return errors.New("bouncer: closed")
 	}
-	if s.cc != nil {
-		return errors.New("bouncer: already started")
-	}
 	// Requests are handled one at a time: a small prefetch keeps the
 	// ones waiting in this process well within AckWait.
-	cc, err := cons.Consume(s.handle, jetstream.PullMaxMessages(32), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		s.log.Warn("bounce consumer", "err", err)
-	}))
+	// Pull requests expire every 5 s, so heartbeats missed because the
+	// consumer went away without a word are noticed within seconds.
+	cc, err := cons.Consume(s.handle, jetstream.PullMaxMessages(32), jetstream.PullExpiry(5*time.Second),
+		jetstream.ConsumeErrHandler(func(cc jetstream.ConsumeContext, err error) {
+			s.log.Warn("bounce consumer", "err", err)
+			if errors.Is(err, jetstream.ErrNoHeartbeat) {
+				go s.stopIfLost(cc)
+			}
+		}))
 	if err != nil {
 		return fmt.Errorf("bouncer: consume: %w", err)
 	}
-	s.cc = cc
+	s.cc, s.broken = cc, nil
+	s.watchers.Add(1)
+	go s.watch(cc)
 	return nil
+}
+
+// watch waits for cc to end; if Close did not end it, the consumer was
+// lost, and watch provisions it again with backoff until it has or Close
+// is called.
+func (s *Service) watch(cc jetstream.ConsumeContext) {
+	defer s.watchers.Done()
+	select {
+	case <-cc.Closed():
+	case <-s.stopping:
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.broken = fmt.Errorf("bouncer: consumer %s lost", wire.ConsumerBouncer)
+	s.mu.Unlock()
+	s.log.Error("consumer lost; provisioning it again", "consumer", wire.ConsumerBouncer)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := natsconn.Retry(ctx, s.log, "provision the bounce consumer again", s.consume); err == nil {
+		s.log.Info("consumer provisioned again", "consumer", wire.ConsumerBouncer)
+	}
+}
+
+// stopIfLost stops cc when its consumer no longer exists, so that watch
+// provisions it again.
+func (s *Service) stopIfLost(cc jetstream.ConsumeContext) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.js.Consumer(ctx, wire.StreamBounces, wire.ConsumerBouncer); errors.Is(err, jetstream.ErrConsumerNotFound) {
+		cc.Stop()
+	}
+}
+
+// Ready reports whether the bouncer is consuming.
+func (s *Service) Ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.cc == nil {
+		return errors.New("bouncer not running")
+	}
+	return s.broken
 }
 
 // Close stops taking new requests and waits, until ctx ends, for the ones
@@ -171,8 +248,12 @@ func (s *Service) Start(ctx context.Context) error {
 func (s *Service) Close(ctx context.Context) error {
 	s.mu.Lock()
 	cc := s.cc
+	if !s.closed && s.stopping != nil {
+		close(s.stopping)
+	}
 	s.closed = true
 	s.mu.Unlock()
+	s.watchers.Wait()
 	if cc == nil {
 		return nil
 	}

@@ -554,3 +554,35 @@ func TestDelayedDSNForDefaultNotify(t *testing.T) {
 		t.Errorf("recipient fields: %v", rc.Map())
 	}
 }
+
+// TestLostConsumerIsProvisionedAgain: a consumer deleted under a running
+// bouncer makes it unready, not silently idle; it provisions the consumer
+// again and writes the DSNs of requests that arrive.
+func TestLostConsumerIsProvisionedAgain(t *testing.T) {
+	h := start(t, nil)
+	ctx := context.Background()
+	if err := h.svc.Ready(); err != nil {
+		t.Fatalf("Ready = %v", err)
+	}
+	if err := h.js.DeleteConsumer(ctx, wire.StreamBounces, wire.ConsumerBouncer); err != nil {
+		t.Fatal(err)
+	}
+	h.publish(bounce(sluicev1.BounceKind_BOUNCE_KIND_FAILED), "after-loss")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := h.js.Consumer(ctx, wire.StreamBounces, wire.ConsumerBouncer); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("consumer not provisioned again within 15 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.waitIdle()
+	if msgs, _ := h.stored(); len(msgs) != 1 {
+		t.Fatalf("%d DSNs after the consumer was lost, want 1", len(msgs))
+	}
+	if err := h.svc.Ready(); err != nil {
+		t.Fatalf("Ready after recovery = %v", err)
+	}
+}
