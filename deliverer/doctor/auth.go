@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/sluice-mta/sluice/deliverer/dkim"
+	"github.com/sluice-mta/sluice/deliverer/mx"
 	"github.com/sluice-mta/sluice/proto/admin"
 )
 
@@ -35,11 +36,12 @@ func (d *Doctor) Auth(ctx context.Context, req admin.DoctorRequest) admin.AuthRe
 	rep := admin.AuthReport{Deliverer: d.identity(), Domain: domain, DKIM: []admin.DKIMCheck{}}
 	findings := d.egressFindings()
 	var fs []admin.Finding
-	rep.SPF, fs = d.spfCheck(ctx, domain)
+	res := d.resolver()
+	rep.SPF, fs = d.spfCheck(ctx, res, domain)
 	findings = append(findings, fs...)
-	rep.DKIM, fs = d.dkimCheck(ctx, domain)
+	rep.DKIM, fs = d.dkimCheck(ctx, res, domain)
 	findings = append(findings, fs...)
-	rep.DMARC, fs = d.dmarcCheck(ctx, domain)
+	rep.DMARC, fs = d.dmarcCheck(ctx, res, domain)
 	findings = append(findings, fs...)
 	rep.Findings = nonNil(findings)
 	rep.Verdict = verdict(findings, fmt.Sprintf("SPF passes for every egress IP, DKIM keys match and verify, DMARC p=%s", rep.DMARC.Policy))
@@ -48,10 +50,10 @@ func (d *Doctor) Auth(ctx context.Context, req admin.DoctorRequest) admin.AuthRe
 
 // spfCheck evaluates the SPF record of domain (RFC 7208) for each egress
 // IP, as a receiver would for a MAIL FROM in domain.
-func (d *Doctor) spfCheck(ctx context.Context, domain string) (admin.SPFCheck, []admin.Finding) {
+func (d *Doctor) spfCheck(ctx context.Context, res *mx.Resolver, domain string) (admin.SPFCheck, []admin.Finding) {
 	c := admin.SPFCheck{Results: []admin.SPFResult{}}
 	var records []string
-	txts, err := d.dns.txt(ctx, domain)
+	txts, err := lookupTXT(ctx, res, domain)
 	if err != nil && !notFound(err) {
 		c.Error = errText(err)
 	}
@@ -65,7 +67,7 @@ func (d *Doctor) spfCheck(ctx context.Context, domain string) (admin.SPFCheck, [
 	ips := d.cfg.EgressIPs
 	for _, ip := range ips {
 		res, err := spf.CheckHostWithSender(net.IP(ip.AsSlice()), d.cfg.Hostname, "postmaster@"+domain,
-			spf.WithResolver(d.dns), spf.WithContext(ctx))
+			spf.WithResolver(netResolver{res}), spf.WithContext(ctx))
 		r := admin.SPFResult{IP: ip.String(), Result: string(res)}
 		r.Mechanism = matchedMechanism(err, ip, records)
 		r.Explanation = spfExplanation(res, err, ip, domain, r.Mechanism)
@@ -229,7 +231,7 @@ func spfWith(records []string, ips []netip.Addr) string {
 
 // dkimCheck compares each of our keys for domain with the published one
 // and verifies a signature made with it through DNS.
-func (d *Doctor) dkimCheck(ctx context.Context, domain string) ([]admin.DKIMCheck, []admin.Finding) {
+func (d *Doctor) dkimCheck(ctx context.Context, res *mx.Resolver, domain string) ([]admin.DKIMCheck, []admin.Finding) {
 	keys := d.cfg.Signer.KeysFor(domain)
 	if len(keys) == 0 {
 		return []admin.DKIMCheck{}, []admin.Finding{{Severity: admin.SeverityError, Subject: domain,
@@ -241,7 +243,7 @@ func (d *Doctor) dkimCheck(ctx context.Context, domain string) ([]admin.DKIMChec
 	for _, k := range keys {
 		c := admin.DKIMCheck{Selector: k.Selector, Algorithm: k.Algorithm(), RecordName: k.RecordName()}
 		fix := fmt.Sprintf("%s. IN TXT \"%s\"", k.RecordName(), k.Record())
-		txts, err := d.dns.txt(ctx, k.RecordName())
+		txts, err := lookupTXT(ctx, res, k.RecordName())
 		switch {
 		case notFound(err) || err == nil && len(txts) == 0:
 			c.Status, c.Detail = admin.DKIMMissing, "no TXT record"
@@ -268,7 +270,7 @@ func (d *Doctor) dkimCheck(ctx context.Context, domain string) ([]admin.DKIMChec
 			findings = append(findings, admin.Finding{Severity: admin.SeverityWarning, Subject: domain,
 				Problem: fmt.Sprintf("mail from %s is signed with d=%s, which DMARC accepts only with relaxed alignment (adkim=r)", domain, k.Domain)})
 		}
-		c.SignatureValid, c.SignatureError = d.verifyOwn(ctx, k, domain)
+		c.SignatureValid, c.SignatureError = d.verifyOwn(ctx, res, k, domain)
 		if !c.SignatureValid && c.Status == admin.DKIMMatch {
 			findings = append(findings, admin.Finding{Severity: admin.SeverityError, Subject: k.RecordName(),
 				Problem: "a signature made with selector " + k.Selector + " does not verify: " + c.SignatureError})
@@ -337,7 +339,7 @@ func compareKey(k *dkim.Key, record string) (string, string) {
 // verifyOwn signs a small message with k and verifies it through DNS as a
 // receiver would, so a key that matches on paper but fails in practice
 // (wrong selector, broken quoting of a long record) shows.
-func (d *Doctor) verifyOwn(ctx context.Context, k *dkim.Key, domain string) (bool, string) {
+func (d *Doctor) verifyOwn(ctx context.Context, res *mx.Resolver, k *dkim.Key, domain string) (bool, string) {
 	msg := fmt.Sprintf("From: <postmaster@%s>\r\nTo: <postmaster@%s>\r\nSubject: sluice doctor DKIM self-test\r\nDate: %s\r\n"+
 		"Message-ID: <doctor.%d@%s>\r\n\r\nThis message is signed and verified by sluice doctor auth; it is never sent.\r\n",
 		domain, domain, d.now().UTC().Format(time.RFC1123Z), d.now().UnixNano(), d.cfg.Hostname)
@@ -350,7 +352,7 @@ func (d *Doctor) verifyOwn(ctx context.Context, k *dkim.Key, domain string) (boo
 	if err != nil {
 		return false, err.Error()
 	}
-	vs, err := msgdkim.VerifyWithOptions(bytes.NewReader(b), &msgdkim.VerifyOptions{LookupTXT: d.dns.txtFunc(ctx)})
+	vs, err := msgdkim.VerifyWithOptions(bytes.NewReader(b), &msgdkim.VerifyOptions{LookupTXT: txtFunc(ctx, res)})
 	if err != nil {
 		return false, err.Error()
 	}
@@ -365,7 +367,7 @@ func (d *Doctor) verifyOwn(ctx context.Context, k *dkim.Key, domain string) (boo
 
 // dmarcCheck finds and parses the DMARC record of domain, falling back to
 // its organizational domain (RFC 7489 §6.6.3).
-func (d *Doctor) dmarcCheck(ctx context.Context, domain string) (admin.DMARCCheck, []admin.Finding) {
+func (d *Doctor) dmarcCheck(ctx context.Context, res *mx.Resolver, domain string) (admin.DMARCCheck, []admin.Finding) {
 	var c admin.DMARCCheck
 	names := []string{"_dmarc." + domain}
 	if org, err := publicsuffix.EffectiveTLDPlusOne(domain); err == nil && org != domain {
@@ -373,7 +375,7 @@ func (d *Doctor) dmarcCheck(ctx context.Context, domain string) (admin.DMARCChec
 	}
 	var records []string
 	for _, n := range names {
-		txts, err := d.dns.txt(ctx, n)
+		txts, err := lookupTXT(ctx, res, n)
 		if err != nil && !notFound(err) {
 			c.Error = errText(err)
 			return c, []admin.Finding{{Severity: admin.SeverityError, Subject: n, Problem: "cannot look up the DMARC record: " + errText(err)}}

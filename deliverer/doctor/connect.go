@@ -45,7 +45,7 @@ func (d *Doctor) Connect(ctx context.Context, req admin.DoctorRequest) admin.Con
 		return rep
 	}
 
-	route, err := d.route(ctx, domain)
+	route, lookups, err := d.route(ctx, d.resolver(), domain)
 	if err != nil {
 		rep.MXError = routeError(err)
 		findings = append(findings, admin.Finding{Severity: admin.SeverityError, Subject: domain,
@@ -58,7 +58,7 @@ func (d *Doctor) Connect(ctx context.Context, req admin.DoctorRequest) admin.Con
 		findings = append(findings, admin.Finding{Severity: admin.SeverityWarning, Subject: domain,
 			Problem: fmt.Sprintf("%s has no MX record; mail goes to its A/AAAA address (RFC 5321 §5.1)", domain)})
 	}
-	rep.Probes = d.probeHosts(ctx, route, step)
+	rep.Probes = d.probeHosts(ctx, route, lookups, step)
 
 	reached := 0
 	allTimeouts := len(rep.Probes) > 0
@@ -80,7 +80,7 @@ func (d *Doctor) Connect(ctx context.Context, req admin.DoctorRequest) admin.Con
 		for _, p := range rep.Probes {
 			if !p.Reached {
 				findings = append(findings, admin.Finding{Severity: admin.SeverityWarning, Subject: p.Host,
-					Problem: fmt.Sprintf("MX %s [%s] does not work: %s", p.Host, p.Addr, failedStep(p))})
+					Problem: fmt.Sprintf("MX %s does not work: %s", probeName(p), failedStep(p))})
 			}
 		}
 		rep.Verdict = verdict(findings, fmt.Sprintf("%d of %d MX address(es) of %s answered on port %d", reached, len(rep.Probes), domain, d.cfg.SMTPPort))
@@ -108,34 +108,35 @@ func (d *Doctor) Connect(ctx context.Context, req admin.DoctorRequest) admin.Con
 	return finish()
 }
 
-// route resolves domain with a fresh mx.Resolver: no cache, no delivery
-// metrics, the deliverer's routes.
-func (d *Doctor) route(ctx context.Context, domain string) (mx.Route, error) {
+// route resolves domain as a delivery would (static routes, MX, implicit
+// MX) with the check's resolver, and looks up the addresses of the first
+// maxHosts hosts. lookups[i] is the outcome of host i's address lookup.
+func (d *Doctor) route(ctx context.Context, res *mx.Resolver, domain string) (r mx.Route, lookups []admin.MXHost, err error) {
 	if domain == "" {
-		return mx.Route{}, errors.New("no domain")
+		return mx.Route{}, nil, errors.New("no domain")
 	}
-	res, err := mx.New(mx.Config{Server: d.cfg.DNSServer, Timeout: d.cfg.DNSTimeout, Port: d.cfg.SMTPPort, Routes: d.cfg.Routes,
-		Shuffle: func(int, func(int, int)) {}})
+	r, err = res.Route(ctx, domain)
 	if err != nil {
-		return mx.Route{}, err
-	}
-	r, err := res.Route(ctx, domain)
-	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	if len(r.Hosts) > maxHosts {
 		r.Hosts = r.Hosts[:maxHosts]
 	}
-	// Addresses are looked up here with the same resolver.
+	lookups = make([]admin.MXHost, len(r.Hosts))
 	for i := range r.Hosts {
-		if len(r.Hosts[i].Addrs) == 0 {
-			as, err := res.Addrs(ctx, r.Hosts[i].Name)
-			if err == nil {
-				r.Hosts[i].Addrs = as
+		h := &r.Hosts[i]
+		lookups[i] = admin.MXHost{Name: h.Name, Preference: h.Preference, Lookup: admin.LookupOK}
+		if len(h.Addrs) == 0 {
+			as, err := res.LookupHost(ctx, h.Name)
+			h.Addrs = as
+			lookups[i].Lookup = lookupStatus(err, len(as) > 0)
+			if err != nil {
+				lookups[i].Error = errText(err)
 			}
 		}
+		lookups[i].Addrs = addrStrings(h.Addrs)
 	}
-	return r, nil
+	return r, lookups, nil
 }
 
 func routeError(err error) string {
@@ -147,14 +148,20 @@ func routeError(err error) string {
 }
 
 // probeHosts probes every host concurrently; results keep the host order.
-func (d *Doctor) probeHosts(ctx context.Context, route mx.Route, step time.Duration) []admin.MXProbe {
+func (d *Doctor) probeHosts(ctx context.Context, route mx.Route, lookups []admin.MXHost, step time.Duration) []admin.MXProbe {
 	per := make([][]admin.MXProbe, len(route.Hosts))
 	var wg sync.WaitGroup
 	for i, h := range route.Hosts {
 		wg.Go(func() {
 			if len(h.Addrs) == 0 {
-				per[i] = []admin.MXProbe{{Host: h.Name, Preference: h.Preference, Steps: []admin.Step{{Name: "dns", Status: admin.StepFailed,
-					Detail: "the MX host has no A/AAAA record"}}}}
+				// Why there is no address matters: a name that does not
+				// exist is fixed in the zone, a timeout or SERVFAIL by
+				// whoever runs its name servers.
+				st := admin.Step{Name: "dns", Status: admin.StepFailed, Detail: "the MX host " + hostProblem(lookups[i])}
+				if lookups[i].Lookup == admin.LookupTimeout {
+					st.Status = admin.StepTimeout
+				}
+				per[i] = []admin.MXProbe{{Host: h.Name, Preference: h.Preference, Steps: []admin.Step{st}}}
 				return
 			}
 			addrs := h.Addrs
@@ -412,6 +419,14 @@ func connectTimedOut(p admin.MXProbe) bool {
 	return stepStatus(p, "connect") == admin.StepTimeout
 }
 
+// probeName is "host [addr]", or the host alone when it had no address.
+func probeName(p admin.MXProbe) string {
+	if p.Addr == "" {
+		return p.Host
+	}
+	return fmt.Sprintf("%s [%s]", p.Host, p.Addr)
+}
+
 // failedStep describes the first step that did not succeed.
 func failedStep(p admin.MXProbe) string {
 	for _, s := range p.Steps {
@@ -425,7 +440,7 @@ func failedStep(p admin.MXProbe) string {
 func firstFailure(ps []admin.MXProbe) string {
 	for _, p := range ps {
 		if !p.Reached {
-			return fmt.Sprintf("%s [%s] %s", p.Host, p.Addr, failedStep(p))
+			return probeName(p) + " " + failedStep(p)
 		}
 	}
 	return "no MX host"
@@ -438,12 +453,13 @@ func firstFailure(ps []admin.MXProbe) string {
 func (d *Doctor) port25(ctx context.Context, step time.Duration) *admin.Port25 {
 	res := &admin.Port25{Probes: make([]admin.Port25Probe, len(d.cfg.ProbeDomains))}
 	timeouts := make([]bool, len(d.cfg.ProbeDomains))
+	resolver := d.resolver()
 	var wg sync.WaitGroup
 	for i, dom := range d.cfg.ProbeDomains {
 		wg.Go(func() {
 			pr := admin.Port25Probe{Domain: dom}
 			defer func() { res.Probes[i] = pr }()
-			route, err := d.route(ctx, dom)
+			route, _, err := d.route(ctx, resolver, dom)
 			if err != nil {
 				pr.Detail = "MX lookup failed: " + routeError(err)
 				return

@@ -28,13 +28,16 @@ func TestConnectWithAndWithoutSTARTTLS(t *testing.T) {
 		"mx1.good.test. 60 IN A 127.0.0.2",
 		"mx2.good.test. 60 IN A 127.0.0.3",
 		"mx3.good.test. 60 IN A 127.0.0.4",
+		// mx4 does not exist; mx5 exists without an address.
+		"good.test. 60 IN MX 50 mx5.good.test.",
+		`mx5.good.test. 60 IN TXT "no address here"`,
 	)
 	d := newDoctor(t, dns, func(c *Config) { c.SMTPPort = port })
 	rep := d.Connect(bg(), admin.DoctorRequest{Domain: "Good.Test.", StepTimeoutMS: stepTimeout})
-	if rep.Domain != "good.test" || len(rep.Probes) != 4 {
+	if rep.Domain != "good.test" || len(rep.Probes) != 5 {
 		t.Fatalf("%d probes: %+v", len(rep.Probes), rep)
 	}
-	p1, p2, p3, p4 := rep.Probes[0], rep.Probes[1], rep.Probes[2], rep.Probes[3]
+	p1, p2, p3, p4, p5 := rep.Probes[0], rep.Probes[1], rep.Probes[2], rep.Probes[3], rep.Probes[4]
 	if !p1.Reached || p1.TLS == nil || p1.TLS.Version != "1.3" || !strings.Contains(p1.TLS.Subject, "CN=mx1.good.test") ||
 		p1.TLS.Verified || p1.TLS.VerifyError == "" || p1.TLS.NotAfter != "2035-01-01T00:00:00Z" || !offers(p1.EHLO, "STARTTLS") ||
 		len(p1.TLS.PostTLSEHLO) == 0 || offers(p1.TLS.PostTLSEHLO, "STARTTLS") || !strings.HasPrefix(p1.Banner, "mx1.good.test") {
@@ -49,15 +52,19 @@ func TestConnectWithAndWithoutSTARTTLS(t *testing.T) {
 	if p3.Reached || steps(p3) != "connect:ok banner:timeout ehlo:skipped starttls:skipped" {
 		t.Errorf("mx3 (never writes): %s", steps(p3))
 	}
-	if p4.Host != "mx4.good.test" || p4.Reached || steps(p4) != "dns:failed" {
-		t.Errorf("mx4 (no address): %s %+v", steps(p4), p4)
+	if p4.Host != "mx4.good.test" || p4.Reached || steps(p4) != "dns:failed" || p4.Steps[0].Detail != "the MX host does not exist (NXDOMAIN)" {
+		t.Errorf("mx4 (NXDOMAIN): %s %+v", steps(p4), p4)
+	}
+	if p5.Host != "mx5.good.test" || p5.Reached || steps(p5) != "dns:failed" || p5.Steps[0].Detail != "the MX host has no A/AAAA record" {
+		t.Errorf("mx5 (no address): %s %+v", steps(p5), p5)
 	}
 	fs := rep.Findings
 	if rep.Verdict.Severity != admin.SeverityWarning ||
 		!hasFinding(fs, admin.SeverityWarning, "mx2.good.test", "does not offer STARTTLS") ||
 		!hasFinding(fs, admin.SeverityWarning, "certificate of MX mx1.good.test does not verify") ||
 		!hasFinding(fs, admin.SeverityWarning, "MX mx3.good.test", "banner timeout") ||
-		!hasFinding(fs, admin.SeverityWarning, "MX mx4.good.test", "no A/AAAA record") {
+		!hasFinding(fs, admin.SeverityWarning, "MX mx4.good.test does not work: dns failed: the MX host does not exist (NXDOMAIN)") ||
+		!hasFinding(fs, admin.SeverityWarning, "MX mx5.good.test does not work: dns failed: the MX host has no A/AAAA record") {
 		t.Errorf("verdict %+v\n%s", rep.Verdict, findingsText(fs))
 	}
 }
@@ -128,6 +135,44 @@ func TestConnectRefusedAndNoDomain(t *testing.T) {
 	rep = d.Connect(bg(), admin.DoctorRequest{Domain: "nullmx.test"})
 	if !strings.Contains(rep.MXError, "null MX") {
 		t.Fatalf("null MX: %+v", rep)
+	}
+}
+
+// TestConnectMXHostLookupFailures: an MX host whose address lookup times
+// out or is answered SERVFAIL is reported as such, not as a host without
+// an address record.
+func TestConnectMXHostLookupFailures(t *testing.T) {
+	port := freePort(t)
+	smtpServer(t, net.JoinHostPort("127.0.0.2", itoa(port)), "mx3.good.test", false)
+	dns := dnstest.Start(t)
+	dns.MustAdd(t,
+		"good.test. 60 IN MX 10 slow.good.test.",
+		"good.test. 60 IN MX 20 broken.good.test.",
+		"good.test. 60 IN MX 30 mx3.good.test.",
+		"mx3.good.test. 60 IN A 127.0.0.2",
+	)
+	dns.Drop("slow.good.test", true)
+	dns.ServFail("broken.good.test", true)
+	d := newDoctor(t, dns, func(c *Config) { c.SMTPPort = port })
+	rep := d.Connect(bg(), admin.DoctorRequest{Domain: "good.test", StepTimeoutMS: stepTimeout})
+	if len(rep.Probes) != 3 {
+		t.Fatalf("%d probes: %+v", len(rep.Probes), rep.Probes)
+	}
+	want := []admin.Step{
+		{Name: "dns", Status: admin.StepTimeout, Detail: "the MX host cannot be resolved: the lookup timed out (no answer within 500ms)"},
+		{Name: "dns", Status: admin.StepFailed, Detail: "the MX host cannot be resolved: the DNS server answered SERVFAIL"},
+	}
+	for i, w := range want {
+		if p := rep.Probes[i]; len(p.Steps) != 1 || p.Steps[0] != w || p.Reached {
+			t.Errorf("probe %d: %+v, want %+v", i, p.Steps, w)
+		}
+	}
+	if !rep.Probes[2].Reached {
+		t.Errorf("mx3 not reached: %+v", rep.Probes[2])
+	}
+	if !hasFinding(rep.Findings, admin.SeverityWarning, "MX slow.good.test does not work: dns timeout: the MX host cannot be resolved: the lookup timed out (no answer within 500ms)") ||
+		!hasFinding(rep.Findings, admin.SeverityWarning, "MX broken.good.test does not work: dns failed: the MX host cannot be resolved: the DNS server answered SERVFAIL") {
+		t.Errorf("findings:\n%s", findingsText(rep.Findings))
 	}
 }
 

@@ -5,30 +5,34 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/miekg/dns"
 
+	"github.com/sluice-mta/sluice/deliverer/mx"
 	"github.com/sluice-mta/sluice/proto/admin"
 )
 
-// DNS checks the sending identity in DNS:
+// DNS checks the sending identity in DNS, and the mail records of domains:
 //
 //   - the EHLO name has A/AAAA records, and they include every egress IP
 //     (receivers compare the EHLO name with the connecting address);
 //   - every egress IP has a PTR record, one of whose names resolves back to
 //     it: forward-confirmed reverse DNS ("iprev", RFC 8601 §3), which large
 //     receivers require and which should be the EHLO name;
-//   - every sending domain has MX records (RFC 7505 null MX counts as a
-//     decision, not an absence) and address records.
+//   - every domain of the request, or every sending domain when it names
+//     none, can receive mail the way a delivery would reach it (see
+//     checkDomain).
 func (d *Doctor) DNS(ctx context.Context, req admin.DoctorRequest) admin.DNSReport {
 	ctx, cancel, _ := budget(ctx, req)
 	defer cancel()
+	res := d.resolver()
 	rep := admin.DNSReport{Deliverer: d.identity(), Reverse: []admin.ReverseDNS{}, Domains: []admin.SendingDomain{}}
 	findings := d.egressFindings()
 
 	helo := strings.ToLower(strings.TrimSuffix(d.cfg.Hostname, "."))
 	rep.HELO.Name = helo
-	heloAddrs, err := d.dns.addrs(ctx, helo)
+	heloAddrs, err := addrs(ctx, res, helo)
 	rep.HELO.Addrs = addrStrings(heloAddrs)
 	switch {
 	case err != nil:
@@ -55,35 +59,88 @@ func (d *Doctor) DNS(ctx context.Context, req admin.DoctorRequest) admin.DNSRepo
 	}
 
 	for _, ip := range d.cfg.EgressIPs {
-		rev, fs := d.reverse(ctx, ip, helo)
+		rev, fs := d.reverse(ctx, res, ip, helo)
 		rep.Reverse = append(rep.Reverse, rev)
 		findings = append(findings, fs...)
 	}
 
-	for _, dom := range d.cfg.SendingDomains {
-		sd, fs := d.sendingDomain(ctx, dom)
-		rep.Domains = append(rep.Domains, sd)
-		findings = append(findings, fs...)
+	domains := d.dnsDomains(req)
+	checked := make([]domainResult, len(domains))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxParallelDomains)
+	for i, dom := range domains {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			checked[i].sd, checked[i].findings = d.checkDomain(ctx, res, dom.name, dom.sending)
+		})
 	}
-	if len(d.cfg.SendingDomains) == 0 {
+	wg.Wait()
+	for _, c := range checked {
+		rep.Domains = append(rep.Domains, c.sd)
+		findings = append(findings, c.findings...)
+	}
+	if len(domains) == 0 {
 		findings = append(findings, admin.Finding{Severity: admin.SeverityWarning, Subject: "deliverer.sending_domains",
 			Problem: "no sending domains are configured, so their MX and A records were not checked",
 			Fix:     "list the domains you send mail for in deliverer.sending_domains"})
 	}
 	rep.Findings = nonNil(findings)
-	rep.Verdict = verdict(findings, fmt.Sprintf("EHLO name, reverse DNS of %d egress IP(s) and %d sending domain(s) are right",
-		len(d.cfg.EgressIPs), len(d.cfg.SendingDomains)))
+	what := "sending domain(s)"
+	if len(req.Domains) > 0 {
+		what = "domain(s)"
+	}
+	rep.Verdict = verdict(findings, fmt.Sprintf("EHLO name, reverse DNS of %d egress IP(s) and %d %s are right",
+		len(d.cfg.EgressIPs), len(domains), what))
 	return rep
+}
+
+// maxParallelDomains bounds the domains checked at once.
+const maxParallelDomains = 8
+
+type domainResult struct {
+	sd       admin.SendingDomain
+	findings []admin.Finding
+}
+
+type dnsDomain struct {
+	name    string
+	sending bool
+}
+
+// dnsDomains are the domains a dns check looks at: those of the request
+// (the server has checked that they are domain names), else the sending
+// domains, each once.
+func (d *Doctor) dnsDomains(req admin.DoctorRequest) []dnsDomain {
+	sending := map[string]bool{}
+	for _, s := range d.cfg.SendingDomains {
+		sending[strings.ToLower(strings.TrimSuffix(s, "."))] = true
+	}
+	names := req.Domains
+	if len(names) == 0 {
+		names = d.cfg.SendingDomains
+	}
+	var out []dnsDomain
+	seen := map[string]bool{}
+	for _, n := range names {
+		n = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(n), "."))
+		if n == "" || seen[n] {
+			continue
+		}
+		seen[n] = true
+		out = append(out, dnsDomain{name: n, sending: sending[n]})
+	}
+	return out
 }
 
 // reverse checks the PTR records of one egress IP and that they resolve
 // back to it.
-func (d *Doctor) reverse(ctx context.Context, ip netip.Addr, helo string) (admin.ReverseDNS, []admin.Finding) {
+func (d *Doctor) reverse(ctx context.Context, res *mx.Resolver, ip netip.Addr, helo string) (admin.ReverseDNS, []admin.Finding) {
 	rev := admin.ReverseDNS{IP: ip.String(), PTR: []admin.DNSName{}}
 	arpa, _ := dns.ReverseAddr(ip.String())
 	arpa = strings.TrimSuffix(arpa, ".")
 	fixPTR := fmt.Sprintf("%s. IN PTR %s. (ask whoever owns %s: the ISP or hosting provider)", arpa, helo, ip)
-	names, err := d.dns.LookupAddr(ctx, ip.String())
+	names, err := lookupPTR(ctx, res, ip.String())
 	if err != nil && !notFound(err) {
 		rev.Error = errText(err)
 		return rev, []admin.Finding{{Severity: admin.SeverityError, Subject: ip.String(),
@@ -96,7 +153,7 @@ func (d *Doctor) reverse(ctx context.Context, ip netip.Addr, helo string) (admin
 	var fs []admin.Finding
 	for _, n := range names {
 		name := strings.ToLower(strings.TrimSuffix(n, "."))
-		as, err := d.dns.addrs(ctx, name)
+		as, err := addrs(ctx, res, name)
 		dn := admin.DNSName{Name: name, Addrs: addrStrings(as)}
 		if err != nil {
 			dn.Error = errText(err)
@@ -127,49 +184,6 @@ func (d *Doctor) reverse(ctx context.Context, ip netip.Addr, helo string) (admin
 			Fix:     fmt.Sprintf("set deliverer.hostname to a confirmed PTR name, or %s", fixPTR)})
 	}
 	return rev, fs
-}
-
-// sendingDomain checks that a sending domain has MX and address records.
-func (d *Doctor) sendingDomain(ctx context.Context, dom string) (admin.SendingDomain, []admin.Finding) {
-	dom = strings.ToLower(strings.TrimSuffix(dom, "."))
-	sd := admin.SendingDomain{Domain: dom, MX: []string{}, Addrs: []string{}}
-	mxs, err := d.dns.LookupMX(ctx, dom)
-	if notFound(err) {
-		sd.Error = "the domain does not exist (NXDOMAIN)"
-		return sd, []admin.Finding{{Severity: admin.SeverityError, Subject: dom,
-			Problem: fmt.Sprintf("sending domain %s does not exist in DNS (NXDOMAIN): receivers reject its mail", dom),
-			Fix:     fmt.Sprintf("create the zone %s, or remove it from deliverer.sending_domains", dom)}}
-	}
-	if err != nil {
-		sd.Error = errText(err)
-		return sd, []admin.Finding{{Severity: admin.SeverityError, Subject: dom,
-			Problem: fmt.Sprintf("cannot look up the MX records of %s: %s", dom, errText(err))}}
-	}
-	var fs []admin.Finding
-	for _, m := range mxs {
-		sd.MX = append(sd.MX, fmt.Sprintf("%d %s", m.Pref, strings.TrimSuffix(m.Host, ".")))
-	}
-	if len(mxs) == 0 {
-		fs = append(fs, admin.Finding{Severity: admin.SeverityError, Subject: dom,
-			Problem: fmt.Sprintf("sending domain %s has no MX record: bounces to its senders cannot be delivered, and receivers check that", dom),
-			Fix:     fmt.Sprintf("%s. IN MX 10 <your inbound mail host>. (or \"%s. IN MX 0 .\" if it never receives mail, RFC 7505)", dom, dom)})
-	}
-	as, err := d.dns.addrs(ctx, dom)
-	sd.Addrs = addrStrings(as)
-	if err != nil {
-		sd.Error = errText(err)
-		fs = append(fs, admin.Finding{Severity: admin.SeverityWarning, Subject: dom,
-			Problem: fmt.Sprintf("cannot look up the address records of %s: %s", dom, errText(err))})
-	} else if len(as) == 0 {
-		fix := fmt.Sprintf("%s. IN A <address of its web site or mail host>", dom)
-		if len(d.cfg.EgressIPs) > 0 {
-			fix = addrRecord(dom, d.cfg.EgressIPs[0]) + " (or any address that belongs to the domain)"
-		}
-		fs = append(fs, admin.Finding{Severity: admin.SeverityWarning, Subject: dom,
-			Problem: fmt.Sprintf("sending domain %s has no A/AAAA record; some receivers score that as a throwaway domain", dom),
-			Fix:     fix})
-	}
-	return sd, fs
 }
 
 func nonNil(f []admin.Finding) []admin.Finding {

@@ -49,7 +49,8 @@ func TestDNSBroken(t *testing.T) {
 		"other.good.test. 60 IN A 192.0.2.99",
 		"5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa. 60 IN PTR v6.good.test.",
 		"v6.good.test. 60 IN AAAA 2001:db8::5",
-		// A domain without MX, one without an address.
+		// A domain without MX (its A record is its implicit MX: no
+		// finding), one without an address.
 		"nomx.test. 60 IN A 192.0.2.81",
 		"noaddr.test. 60 IN MX 10 mail.good.test.",
 	)
@@ -70,7 +71,6 @@ func TestDNSBroken(t *testing.T) {
 		{admin.SeverityError, []string{"192.0.2.20 has no PTR record", "20.2.0.192.in-addr.arpa. IN PTR mail.good.test."}},
 		{admin.SeverityError, []string{"PTR of 192.0.2.30 is other.good.test, which resolves to 192.0.2.99", "other.good.test. IN A 192.0.2.30"}},
 		{admin.SeverityWarning, []string{"PTR of 2001:db8::5 (v6.good.test) is not the EHLO name"}},
-		{admin.SeverityError, []string{"nomx.test has no MX record", "nomx.test. IN MX 10"}},
 		{admin.SeverityWarning, []string{"noaddr.test has no A/AAAA record", "noaddr.test. IN A 192.0.2.10"}},
 		{admin.SeverityError, []string{"missing.test does not exist in DNS (NXDOMAIN)"}},
 	}
@@ -82,8 +82,12 @@ func TestDNSBroken(t *testing.T) {
 	if len(fs) != len(checks) {
 		t.Errorf("%d findings, want %d:\n%s", len(fs), len(checks), findingsText(fs))
 	}
-	if rep.Verdict.Severity != admin.SeverityError || !strings.Contains(rep.Verdict.Summary, "and 6 more") {
+	if rep.Verdict.Severity != admin.SeverityError || !strings.Contains(rep.Verdict.Summary, "and 5 more") {
 		t.Errorf("verdict %+v", rep.Verdict)
+	}
+	if nomx := rep.Domains[0]; nomx.Domain != "nomx.test" || !nomx.ImplicitMX || nomx.Severity != admin.SeverityOK ||
+		len(nomx.MX) != 0 || strings.Join(nomx.Addrs, ",") != "192.0.2.81" {
+		t.Errorf("nomx.test %+v", nomx)
 	}
 	if rep.Reverse[2].ForwardConfirmed || !rep.Reverse[3].ForwardConfirmed || rep.Reverse[3].MatchesHELO {
 		t.Errorf("reverse %+v", rep.Reverse)

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/sluice-mta/sluice/deliverer/mx"
 	"github.com/sluice-mta/sluice/proto/admin"
 )
 
@@ -29,7 +30,7 @@ func (d *Doctor) DNSBL(ctx context.Context, req admin.DoctorRequest) admin.DNSBL
 	ctx, cancel, _ := budget(ctx, req)
 	defer cancel()
 	rep := admin.DNSBLReport{Deliverer: d.identity(), Zones: append([]string{}, d.cfg.DNSBLZones...)}
-	rep.Results = d.lookupAll(ctx)
+	rep.Results = d.lookupAll(ctx, d.resolver())
 	findings := d.egressFindings()
 	listed, errs := 0, 0
 	for _, r := range rep.Results {
@@ -60,7 +61,7 @@ func (d *Doctor) DNSBL(ctx context.Context, req admin.DoctorRequest) admin.DNSBL
 
 // lookupAll runs every (ip, zone) lookup concurrently, results in
 // configuration order.
-func (d *Doctor) lookupAll(ctx context.Context) []admin.DNSBLResult {
+func (d *Doctor) lookupAll(ctx context.Context, res *mx.Resolver) []admin.DNSBLResult {
 	out := make([]admin.DNSBLResult, 0, len(d.cfg.EgressIPs)*len(d.cfg.DNSBLZones))
 	for _, ip := range d.cfg.EgressIPs {
 		for _, z := range d.cfg.DNSBLZones {
@@ -71,7 +72,7 @@ func (d *Doctor) lookupAll(ctx context.Context) []admin.DNSBLResult {
 	for i := range out {
 		wg.Go(func() {
 			ip := netip.MustParseAddr(out[i].IP)
-			out[i] = d.lookup(ctx, ip, out[i].Zone)
+			out[i] = d.lookup(ctx, res, ip, out[i].Zone)
 		})
 	}
 	wg.Wait()
@@ -97,11 +98,11 @@ func DNSBLQuery(ip netip.Addr, zone string) string {
 	return arpa + "." + strings.TrimSuffix(zone, ".")
 }
 
-func (d *Doctor) lookup(ctx context.Context, ip netip.Addr, zone string) admin.DNSBLResult {
+func (d *Doctor) lookup(ctx context.Context, res *mx.Resolver, ip netip.Addr, zone string) admin.DNSBLResult {
 	r := admin.DNSBLResult{IP: ip.String(), Zone: zone, Query: DNSBLQuery(ip, zone)}
 	start := time.Now()
 	defer func() { r.DurationMS = ms(time.Since(start)) }()
-	rrs, err := d.dns.query(ctx, r.Query, dns.TypeA)
+	rrs, err := res.Lookup(ctx, r.Query, dns.TypeA)
 	if notFound(err) {
 		r.Status = admin.DNSBLNotListed
 		return r
@@ -140,7 +141,7 @@ func (d *Doctor) lookup(ctx context.Context, ip netip.Addr, zone string) admin.D
 		return r
 	}
 	r.Status = admin.DNSBLListed
-	if txts, err := d.dns.txt(ctx, r.Query); err == nil {
+	if txts, err := lookupTXT(ctx, res, r.Query); err == nil {
 		r.Text = strings.Join(txts, " ")
 	}
 	return r
@@ -163,7 +164,7 @@ func (d *Doctor) MonitorDNSBL(ctx context.Context, interval time.Duration, log *
 		case <-t.C:
 		}
 		cctx, cancel := context.WithTimeout(ctx, defaultBudget)
-		for _, r := range d.lookupAll(cctx) {
+		for _, r := range d.lookupAll(cctx, d.resolver()) {
 			if r.Status == admin.DNSBLListed {
 				log.Warn("egress IP listed in a DNSBL", "ip", r.IP, "zone", r.Zone, "codes", r.Codes, "text", r.Text)
 			}

@@ -18,8 +18,8 @@
 //     selector compared with our signing key and a fresh signature verified
 //     against it through DNS (go-msgauth), and the DMARC record parsed.
 //
-// Every DNS query goes to the deliverer's configured DNS server with
-// miekg/dns. The reports are the proto/admin types the admin API returns;
+// Every DNS query goes to the deliverer's configured DNS server through the
+// deliverer's own resolver (package mx), with nothing cached between checks. The reports are the proto/admin types the admin API returns;
 // Serve registers the checks as nats micro endpoints.
 package doctor
 
@@ -36,6 +36,7 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/sluice-mta/sluice/deliverer/dkim"
+	"github.com/sluice-mta/sluice/deliverer/mx"
 	"github.com/sluice-mta/sluice/proto/admin"
 )
 
@@ -72,8 +73,10 @@ type Config struct {
 
 // Doctor runs checks. It is safe for concurrent use.
 type Doctor struct {
-	cfg    Config
-	dns    *resolver
+	cfg Config
+	// base is a resolver New built to check the configuration; each check
+	// uses a new one (see resolver).
+	base   *mx.Resolver
 	listed metric.Int64Gauge
 	checks metric.Int64Counter
 	// serviceID is set by Serve once the micro service exists.
@@ -109,8 +112,11 @@ func New(cfg Config) (*Doctor, error) {
 	if m == nil {
 		m = noop.NewMeterProvider().Meter("")
 	}
-	d := &Doctor{cfg: cfg, dns: newResolver(cfg.DNSServer, cfg.DNSTimeout), now: time.Now}
+	d := &Doctor{cfg: cfg, now: time.Now}
 	var err error
+	if d.base, err = mx.New(d.mxConfig()); err != nil {
+		return nil, fmt.Errorf("doctor: %w", err)
+	}
 	// Label values: zone = a configured DNSBL zone; ip = an egress IP (a
 	// handful per deliverer). 1 while listed, 0 while not; unchanged when
 	// the last check of the pair failed (see the checks counter).

@@ -53,6 +53,10 @@ func Serve(svc micro.Service, d *Doctor, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// maxDomains bounds the domains of one dns request, so that one request
+// cannot keep a deliverer's resolver busy for long.
+const maxDomains = 50
+
 func (s *Server) handle(req micro.Request, name string, needDomain bool, run func(context.Context, admin.DoctorRequest) any) {
 	// Error replies carry the deliverer's identity as their body, so that
 	// a CLI gathering answers from every deliverer knows who refused.
@@ -69,6 +73,16 @@ func (s *Server) handle(req micro.Request, name string, needDomain bool, run fun
 	if needDomain {
 		if normDomain(r.Domain) == "" {
 			_ = req.Error("400", fmt.Sprintf("domain: %q is not a domain name", r.Domain), ident)
+			return
+		}
+	}
+	if len(r.Domains) > maxDomains {
+		_ = req.Error("400", fmt.Sprintf("domains: %d domains, at most %d per request", len(r.Domains), maxDomains), ident)
+		return
+	}
+	for _, dom := range r.Domains {
+		if normDomain(dom) == "" {
+			_ = req.Error("400", fmt.Sprintf("domains: %q is not a domain name", dom), ident)
 			return
 		}
 	}

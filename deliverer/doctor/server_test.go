@@ -46,6 +46,7 @@ func TestServe(t *testing.T) {
 		{admin.DoctorSubject(admin.DoctorConnect), `{}`, "400"},
 		{admin.DoctorSubject(admin.DoctorAuth), `{"domain":"not a domain"}`, "400"},
 		{admin.DoctorSubject(admin.DoctorDNSBL), `{`, "400"},
+		{admin.DoctorSubject(admin.DoctorDNS), `{"domains":["good.test","bad domain"]}`, "400"},
 	} {
 		msg, err := nc.Request(c.subject, []byte(c.body), 5*time.Second)
 		if err != nil {
@@ -54,6 +55,18 @@ func TestServe(t *testing.T) {
 		if got := msg.Header.Get(micro.ErrorCodeHeader); got != c.code {
 			t.Errorf("%s %s: code %q (%s), want %s", c.subject, c.body, got, msg.Header.Get(micro.ErrorHeader), c.code)
 		}
+	}
+	// A dns request that names domains gets them checked.
+	msg, err = nc.Request(admin.DoctorSubject(admin.DoctorDNS), []byte(`{"domains":["Nowhere.Test."]}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep = admin.DNSReport{}
+	if err := json.Unmarshal(msg.Data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Domains) != 1 || rep.Domains[0].Domain != "nowhere.test" || rep.Domains[0].Error != "the domain does not exist (NXDOMAIN)" {
+		t.Fatalf("domains %+v", rep.Domains)
 	}
 	// The endpoints have no queue group: every deliverer hears a request.
 	for _, e := range svc.Info().Endpoints {

@@ -41,9 +41,13 @@ const (
 func DoctorSubject(check string) string { return DoctorPrefix + "." + check }
 
 // DoctorRequest asks a deliverer to run a check. Domain is required by
-// connect and auth, ignored by dns and dnsbl.
+// connect and auth, ignored by dns and dnsbl; Domains is read by dns only.
 type DoctorRequest struct {
 	Domain string `json:"domain,omitempty"`
+	// Domains are the domains whose mail DNS the dns check looks at (MX,
+	// null MX, implicit MX, the addresses of each MX host); empty means
+	// the deliverer's sending domains.
+	Domains []string `json:"domains,omitempty"`
 	// StepTimeoutMS bounds each network step (a DNS query, a TCP connect,
 	// a reply, a TLS handshake); 0 lets the deliverer choose (10 s).
 	StepTimeoutMS int64 `json:"step_timeout_ms,omitempty"`
@@ -113,7 +117,8 @@ type DNSReport struct {
 	HELO DNSName `json:"helo"`
 	// Reverse has one entry per egress IP.
 	Reverse []ReverseDNS `json:"reverse"`
-	// Domains has one entry per sending domain.
+	// Domains has one entry per domain of the request, or per sending
+	// domain when the request names none.
 	Domains  []SendingDomain `json:"domains"`
 	Findings []Finding       `json:"findings"`
 	Verdict  Verdict         `json:"verdict"`
@@ -139,13 +144,51 @@ type ReverseDNS struct {
 	Error       string `json:"error,omitempty"`
 }
 
-// SendingDomain is what a sending domain publishes.
+// SendingDomain is what a domain publishes for mail: a sending domain of
+// the deliverer, or any domain the request names.
 type SendingDomain struct {
-	Domain string   `json:"domain"`
-	MX     []string `json:"mx"`
-	Addrs  []string `json:"addrs"`
-	Error  string   `json:"error,omitempty"`
+	Domain string `json:"domain"`
+	// Sending is true for a domain of deliverer.sending_domains.
+	Sending bool `json:"sending,omitempty"`
+	// MX are the MX records as "preference host".
+	MX []string `json:"mx"`
+	// Addrs are the domain's own A/AAAA addresses.
+	Addrs []string `json:"addrs"`
+	// NullMX is true when the domain publishes "MX 0 ." (RFC 7505): it
+	// accepts no mail.
+	NullMX bool `json:"null_mx,omitempty"`
+	// ImplicitMX is true when the domain has no MX records but addresses,
+	// where mail goes instead (RFC 5321 §5.1).
+	ImplicitMX bool `json:"implicit_mx,omitempty"`
+	// Hosts are the MX hosts in preference order, each with its addresses.
+	Hosts []MXHost `json:"hosts,omitempty"`
+	// Error is why the MX records could not be looked up.
+	Error string `json:"error,omitempty"`
+	// Severity is the worst finding about the domain.
+	Severity Severity `json:"severity,omitempty"`
 }
+
+// MXHost is one MX host of a domain and the outcome of its address lookup.
+type MXHost struct {
+	Name       string   `json:"name"`
+	Preference uint16   `json:"preference"`
+	Addrs      []string `json:"addrs"`
+	// Lookup is the outcome of the A/AAAA lookup: one of the Lookup*
+	// values.
+	Lookup string `json:"lookup"`
+	// Error says why there is no address.
+	Error string `json:"error,omitempty"`
+}
+
+// Outcomes of a DNS lookup (MXHost.Lookup).
+const (
+	LookupOK       = "ok"       // addresses found
+	LookupNoData   = "nodata"   // the name exists without address records
+	LookupNXDomain = "nxdomain" // the name does not exist
+	LookupServFail = "servfail" // the server answered an error (SERVFAIL, REFUSED, ...)
+	LookupTimeout  = "timeout"  // no answer in time
+	LookupError    = "error"    // the query could not be made
+)
 
 // DNSBLReport is the answer of the dnsbl check.
 type DNSBLReport struct {
