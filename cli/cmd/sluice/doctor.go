@@ -19,7 +19,8 @@ import (
 const doctorUsage = `usage: sluice doctor <check> [flags]
 
 checks, run on every deliverer, one row per deliverer:
-  dns             EHLO name -> egress IP, PTR of each egress IP (forward-confirmed), MX and A of the sending domains
+  dns [DOMAIN...] EHLO name -> egress IP, PTR of each egress IP (forward-confirmed), and the mail DNS of each DOMAIN
+                  (default: the sending domains): MX, null MX, implicit MX, the address of every MX host
   dnsbl           each egress IP against the configured DNSBL zones
   connect DOMAIN  MX lookup, TCP connect, banner, EHLO, STARTTLS to DOMAIN's mail servers; detects a blocked port 25
   auth DOMAIN     SPF for each egress IP, DKIM keys (published = ours, a signature verifies), DMARC policy
@@ -100,7 +101,7 @@ func runDoctor(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case needDomain && len(rest) != 1:
 		fmt.Fprintf(stderr, "sluice doctor %s: want exactly one DOMAIN\n\n%s", check, doctorUsage)
 		return 2
-	case !needDomain && len(rest) != 0:
+	case check == admin.DoctorDNSBL && len(rest) != 0:
 		fmt.Fprintf(stderr, "sluice doctor %s: takes no arguments, got %q\n", check, rest)
 		return 2
 	case o.wait <= time.Second || o.step <= 0 || o.timeout <= 0:
@@ -109,6 +110,10 @@ func runDoctor(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	if needDomain {
 		req.Domain = rest[0]
+	}
+	if check == admin.DoctorDNS {
+		// Any number of domains; the deliverers refuse what is not one.
+		req.Domains = rest
 	}
 	// The deliverers stop their checks in time for the answer to arrive
 	// before we give up waiting.

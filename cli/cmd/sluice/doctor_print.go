@@ -246,8 +246,14 @@ func doctorCells(report any) []string {
 		if n := len(r.Domains); n > 0 {
 			good := 0
 			for _, d := range r.Domains {
-				if len(d.MX) > 0 && len(d.Addrs) > 0 {
+				switch d.Severity {
+				case admin.SeverityOK:
 					good++
+				case "":
+					// A deliverer that does not grade domains yet.
+					if len(d.MX) > 0 && len(d.Addrs) > 0 {
+						good++
+					}
 				}
 			}
 			domains = fmt.Sprintf("%d/%d ok", good, n)
@@ -329,6 +335,10 @@ func doctorCells(report any) []string {
 func doctorDetails(report any) []string {
 	var out []string
 	switch r := report.(type) {
+	case *admin.DNSReport:
+		for _, d := range r.Domains {
+			out = append(out, d.Domain+": "+domainDetail(d))
+		}
 	case *admin.ConnectReport:
 		route := "MX"
 		switch {
@@ -418,6 +428,41 @@ func doctorDetails(report any) []string {
 		}
 	}
 	return out
+}
+
+// domainDetail says where mail for a domain goes: its MX hosts with their
+// addresses or why they have none, or why there are none.
+func domainDetail(d admin.SendingDomain) string {
+	switch {
+	case d.Error != "":
+		return "MX lookup failed: " + d.Error
+	case d.NullMX:
+		return "null MX (RFC 7505): accepts no mail"
+	case d.ImplicitMX:
+		return "no MX; implicit MX (RFC 5321 §5.1): " + strings.Join(d.Addrs, ", ")
+	case len(d.MX) == 0:
+		return "no MX and no A/AAAA record"
+	case len(d.Hosts) == 0:
+		return "MX " + strings.Join(d.MX, ", ")
+	}
+	var hs []string
+	for _, h := range d.Hosts {
+		var state string
+		switch h.Lookup {
+		case admin.LookupOK:
+			state = strings.Join(h.Addrs, ", ")
+		case admin.LookupNoData:
+			state = "no A/AAAA record"
+		case admin.LookupNXDomain:
+			state = "NXDOMAIN"
+		case admin.LookupTimeout:
+			state = "timeout: " + h.Error
+		default:
+			state = h.Error
+		}
+		hs = append(hs, fmt.Sprintf("%d %s (%s)", h.Preference, h.Name, state))
+	}
+	return "MX " + strings.Join(hs, ", ")
 }
 
 func commonName(subject string) string {

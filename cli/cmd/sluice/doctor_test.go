@@ -171,6 +171,96 @@ func TestDoctorTwoDeliverers(t *testing.T) {
 	}
 }
 
+// TestDoctorDNSDomains runs a real deliverer against a zone with the
+// usual broken setups and checks what "sluice doctor dns DOMAIN..." prints
+// for each: an MX host that does not exist, MX hosts whose lookups time
+// out or fail with SERVFAIL or find no address, a null MX, a domain with
+// only an A record (implicit MX, fine) and one with nothing.
+func TestDoctorDNSDomains(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the deliverer binary")
+	}
+	ns := natstest.Start(t)
+	dns := dnstest.Start(t)
+	dns.MustAdd(t,
+		"mail.good.test. 60 IN A 192.0.2.10",
+		"10.2.0.192.in-addr.arpa. 60 IN PTR mail.good.test.",
+		"good.test. 60 IN MX 10 mail.good.test.",
+		"good.test. 60 IN A 192.0.2.80",
+		"partial.test. 60 IN MX 10 gone.partial.test.",
+		"partial.test. 60 IN MX 20 mx.partial.test.",
+		"mx.partial.test. 60 IN A 192.0.2.70",
+		"failing.test. 60 IN MX 10 slow.failing.test.",
+		"failing.test. 60 IN MX 20 broken.failing.test.",
+		"failing.test. 60 IN MX 30 noaddr.failing.test.",
+		`noaddr.failing.test. 60 IN TXT "nothing"`,
+		"nullmx.test. 60 IN MX 0 .",
+		"aonly.test. 60 IN A 192.0.2.60",
+		`nomail.test. 60 IN TXT "v=spf1 -all"`,
+	)
+	dns.Drop("slow.failing.test", true)
+	dns.ServFail("broken.failing.test", true)
+	dns.ServFail("broken.test", true)
+	diagStartDeliverer(t, ns.ClientURL(), "d1", fmt.Sprintf("  hostname: mail.good.test\n  dns_server: %q\n  dns_timeout: 1s\n"+
+		"  sending_domains: [good.test]\n  egress_ips: [192.0.2.10]\n  dnsbl_interval: 0s\n", dns.Addr))
+
+	code, out, errOut := diagRun("doctor", "dns", "-server", ns.ClientURL(),
+		"partial.test", "failing.test", "nullmx.test", "aonly.test", "nomail.test", "broken.test")
+	if code != 1 {
+		t.Errorf("exit %d, want 1; stderr %s", code, errOut)
+	}
+	ns1 := func(name, qtype string) string {
+		return fmt.Sprintf("check the name servers of %s (dig +trace %s %s) and the DNS server %s (deliverer.dns_server)", name, name, qtype, dns.Addr)
+	}
+	waits := "no MX host of failing.test has an address, so mail to it waits in the queue until one has, and bounces when it expires"
+	want := strings.Join([]string{
+		"DELIVERER  EHLO NAME       EGRESS IP   EHLO->IP  PTR             FCRDNS  DOMAINS  VERDICT",
+		"d1         mail.good.test  192.0.2.10  ok        mail.good.test  ok      1/6 ok   error",
+		"",
+		"Details:",
+		"  d1  partial.test: MX 10 gone.partial.test (NXDOMAIN), 20 mx.partial.test (192.0.2.70)",
+		"  d1  failing.test: MX 10 slow.failing.test (timeout: no answer within 1s), 20 broken.failing.test (SERVFAIL), 30 noaddr.failing.test (no A/AAAA record)",
+		"  d1  nullmx.test: null MX (RFC 7505): accepts no mail",
+		"  d1  aonly.test: no MX; implicit MX (RFC 5321 §5.1): 192.0.2.60",
+		"  d1  nomail.test: no MX and no A/AAAA record",
+		"  d1  broken.test: MX lookup failed: SERVFAIL",
+		"",
+		"Findings:",
+		"  warning  MX host gone.partial.test of partial.test does not exist (NXDOMAIN): deliveries to partial.test skip it for its other MX hosts (d1)",
+		`      fix: gone.partial.test. IN A <address of the mail server>, or remove "partial.test. IN MX 10 gone.partial.test."`,
+		"  error  MX host slow.failing.test of failing.test cannot be resolved: the lookup timed out (no answer within 1s): " + waits + " (d1)",
+		"      fix: " + ns1("slow.failing.test", "A"),
+		"  error  MX host broken.failing.test of failing.test cannot be resolved: the DNS server answered SERVFAIL: " + waits + " (d1)",
+		"      fix: " + ns1("broken.failing.test", "A"),
+		"  error  MX host noaddr.failing.test of failing.test has no A/AAAA record: " + waits + " (d1)",
+		`      fix: noaddr.failing.test. IN A <address of the mail server>, or remove "failing.test. IN MX 30 noaddr.failing.test."`,
+		"  error  domain nullmx.test accepts no mail: it publishes a null MX (RFC 7505), so mail to it bounces at once (556 5.1.10) (d1)",
+		"      fix: nothing to fix on this side: ask the recipient for another address",
+		"  error  domain nomail.test has no MX and no A/AAAA record: it cannot receive mail, so mail to it bounces (550 5.1.2) (d1)",
+		"  error  cannot look up the MX records of broken.test: the DNS server answered SERVFAIL; mail to it waits in the queue until a lookup succeeds (d1)",
+		"      fix: " + ns1("broken.test", "MX"),
+		"",
+		"doctor dns: FAIL on 1 of 1 deliverer: MX host slow.failing.test of failing.test cannot be resolved: the lookup timed out (no answer within 1s): " + waits + " (and 5 more)",
+		"",
+	}, "\n")
+	if out != want {
+		t.Errorf("output:\n%s\nwant:\n%s", out, want)
+	}
+
+	// Without a domain, the sending domains are checked.
+	code, out, _ = diagRun("doctor", "dns", "-server", ns.ClientURL())
+	if code != 0 || !strings.Contains(out, "  d1  good.test: MX 10 mail.good.test (192.0.2.10)\n") ||
+		!strings.Contains(out, "doctor dns: OK on 1 deliverer: EHLO name, reverse DNS of 1 egress IP(s) and 1 sending domain(s) are right") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+
+	// A bad domain is refused by the deliverer.
+	code, out, _ = diagRun("doctor", "dns", "-server", ns.ClientURL(), "good.test", "bad_domain!")
+	if code != 1 || !strings.Contains(out, `error 400: domains: "bad_domain!" is not a domain name`) {
+		t.Errorf("bad domain (exit %d):\n%s", code, out)
+	}
+}
+
 func TestDoctorNoDeliverer(t *testing.T) {
 	ns := natstest.Start(t)
 	code, _, errOut := diagRun("doctor", "dns", "-server", ns.ClientURL(), "-timeout", "1s")
@@ -189,7 +279,7 @@ func TestDoctorUsage(t *testing.T) {
 		{"doctor", "xray"},
 		{"doctor", "connect"},
 		{"doctor", "auth", "a.example", "b.example"},
-		{"doctor", "dns", "extra"},
+		{"doctor", "dnsbl", "extra"},
 		{"doctor", "dns", "-wait", "0s"},
 		{"doctor", "dns", "-bogus"},
 	} {
