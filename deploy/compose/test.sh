@@ -17,13 +17,18 @@ if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
 	echo "test-compose: SKIP: no Docker engine answers (docker info failed); nothing was run"
 	exit 0
 fi
+# A fresh machine with a Docker engine may lack Compose: Debian packages it.
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 &&
+	[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
 if command -v docker-compose >/dev/null 2>&1; then
 	compose=(docker-compose)
 elif docker compose version >/dev/null 2>&1; then
 	compose=(docker compose)
 else
-	echo "test-compose: SKIP: Docker answers but neither docker-compose nor docker compose is installed"
-	exit 0
+	echo "test-compose: FAIL: Docker answers but neither docker-compose nor docker compose is installed"
+	exit 1
 fi
 
 start=$(date +%s)
