@@ -3,8 +3,11 @@
 //
 //   - DNS: the EHLO name resolves to the egress IPs, each egress IP has a
 //     PTR record that resolves back to it (forward-confirmed reverse DNS,
-//     which receivers such as Gmail require), and the sending domains have
-//     MX and address records. Each finding names the record that fixes it.
+//     which receivers such as Gmail require), and the mail DNS of the
+//     sending domains or of any domains asked about: MX, null MX (RFC
+//     7505), implicit MX (RFC 5321 §5.1) and the addresses of every MX
+//     host, with the reason when one has none. Each finding names the
+//     record that fixes it.
 //   - DNSBL: each egress IP against each configured blocklist zone (RFC
 //     5782: reversed octets or IPv6 nibbles under the zone, A for the
 //     listing, TXT for its reason), with a gauge per zone for alerts.
@@ -51,7 +54,8 @@ type Config struct {
 	// EgressGuessed marks EgressIPs as found by DetectEgress, not
 	// configured.
 	EgressGuessed bool
-	// SendingDomains are checked for MX and address records.
+	// SendingDomains are the domains the dns check looks at when a request
+	// names none.
 	SendingDomains []string
 	// DNSBLZones are the blocklists.
 	DNSBLZones []string

@@ -69,14 +69,14 @@ func (d *Doctor) domainFindings(ctx context.Context, res *mx.Resolver, sd *admin
 	}
 
 	var hosts []*dns.MX
-	null := false
+	nulls := 0
 	for _, rr := range rrs {
 		m, ok := rr.(*dns.MX)
 		if !ok {
 			continue
 		}
 		if m.Mx == "." {
-			null = true
+			nulls++
 			sd.MX = append(sd.MX, fmt.Sprintf("%d .", m.Preference))
 			continue
 		}
@@ -85,7 +85,13 @@ func (d *Doctor) domainFindings(ctx context.Context, res *mx.Resolver, sd *admin
 	}
 	var fs []admin.Finding
 	switch {
-	case null && len(hosts) == 0:
+	case nulls > 0 && len(hosts) == 0 && (nulls > 1 || sd.MX[0] != "0 ."):
+		// Deliveries take only a single "0 ." for a null MX (RFC 7505
+		// §3); other "." records name no host, so there is none to try.
+		return []admin.Finding{{Severity: admin.SeverityError, Subject: dom,
+			Problem: fmt.Sprintf("the MX records of %s (%s) name no host and are not a null MX, which is a single \"0 .\" (RFC 7505 §3): mail to it waits in the queue until it expires", dom, strings.Join(sd.MX, ", ")),
+			Fix:     mxFix}}
+	case nulls > 0 && len(hosts) == 0:
 		sd.NullMX = true
 		if sd.Sending {
 			fs = append(fs, admin.Finding{Severity: admin.SeverityError, Subject: dom,
@@ -96,7 +102,7 @@ func (d *Doctor) domainFindings(ctx context.Context, res *mx.Resolver, sd *admin
 		return []admin.Finding{{Severity: admin.SeverityError, Subject: dom,
 			Problem: fmt.Sprintf("domain %s accepts no mail: it publishes a null MX (RFC 7505), so mail to it bounces at once (556 5.1.10)", dom),
 			Fix:     "nothing to fix on this side: ask the recipient for another address"}}
-	case null:
+	case nulls > 0:
 		fs = append(fs, admin.Finding{Severity: admin.SeverityWarning, Subject: dom,
 			Problem: fmt.Sprintf("the MX records of %s mix a null MX (\"0 .\") with real ones; a null MX must stand alone (RFC 7505 §3), so deliveries ignore it", dom),
 			Fix:     fmt.Sprintf("remove \"%s. IN MX 0 .\"", dom)})

@@ -94,9 +94,10 @@ func TestDNSNullMX(t *testing.T) {
 		"mixed.test. 60 IN MX 0 .",
 		"mixed.test. 60 IN MX 10 mx.mixed.test.",
 		"mx.mixed.test. 60 IN A 192.0.2.52",
+		"badnull.test. 60 IN MX 10 .",
 	)
 	d := newDoctor(t, dns, func(c *Config) { c.SendingDomains = []string{"send.test"} })
-	rep := d.DNS(bg(), admin.DoctorRequest{Domains: []string{"nullmx.test", "send.test", "mixed.test"}})
+	rep := d.DNS(bg(), admin.DoctorRequest{Domains: []string{"nullmx.test", "send.test", "mixed.test", "badnull.test"}})
 	wantFindings(t, rep.Findings, []admin.Finding{
 		{Severity: admin.SeverityError, Subject: "nullmx.test",
 			Problem: "domain nullmx.test accepts no mail: it publishes a null MX (RFC 7505), so mail to it bounces at once (556 5.1.10)",
@@ -107,6 +108,9 @@ func TestDNSNullMX(t *testing.T) {
 		{Severity: admin.SeverityWarning, Subject: "mixed.test",
 			Problem: `the MX records of mixed.test mix a null MX ("0 .") with real ones; a null MX must stand alone (RFC 7505 §3), so deliveries ignore it`,
 			Fix:     `remove "mixed.test. IN MX 0 ."`},
+		{Severity: admin.SeverityError, Subject: "badnull.test",
+			Problem: `the MX records of badnull.test (10 .) name no host and are not a null MX, which is a single "0 ." (RFC 7505 §3): mail to it waits in the queue until it expires`,
+			Fix:     `badnull.test. IN MX 10 <your inbound mail host>. (or "badnull.test. IN MX 0 ." if it never receives mail, RFC 7505)`},
 	})
 	doms := domainsByName(rep)
 	if n := doms["nullmx.test"]; !n.NullMX || strings.Join(n.MX, ",") != "0 ." || len(n.Hosts) != 0 || n.Severity != admin.SeverityError {
