@@ -202,6 +202,9 @@ type QueueActionRequest struct {
 	Bounce bool `json:"bounce,omitempty"`
 	// Priority (prioritize) is the new class: high, normal or bulk.
 	Priority string `json:"priority,omitempty"`
+	// KeepSchedule (release) leaves a released job waiting for the retry
+	// time it had; by default a released job is tried now.
+	KeepSchedule bool `json:"keep_schedule,omitempty"`
 	// Actor names who asked, for the events ("user@host").
 	Actor string `json:"actor,omitempty"`
 }

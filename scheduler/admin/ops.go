@@ -399,10 +399,19 @@ func (s *Server) release(ctx context.Context, j index.Job, r *api.QueueActionReq
 	state, next, note := "", time.Time{}, ""
 	if loc == nil {
 		note = "was being attempted; nothing was parked"
-	} else if next = futureOrZero(loc.job.GetNotBeforeUnixNano(), now.Add(time.Second)); !next.IsZero() {
-		state = api.StateDeferred
+	} else if r.KeepSchedule {
+		if next = futureOrZero(loc.job.GetNotBeforeUnixNano(), now.Add(time.Second)); !next.IsZero() {
+			state = api.StateDeferred
+		} else {
+			state = api.StateReady
+		}
 	} else {
+		// A postmaster who releases mail expects it tried now.
 		state = api.StateReady
+		if loc.job.GetNotBeforeUnixNano() > now.UnixNano() {
+			note = "tried now instead of at its retry time"
+			loc.job.NotBeforeUnixNano = now.UnixNano()
+		}
 	}
 	seq, err := s.record(ctx, wire.EventReleased, loc, j, state, r, func(ev *api.QueueEvent) {
 		ev.NextAttempt, ev.Note = next, note

@@ -20,7 +20,7 @@ commands:
   log ID      the history of a message or job, event by event
   stats       age by destination (like qshape), totals, delivery delay percentiles
   hold        put jobs on hold: they are not delivered until released
-  release     take jobs off hold (a deferred job keeps its next-attempt time)
+  release     take jobs off hold and try them now (-keep-schedule: a deferred job keeps its next-attempt time)
   retry       make deferred jobs due now
   delete      remove jobs (--bounce: send the sender a failure DSN)
   prioritize  move jobs to another class: prioritize high|normal|bulk ID... or filters

@@ -23,16 +23,19 @@ func queueAction(name string, args []string, stdout, stderr io.Writer) error {
 	all := fs.Bool("all", false, "every job in the queue (with no other filter)")
 	dry := fs.Bool("dry-run", false, "count what would change, change nothing")
 	fs.DurationVar(&o.wait, "wait", 10*time.Minute, "how long a change of many jobs may take")
-	bounce := false
+	bounce, keep := false, false
 	if name == "delete" {
 		fs.BoolVar(&bounce, "bounce", false, "send the sender a failure DSN (5.0.0 deleted by the postmaster)")
+	}
+	if name == "release" {
+		fs.BoolVar(&keep, "keep-schedule", false, "leave a deferred job waiting for its retry time (default: try it now)")
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return flagErr(err)
 	}
 	o.finish()
-	req := api.QueueActionRequest{DryRun: *dry, Bounce: bounce, Actor: actor()}
+	req := api.QueueActionRequest{DryRun: *dry, Bounce: bounce, KeepSchedule: keep, Actor: actor()}
 	if name == "prioritize" {
 		if len(pos) == 0 {
 			return usagef("want a class first: prioritize high|normal|bulk ID... or filters")

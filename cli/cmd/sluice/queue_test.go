@@ -380,17 +380,36 @@ func TestQueueCommands(t *testing.T) {
 		if !strings.Contains(out, "release it first") {
 			t.Errorf("retry of held: %q", out)
 		}
-		code, out, errs = w.cli("release", busy)
-		mustCode(t, 0, code, out, errs, "release")
-		// Its next attempt is an hour away: released, it is deferred again.
+		code, out, errs = w.cli("release", "-keep-schedule", busy)
+		mustCode(t, 0, code, out, errs, "release -keep-schedule")
+		// Its next attempt is an hour away: released keeping its schedule,
+		// it is deferred again.
 		if r := w.row(busy); r == nil || r.QueueName != "deferred" || r.NextAttempt < time.Now().Add(50*time.Minute).Unix() {
-			t.Fatalf("after release: %+v", r)
+			t.Fatalf("after release -keep-schedule: %+v", r)
 		}
 		code, out, errs = w.cli("release", busy)
 		mustCode(t, 1, code, out, errs, "release of a job not held")
 		if !strings.Contains(out, "not held") {
 			t.Errorf("release of not held: %q", out)
 		}
+		// Released by default, it is tried now: a second attempt follows.
+		attempts := func() int {
+			_, out, _ := w.cli("log", "-json", busy)
+			n := 0
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				var ev api.QueueEvent
+				if json.Unmarshal([]byte(line), &ev) == nil && ev.Type == "attempt" {
+					n++
+				}
+			}
+			return n
+		}
+		before := attempts()
+		code, out, errs = w.cli("hold", busy)
+		mustCode(t, 0, code, out, errs, "hold again")
+		code, out, errs = w.cli("release", busy)
+		mustCode(t, 0, code, out, errs, "release")
+		w.eventually("an attempt after release", 15*time.Second, func() bool { return attempts() == before+1 })
 	})
 
 	t.Run("prioritize", func(t *testing.T) {
