@@ -50,7 +50,8 @@ func queueList(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		total = resp.Total
-		if err := printRows(stdout, resp.Rows, o.json, printed == 0, paint, now); err != nil {
+		// No header over nothing: an empty answer is said on stderr.
+		if err := printRows(stdout, resp.Rows, o.json, printed == 0 && len(resp.Rows) > 0, paint, now); err != nil {
 			return err
 		}
 		printed += len(resp.Rows)

@@ -284,8 +284,8 @@ func TestQueueCommands(t *testing.T) {
 		}
 		code, out, errs = w.cli("list", "-state", "held")
 		mustCode(t, 1, code, out, errs, "list -state held")
-		if !strings.Contains(errs, "no job matches the filter (state=held)") {
-			t.Errorf("no-match error: %q", errs)
+		if !strings.Contains(errs, "no job matches the filter (state=held)") || out != "" {
+			t.Errorf("no-match: stdout %q (want nothing, not a header), stderr %q", out, errs)
 		}
 		code, out, errs = w.cli("list", "-state", "frozen")
 		mustCode(t, 1, code, out, errs, "list -state frozen")
