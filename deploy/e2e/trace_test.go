@@ -83,6 +83,20 @@ func TestOneTracePerMessage(t *testing.T) {
 			t.Errorf("no %s span in trace %s (services: %v)", svc, traceID, services)
 		}
 	}
+	// Every attribute is ours (sluice.*) or from the OpenTelemetry
+	// semantic conventions, so a dashboard can rely on the names.
+	semconv := []string{"messaging.", "server.", "client.", "network.", "tls.", "error.type", "exception.", "otel."}
+	for _, s := range spans {
+		for k := range s.Attrs {
+			ok := strings.HasPrefix(k, "sluice.")
+			for _, p := range semconv {
+				ok = ok || strings.HasPrefix(k, p)
+			}
+			if !ok {
+				t.Errorf("span %s of %s has attribute %q: neither sluice.* nor an OpenTelemetry semantic convention", s.Name, s.Service, k)
+			}
+		}
+	}
 	// ancestor reports whether want is s or one of its ancestors.
 	ancestor := func(s otlptest.Span, want otlptest.Span) bool {
 		for i := 0; i < 20; i++ {

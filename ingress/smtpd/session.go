@@ -316,7 +316,7 @@ func (se *session) Data(r io.Reader) error {
 	if _, err := data.ReadFrom(se.s.contentReader(r)); err != nil {
 		reply := readFailure(err)
 		span.SetStatus(codes.Error, "reading DATA failed")
-		span.SetAttributes(attribute.Int("smtp.reply_code", reply.Code))
+		span.SetAttributes(attribute.Int("sluice.smtp.code", reply.Code))
 		se.s.metrics.received.Add(ctx, 1, resultAttr(resultRejected))
 		se.s.log.InfoContext(ctx, "message not received", "client", se.client.String(), "reply", reply.Code, "err", err)
 		return reply
@@ -375,7 +375,7 @@ func (se *session) Data(r io.Reader) error {
 		se.s.metrics.received.Add(ctx, 1, resultAttr(resultFailed))
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "store failed")
-		span.SetAttributes(attribute.Int("smtp.reply_code", errStorage.Code))
+		span.SetAttributes(attribute.Int("sluice.smtp.code", errStorage.Code))
 		full := errors.Is(err, store.ErrFull)
 		se.s.log.WarnContext(ctx, "message not stored", "queue_id", qid, "client", se.client.String(), "queue_full", full, "err", err)
 		return errStorage
@@ -383,7 +383,7 @@ func (se *session) Data(r io.Reader) error {
 	se.s.metrics.storeDuration.Record(ctx, elapsed, resultAttr(resultAccepted))
 	se.s.metrics.received.Add(ctx, 1, resultAttr(resultAccepted))
 	se.s.metrics.size.Record(ctx, size)
-	span.SetAttributes(attribute.Int64("sluice.msg_seq", int64(rcpt.Seq)), attribute.Int("smtp.reply_code", 250))
+	span.SetAttributes(attribute.Int64("sluice.msg_seq", int64(rcpt.Seq)), attribute.Int("sluice.smtp.code", 250))
 	se.s.log.InfoContext(ctx, "message accepted", "queue_id", qid, "client", se.client.String(),
 		"from", env.from, "recipients", len(env.rcpts), "size", size, "seq", rcpt.Seq, "duplicate", rcpt.Duplicate)
 	return queued(qid)
