@@ -42,8 +42,10 @@ var (
 
 // objectTimeoutPer is how many body bytes the object store write may take
 // one request timeout for: a body is many publishes, so a 50 MiB body gets
-// proportionally longer than a one-message publish.
-const objectTimeoutPer = 16 << 20
+// proportionally longer than a one-message publish. 4 MiB per 5 s asks
+// less than 1 MB/s of a replicated store on a loaded host; the bound only
+// matters when JetStream is stuck.
+const objectTimeoutPer = 4 << 20
 
 // Options configure a Store.
 type Options struct {
