@@ -1,11 +1,14 @@
 // Command sluice is the operator's tool. It talks to the running services
 // over NATS request/reply (their admin APIs, discoverable with
 // `nats micro ls`), never to their streams or internals, except for
-// `sluice headers`, which only reads a message file.
+// `sluice headers`, which only reads a message file, and `sluice cluster`,
+// which asks JetStream how it holds the streams (leaders, replicas), never
+// what is in them.
 //
 //	sluice queue  list|show|stats|log|hold|release|delete|retry|prioritize ...
 //	sluice doctor dns|dnsbl|connect|auth ...
 //	sluice headers [FILE]
+//	sluice cluster
 package main
 
 import (
@@ -21,6 +24,7 @@ commands:
   queue    see and steer the queue (list, show, stats, log, hold, release, delete, retry, prioritize)
   doctor   check DNS, blacklists, connectivity and SPF/DKIM/DMARC from every deliverer
   headers  analyse a message's Received headers, authentication results and DSN content
+  cluster  each stream's and consumer's JetStream leader and replicas: ok, degraded or no leader
 
 Global flags (before or after the command): -server nats://host:4222, -creds FILE, -timeout 5s.
 Run "sluice <command> -h" for a command's flags.
@@ -48,6 +52,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runDoctor(args[1:], stdin, stdout, stderr)
 	case "headers":
 		return runHeaders(args[1:], stdin, stdout, stderr)
+	case "cluster":
+		return runCluster(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
 	return 2
