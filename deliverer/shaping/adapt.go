@@ -99,18 +99,14 @@ func (s *Shaper) Suspend(ctx context.Context, site Site, until time.Time, reason
 		s.mu.Unlock()
 		return nil
 	}
+	// This deliverer stops at once; the others when the watch brings them
+	// the key, a millisecond or so later.
+	st.until, st.reason = until, reason
 	s.mu.Unlock()
 	ttl := max(time.Until(until), time.Second)
 	val, _ := json.Marshal(Value{Site: site.Name, Instance: s.instance, Since: time.Now().UTC(), Until: until.UTC(), Reason: reason})
-	if _, err := s.publish(ctx, wire.ShapingSuspendKey(site.Key), val, 0, ttl+time.Second); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	if st.until.Before(until) {
-		st.until, st.reason = until, reason
-	}
-	s.mu.Unlock()
-	return nil
+	_, err := s.publish(ctx, wire.ShapingSuspendKey(site.Key), val, 0, ttl+time.Second)
+	return err
 }
 
 // Resume ends the site's suspension.

@@ -533,14 +533,17 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	route, routeErr := s.courier.Route(ctx, job.Domain)
 	var site shaping.Site
 	var ticket *courier.Ticket
+	var gate *gatedSlot
 	if routeErr == nil {
 		site = s.shaper.Rules().Site(job.Domain, route.Site)
 		span.SetAttributes(attribute.String("sluice.site", site.Name))
 		var ok bool
-		if ticket, ok = s.admit(ctx, msg, job, site, log); !ok {
+		if ticket, gate, ok = s.admit(ctx, msg, job, site, log); !ok {
 			return
 		}
 	}
+	// Whatever happens next, the slot's release is let through.
+	defer gate.settle()
 	// The attempt is recorded before it is made.
 	recorded, err := s.recordAttempt(ctx, msg, job)
 	if err != nil {
@@ -569,6 +572,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if routeErr == nil {
 		s.adapt(ctx, job, site, results, log)
 	}
+	gate.settle()
 	finished := time.Now()
 	// The result names the job; the body copy has served its purpose and
 	// is not sent back (retries read SLUICE_MSGS).

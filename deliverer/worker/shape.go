@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,9 +44,47 @@ import (
 //     site. A lowering or a suspension is recorded on the job that caused
 //     it, like a wait.
 
-// admit returns the ticket the job's attempt may use, or settles the job
-// (Nak) and returns false.
-func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, bool) {
+// gatedSlot holds back the release of a new connection's slot until the
+// attempt's outcome has been fed to the site (settle): a connection refused
+// with "slow down" must suspend the site before its slot is free for
+// another deliverer's next try.
+type gatedSlot struct {
+	lease   *shaping.Lease
+	mu      sync.Mutex
+	open    bool
+	pending bool
+}
+
+func (g *gatedSlot) Release() {
+	g.mu.Lock()
+	if !g.open {
+		g.pending = true
+		g.mu.Unlock()
+		return
+	}
+	g.mu.Unlock()
+	g.lease.Release()
+}
+
+// settle lets releases through, and makes one that came meanwhile.
+func (g *gatedSlot) settle() {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.open = true
+	p := g.pending
+	g.pending = false
+	g.mu.Unlock()
+	if p {
+		g.lease.Release()
+	}
+}
+
+// admit returns the ticket the job's attempt may use, with the gate of its
+// new slot (nil for an idle session), or settles the job (Nak) and returns
+// false.
+func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, bool) {
 	if until, reason, ok := s.shaper.Suspended(site); ok {
 		delay := min(time.Until(until), s.cfg.Shaping.MaxWait)
 		// Spread the jobs of a long suspension over a second, so they do
@@ -53,26 +92,27 @@ func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 		delay += rand.N(time.Second)
 		why := fmt.Sprintf("throttled by site %s: suspended until %s after %q", site.Name, until.UTC().Format(time.RFC3339), reason)
 		s.wait(ctx, msg, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log)
-		return nil, false
+		return nil, nil, false
 	}
 	if t := s.courier.Idle(site.Name); t != nil {
-		return t, true
+		return t, nil, true
 	}
 	lease, err := s.shaper.Acquire(ctx, site)
 	switch {
 	case err == nil:
-		return courier.NewTicket(site.Name, lease, site.Policy.MaxMessagesPerConnection), true
+		g := &gatedSlot{lease: lease}
+		return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
 	case errors.Is(err, shaping.ErrBusy):
 		n := s.shaper.Limit(site)
 		delay := s.cfg.Shaping.BusyDelay + rand.N(s.cfg.Shaping.BusyDelay)
 		why := fmt.Sprintf("throttled by site %s: all %d connections the fleet may open to it are in use", site.Name, n)
 		s.wait(ctx, msg, job, site, "busy", "", why, delay, log)
-		return nil, false
+		return nil, nil, false
 	default:
 		log.WarnContext(ctx, "cannot take a connection slot; job returned to the queue", "site", site.Name, "err", err)
 		trace.SpanFromContext(ctx).SetAttributes(attribute.String("sluice.result", "returned"))
 		_ = msg.NakWithDelay(infraRetry)
-		return nil, false
+		return nil, nil, false
 	}
 }
 
