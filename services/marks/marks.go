@@ -36,8 +36,9 @@ type Cache struct {
 	marks   map[string]admin.QueueMark
 	current bool // the watch has delivered the bucket's content and is running
 
-	w    jetstream.KeyWatcher
-	done chan struct{}
+	w      jetstream.KeyWatcher
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // Watch starts following kv. Stop ends it.
@@ -45,11 +46,15 @@ func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Cache
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w, err := kv.WatchAll(context.WithoutCancel(ctx))
+	// The watch's own context ends it in Stop even when the connection is
+	// gone and the watch cannot unsubscribe.
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w, err := kv.WatchAll(wctx)
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("marks: watch %s: %w", kv.Bucket(), err)
 	}
-	c := &Cache{kv: kv, log: log, marks: map[string]admin.QueueMark{}, w: w, done: make(chan struct{})}
+	c := &Cache{kv: kv, log: log, marks: map[string]admin.QueueMark{}, w: w, cancel: cancel, done: make(chan struct{})}
 	go c.follow()
 	return c, nil
 }
@@ -101,6 +106,7 @@ func (c *Cache) Stop() {
 	if err := c.w.Stop(); err != nil {
 		c.log.Debug("stop marks watch", "err", err)
 	}
+	c.cancel()
 	<-c.done
 }
 
