@@ -39,6 +39,7 @@ type Conn struct {
 	timer        *time.Timer // fires at the deadline of a read in progress
 
 	rejected  *Violation
+	replied   chan struct{} // closed once the rejection's reply is written and the connection closed
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -55,7 +56,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	for {
 		if c.rejected != nil {
 			c.mu.Unlock()
-			return 0, c.rejected
+			return 0, c.violation()
 		}
 		if len(c.ready) > 0 {
 			n := copy(p, c.ready)
@@ -103,7 +104,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	if c.rejected != nil {
 		c.mu.Unlock()
-		return 0, c.rejected
+		return 0, c.violation()
 	}
 	if n == 0 && err != nil {
 		c.mu.Unlock()
@@ -195,7 +196,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	if c.rejected != nil {
 		c.mu.Unlock()
-		return 0, c.rejected
+		return 0, c.violation()
 	}
 	opaque := c.sc.mode == modeOpaque
 	c.mu.Unlock()
@@ -279,24 +280,50 @@ func indexCRLF(b []byte) int {
 func (c *Conn) reject(r Reason) error {
 	c.mu.Lock()
 	if c.rejected != nil {
-		v := c.rejected
 		c.mu.Unlock()
-		return v
+		return c.violation()
 	}
 	v := &Violation{Reason: r}
 	c.rejected = v
+	c.replied = make(chan struct{})
 	c.mu.Unlock()
 
 	c.l.closed(c, r)
 	reply := r.reply()
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.l.opts.WriteTimeout))
 	_, _ = fmt.Fprintf(c.Conn, "%d %d.%d.%d %s\r\n", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message)
-	c.Close()
+	c.close()
+	close(c.replied)
 	return v
 }
 
-// Close implements net.Conn. It is safe to call more than once.
+// violation returns the connection's violation once its reply has been
+// written. The reply is written by whichever goroutine found the
+// violation (a reader, a writer, or the line timer); the others wait for
+// it, so that none of them closes the connection under the reply (a
+// client timed out by the timer while go-smtp's own read deadline also
+// ran out was sometimes dropped without its 421).
+func (c *Conn) violation() error {
+	c.mu.Lock()
+	v, replied := c.rejected, c.replied
+	c.mu.Unlock()
+	<-replied
+	return v
+}
+
+// Close implements net.Conn. It is safe to call more than once. A
+// rejection's reply being written is waited for.
 func (c *Conn) Close() error {
+	c.mu.Lock()
+	replied := c.replied
+	c.mu.Unlock()
+	if replied != nil {
+		<-replied
+	}
+	return c.close()
+}
+
+func (c *Conn) close() error {
 	c.closeOnce.Do(func() {
 		c.closeErr = c.Conn.Close()
 		c.l.release(c)
