@@ -15,7 +15,7 @@ import (
 // nothing, or stops after a command, is told 421 4.4.2 and disconnected,
 // every time, whichever of the layers' timers runs out first.
 func TestSilentClientGetsOneTimeoutReply(t *testing.T) {
-	const timeout = 300 * time.Millisecond
+	const timeout = time.Second
 	h := start(t, func(s *ingress.Settings, _ *config.Queue) {
 		s.ReadTimeout = timeout
 	})
