@@ -535,7 +535,10 @@ func TestNATSDownAnswers451Promptly(t *testing.T) {
 		}
 		_, err = w.CloseWithResponse()
 		se := wantSMTPError(t, err, 451, smtp.EnhancedCode{4, 3, 0})
-		if took := time.Since(began); took > requestTimeout+3*time.Second {
+		// Not a speed measure: a bound that a client left hanging (a
+		// publish buffered until NATS returns, a retry without end) would
+		// exceed, with room for a loaded two-core machine under -race.
+		if took := time.Since(began); took > requestTimeout+15*time.Second {
 			t.Errorf("451 after %s, want within request_timeout %s + margin", took, requestTimeout)
 		}
 		if strings.Contains(strings.ToLower(se.Message), "nats") || strings.Contains(se.Message, "jetstream") {
