@@ -45,7 +45,7 @@ func TestKillFreezeRestart(t *testing.T) {
 	}
 	t.Cleanup(c.Close)
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := c.Ready(ctx); err != nil {
 		t.Fatal(err)
@@ -63,14 +63,20 @@ func TestKillFreezeRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Each attempt has its own deadline: a request lost while a leader
+	// is elected gets no answer at all.
 	var s jetstream.Stream
 	retry(t, "create R3 stream", func() error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
 		s, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}, Replicas: 3})
 		return err
 	})
 	publish := func(from, to int) {
 		for i := from; i < to; i++ {
 			retry(t, "publish", func() error {
+				ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
 				_, err := js.Publish(ctx, fmt.Sprintf("t.%d", i), []byte("x"), jetstream.WithMsgID(fmt.Sprint(i)))
 				return err
 			})
@@ -79,6 +85,8 @@ func TestKillFreezeRestart(t *testing.T) {
 	info := func() *jetstream.StreamInfo {
 		var in *jetstream.StreamInfo
 		retry(t, "stream info", func() error {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
 			in, err = s.Info(ctx)
 			if err == nil && (in.Cluster == nil || in.Cluster.Leader == "") {
 				err = fmt.Errorf("no leader")
