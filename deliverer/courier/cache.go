@@ -1,6 +1,7 @@
 package courier
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -54,8 +55,11 @@ type connCache struct {
 	cfg  CacheConfig
 	mu   sync.Mutex
 	idle map[string][]idleSession
-	done chan struct{}
-	wg   sync.WaitGroup
+	// waiters are attempts waiting for a session of a site to come back
+	// (await), first come first served.
+	waiters map[string][]chan idleSession
+	done    chan struct{}
+	wg      sync.WaitGroup
 }
 
 func newConnCache(cfg CacheConfig) *connCache {
@@ -68,7 +72,7 @@ func newConnCache(cfg CacheConfig) *connCache {
 	if cfg.MaxIdle <= 0 {
 		cfg.MaxIdle = 32
 	}
-	c := &connCache{cfg: cfg, idle: map[string][]idleSession{}, done: make(chan struct{})}
+	c := &connCache{cfg: cfg, idle: map[string][]idleSession{}, waiters: map[string][]chan idleSession{}, done: make(chan struct{})}
 	c.wg.Add(1)
 	go c.janitor()
 	return c
@@ -121,6 +125,8 @@ func (c *connCache) put(site string, e idleSession) {
 	}
 	if c == nil || !e.s.Reusable() || e.s.Uses() >= limit {
 		e.close()
+		// Its slot is free: a waiter may take it for a new connection.
+		c.wake(site, idleSession{})
 		return
 	}
 	e.s.Bind(nil)
@@ -133,6 +139,11 @@ func (c *connCache) put(site string, e idleSession) {
 		return
 	default:
 	}
+	if w := c.popWaiter(site); w != nil {
+		c.mu.Unlock()
+		w <- e
+		return
+	}
 	l := c.idle[site]
 	if len(l) >= c.cfg.MaxIdle {
 		c.mu.Unlock()
@@ -141,6 +152,77 @@ func (c *connCache) put(site string, e idleSession) {
 	}
 	c.idle[site] = append(l, e)
 	c.mu.Unlock()
+}
+
+// popWaiter removes and returns the first waiter for site; c.mu is held.
+func (c *connCache) popWaiter(site string) chan idleSession {
+	ws := c.waiters[site]
+	if len(ws) == 0 {
+		return nil
+	}
+	w := ws[0]
+	if len(ws) == 1 {
+		delete(c.waiters, site)
+	} else {
+		c.waiters[site] = ws[1:]
+	}
+	return w
+}
+
+// wake hands e (a zero one: "a slot of the site is free") to the first
+// waiter for site, if any.
+func (c *connCache) wake(site string, e idleSession) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	w := c.popWaiter(site)
+	c.mu.Unlock()
+	if w != nil {
+		w <- e
+	}
+}
+
+// await waits up to d for a session of site to be put back, unless max
+// attempts already wait for one. It returns the session, or a zero one
+// when a session of the site was closed instead (its slot is free), and
+// false when nothing came.
+func (c *connCache) await(ctx context.Context, site string, max int, d time.Duration) (idleSession, bool) {
+	if c == nil || max <= 0 {
+		return idleSession{}, false
+	}
+	w := make(chan idleSession, 1)
+	c.mu.Lock()
+	if len(c.waiters[site]) >= max {
+		c.mu.Unlock()
+		return idleSession{}, false
+	}
+	c.waiters[site] = append(c.waiters[site], w)
+	c.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case e := <-w:
+		return e, true
+	case <-t.C:
+	case <-ctx.Done():
+	case <-c.done:
+	}
+	c.mu.Lock()
+	ws := c.waiters[site]
+	for i, x := range ws {
+		if x == w {
+			c.waiters[site] = append(ws[:i:i], ws[i+1:]...)
+			if len(c.waiters[site]) == 0 {
+				delete(c.waiters, site)
+			}
+			c.mu.Unlock()
+			return idleSession{}, false
+		}
+	}
+	c.mu.Unlock()
+	// A session was handed over as we gave up: it is ours.
+	return <-w, true
 }
 
 // janitor closes sessions idle for longer than TTL.

@@ -38,6 +38,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -137,6 +138,23 @@ func (c *Courier) Idle(site string) *Ticket {
 		return nil
 	}
 	return &Ticket{site: site, slot: e.slot, maxUses: e.maxUses, idle: e.s}
+}
+
+// AwaitIdle waits up to d for a session of site that another attempt of
+// this deliverer is about to finish with, unless max attempts already wait
+// (a caller passes the number of connections it holds to the site, so that
+// no more attempts wait than sessions will come back). It returns the
+// session's ticket; or nil and true when one of those sessions was closed
+// instead, so that a slot of the site is free again; or nil and false.
+func (c *Courier) AwaitIdle(ctx context.Context, site string, max int, d time.Duration) (*Ticket, bool) {
+	e, ok := c.cache.await(ctx, site, max, d)
+	if !ok {
+		return nil, false
+	}
+	if e.s == nil {
+		return nil, true
+	}
+	return &Ticket{site: site, slot: e.slot, maxUses: e.maxUses, idle: e.s}, false
 }
 
 // Release gives back a ticket that will not be used: its idle session is

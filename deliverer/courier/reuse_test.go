@@ -170,3 +170,48 @@ func TestReuseBySiteAndSlots(t *testing.T) {
 		t.Errorf("refused connection: %v %v, slot released %d times", res[0].Outcome, res[0].Reason, bad.released)
 	}
 }
+
+// TestAwaitIdle: an attempt waiting for a session of its site takes over
+// the one another attempt finishes with, instead of a new connection; no
+// more attempts wait than allowed.
+func TestAwaitIdle(t *testing.T) {
+	srv, err := capture.Listen("127.0.0.1:0", capture.Options{Delay: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := newCourier(t, srv.Addr, WithConnectionReuse(CacheConfig{TTL: 5 * time.Second}))
+	defer c.Close()
+	ctx := context.Background()
+	route, err := c.Route(ctx, "example.net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := &countingSlot{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.DeliverVia(ctx, job(), route, NewTicket(route.Site, slot, 0), strings.NewReader(message))
+	}()
+	if tk, freed := c.AwaitIdle(ctx, route.Site, 0, time.Second); tk != nil || freed {
+		t.Error("waited with a limit of 0 waiters")
+	}
+	tk, freed := c.AwaitIdle(ctx, route.Site, 1, 5*time.Second)
+	<-done
+	if tk == nil || freed {
+		t.Fatalf("no session handed over: %v %v", tk, freed)
+	}
+	res := c.DeliverVia(ctx, job(), route, tk, strings.NewReader(message))
+	if res[0].Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+		t.Fatalf("outcome %v: %s", res[0].Outcome, res[0].Text)
+	}
+	if n := srv.Connections(); n != 1 {
+		t.Errorf("%d connections, want 1: the waiting attempt takes the session over", n)
+	}
+	if slot.released != 0 {
+		t.Errorf("slot released %d times while its session is cached", slot.released)
+	}
+	if tk, freed := c.AwaitIdle(ctx, route.Site, 1, 50*time.Millisecond); tk != nil || freed {
+		t.Error("a session came from nowhere")
+	}
+}

@@ -79,6 +79,7 @@ type Shaper struct {
 	mu     sync.Mutex
 	sites  map[string]*siteState // by site key
 	leases map[*Lease]struct{}
+	bySite map[string]int // leases held per site key
 
 	w           jetstream.KeyWatcher
 	cancelWatch context.CancelFunc
@@ -111,7 +112,7 @@ func New(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config, instance str
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Shaper{kv: kv, js: js, rules: rules, cfg: cfg, instance: instance, log: log,
-		sites: map[string]*siteState{}, leases: map[*Lease]struct{}{}, stop: make(chan struct{})}, nil
+		sites: map[string]*siteState{}, leases: map[*Lease]struct{}{}, bySite: map[string]int{}, stop: make(chan struct{})}, nil
 }
 
 // Start follows the shared state and renews this deliverer's slots until
@@ -272,6 +273,7 @@ func (s *Shaper) Acquire(ctx context.Context, site Site) (*Lease, error) {
 		l := &Lease{s: s, site: site, key: key, rev: rev}
 		s.mu.Lock()
 		s.leases[l] = struct{}{}
+		s.bySite[site.Key]++
 		s.mu.Unlock()
 		return l, nil
 	}
@@ -293,7 +295,7 @@ func (l *Lease) Release() {
 	l.mu.Unlock()
 	s := l.s
 	s.mu.Lock()
-	delete(s.leases, l)
+	s.forget(l)
 	if st := s.sites[l.site.Key]; st != nil {
 		st.full = time.Time{}
 	}
@@ -306,6 +308,25 @@ func (l *Lease) Release() {
 	if err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		s.log.Warn("cannot release a connection slot; it expires by itself", "key", l.key, "site", l.site.Name, "err", err)
 	}
+}
+
+// forget drops l from the held leases; s.mu is held.
+func (s *Shaper) forget(l *Lease) {
+	if _, ok := s.leases[l]; !ok {
+		return
+	}
+	delete(s.leases, l)
+	if s.bySite[l.site.Key]--; s.bySite[l.site.Key] <= 0 {
+		delete(s.bySite, l.site.Key)
+	}
+}
+
+// HeldFor is how many slots of the site this deliverer holds: its open
+// connections to it.
+func (s *Shaper) HeldFor(site Site) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bySite[site.Key]
 }
 
 // Held is how many slots this deliverer holds.
@@ -359,7 +380,7 @@ func (s *Shaper) renewOne(l *Lease) {
 		s.log.Warn("connection slot lost: it expired before it was renewed", "key", l.key, "site", l.site.Name)
 		l.done = true
 		s.mu.Lock()
-		delete(s.leases, l)
+		s.forget(l)
 		s.mu.Unlock()
 	default:
 		s.log.Warn("cannot renew a connection slot", "key", l.key, "site", l.site.Name, "err", err)

@@ -37,7 +37,12 @@ import (
 //     attempts; its lifetime runs on, as it does for any queued mail. The
 //     wait is a "throttled" event in the job's history (once per attempt
 //     and reason) and a span event on its trace. Otherwise the job gets a
-//     ticket: an idle session of its site, or a new slot.
+//     ticket: an idle session of its site, or a new slot. One exception
+//     keeps a busy site's mail flowing: when this deliverer itself holds
+//     connections to the site, the job waits up to busy_delay for one of
+//     them to finish its transaction and takes it over, at most one job
+//     per connection (a pipeline of one; it holds a delivery slot while it
+//     waits). Only jobs of a suspended site never hold one.
 //   - adapt: the attempt's outcome feeds the site's concurrency: a delivery
 //     raises it (slow start), a failure to reach any server lowers it by
 //     one, a reply that asks us to slow down halves it and suspends the
@@ -103,6 +108,21 @@ func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 		g := &gatedSlot{lease: lease}
 		return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
 	case errors.Is(err, shaping.ErrBusy):
+		// This deliverer's own connections to the site come back one by
+		// one as their transactions end: wait a moment for one, at most one
+		// waiting job per connection, rather than hand the job back.
+		if held := s.shaper.HeldFor(site); held > 0 {
+			t, freed := s.courier.AwaitIdle(ctx, site.Name, held, s.cfg.Shaping.BusyDelay)
+			if t != nil {
+				return t, nil, true
+			}
+			if freed {
+				if lease, err := s.shaper.Acquire(ctx, site); err == nil {
+					g := &gatedSlot{lease: lease}
+					return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
+				}
+			}
+		}
 		n := s.shaper.Limit(site)
 		delay := s.cfg.Shaping.BusyDelay + rand.N(s.cfg.Shaping.BusyDelay)
 		why := fmt.Sprintf("throttled by site %s: all %d connections the fleet may open to it are in use", site.Name, n)
