@@ -484,8 +484,12 @@ func faultLoad(t *testing.T, s *stack, sub *submitter, sink string) {
 	if unknown > 0 {
 		t.Errorf("%d delivered messages were never sent", unknown)
 	}
-	if limit := len(ids) / 100; dups > limit {
-		t.Errorf("%d duplicate deliveries, want at most %d (1%%)", dups, limit)
+	// Sluice's duplicates are jobs in flight when a node went away, so
+	// they do not grow with the load; a slow machine that accepted only a
+	// few hundred messages must not fail for 1% of a small number. Seen:
+	// 0 to 5 in runs of 560 to 1,089 messages.
+	if limit := max(len(ids)/100, 8); dups > limit {
+		t.Errorf("%d duplicate deliveries, want at most %d (1%% of the load, at least 8)", dups, limit)
 	}
 
 	// Every node current again: a node's full /healthz (without
