@@ -46,7 +46,11 @@ type Settings struct {
 	Weights Weights `yaml:"weights"`
 	// AckWait is how long JetStream waits for an acknowledgement before it
 	// hands a job to another deliverer; running deliveries send progress
-	// every third of it.
+	// every third of it. It stays long (30 s) where the scheduler's and
+	// bouncer's are 10 s: their work is idempotent, but a job handed out
+	// while its delivery still runs (progress lost during a stream leader
+	// election) is a second copy of the mail. A dead deliverer's jobs wait
+	// this long for another.
 	AckWait time.Duration `yaml:"ack_wait" env:"SLUICE_DELIVERER_ACK_WAIT"`
 	// ConnectTimeout bounds each TCP connection to a remote server.
 	ConnectTimeout time.Duration `yaml:"connect_timeout" env:"SLUICE_DELIVERER_CONNECT_TIMEOUT"`
@@ -120,7 +124,7 @@ func DefaultSettings() Settings {
 		SMTPPort:        25,
 		Concurrency:     32,
 		Weights:         Weights{High: 8, Normal: 3, Bulk: 1},
-		AckWait:         10 * time.Second,
+		AckWait:         30 * time.Second,
 		ConnectTimeout:  30 * time.Second,
 		CommandTimeout:  5 * time.Minute,
 		DataTimeout:     10 * time.Minute,
