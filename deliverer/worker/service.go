@@ -616,13 +616,33 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		break
 	}
 	log.Log(ctx, lv, "attempt", attrs...)
-	// A plain ack, not a confirmed one: waiting for the confirmation cost
-	// a round trip per job, and the result is stored either way. An ack
-	// that is lost (the connection drops as it is sent) makes JetStream
-	// redeliver the job after AckWait: a duplicate attempt, the same as
-	// when a confirmed ack fails.
-	if err := msg.Ack(); err != nil {
-		log.WarnContext(ctx, "ack failed after result was stored", "err", err)
+	// A confirmed ack, tried again until JetStream confirms it: an ack
+	// lost while the stream's leader changes (a node restarting) makes
+	// JetStream hand the job out again after AckWait, and the mail is
+	// delivered twice. It costs a round trip per job; a rolling restart
+	// of three nodes produced over 1% duplicates with a plain ack.
+	if err := s.confirmAck(ctx, msg); err != nil {
+		log.WarnContext(ctx, "ack not confirmed after the result was stored; the job may be delivered again", "err", err)
+	}
+}
+
+// confirmAck acknowledges msg and waits for JetStream's confirmation,
+// trying again for up to half of AckWait (the job is handed out again
+// after AckWait, so later tries could only confirm a duplicate).
+func (s *Service) confirmAck(ctx context.Context, msg jetstream.Msg) error {
+	ctx = context.WithoutCancel(ctx)
+	deadline := time.Now().Add(s.cfg.AckWait / 2)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := msg.DoubleAck(actx)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			return nil
+		}
+		if time.Now().Add(250 * time.Millisecond).After(deadline) {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }
 
