@@ -115,6 +115,11 @@ type QueueJob struct {
 	NextAttempt time.Time              `json:"next_attempt,omitzero"`
 	TraceID     string                 `json:"trace_id,omitempty"`
 	Updated     time.Time              `json:"updated,omitzero"`
+	// Throttled says why the job waits without an attempt when a deliverer
+	// held it back for its receiving site ("throttled by site ...": busy,
+	// suspended, slowed down), from its latest throttled event since its
+	// last attempt began.
+	Throttled string `json:"throttled,omitempty"`
 }
 
 // QueueRecipientStatus is the latest status of one recipient.

@@ -138,6 +138,14 @@ func apply(j *api.QueueJob, ev *api.QueueEvent) {
 		a := attempt(ev.Attempt)
 		a.Started, a.Deliverer = ev.Time, ev.Instance
 		j.NextAttempt = time.Time{}
+		j.Throttled = ""
+	case wire.EventThrottled:
+		// A deliverer held the job back for its site, or the site slowed
+		// down after this job's reply; the job's own state is unchanged.
+		j.Throttled = ev.Note
+		if !ev.NextAttempt.IsZero() && j.Outcome == "" {
+			j.NextAttempt = ev.NextAttempt
+		}
 	case wire.EventDeferred, wire.EventDelivered, wire.EventBounced, wire.EventExpired:
 		a := attempt(ev.Attempt)
 		if a.Started.IsZero() {

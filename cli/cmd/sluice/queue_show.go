@@ -101,6 +101,9 @@ func printJob(w io.Writer, j *api.QueueJob, paint painter, now time.Time) {
 	if !j.NextAttempt.IsZero() {
 		row("next attempt:", fmt.Sprintf("%s (%s)", j.NextAttempt.Local().Format(time.DateTime), until(j.NextAttempt, now)))
 	}
+	if j.Throttled != "" && j.Outcome == "" {
+		row("waiting:", j.Throttled)
+	}
 	row("trace id:", orDash(j.TraceID))
 	tw.Flush()
 
