@@ -32,7 +32,9 @@ type Options struct {
 	Bin string
 	// Dir holds each node's configuration, store directory and log.
 	Dir string
-	// Nodes is the number of servers (default 3).
+	// Nodes is the number of servers (default 3). One node runs as a
+	// standalone server, without a cluster block: what a replicated
+	// system is compared against.
 	Nodes int
 	// Name is the cluster's name (default "sluice").
 	Name string
@@ -138,9 +140,9 @@ func Start(o Options) (*Cluster, error) {
 }
 
 // config is a node's nats-server configuration: JetStream on, routes to
-// every other node. The routes name every node, this one included, as
-// nats-server's own cluster examples do; a server skips the route to
-// itself.
+// every other node (no cluster block for a single node). The routes name
+// every node, this one included, as nats-server's own cluster examples
+// do; a server skips the route to itself.
 func (c *Cluster) config(n *Node) string {
 	var routes []string
 	for _, o := range c.Nodes {
@@ -157,8 +159,10 @@ func (c *Cluster) config(n *Node) string {
 		fmt.Fprintf(&b, "  sync_interval: always\n")
 	}
 	fmt.Fprintf(&b, "}\n")
-	fmt.Fprintf(&b, "cluster {\n  name: %q\n  host: %s\n  port: %s\n  routes: [\n%s\n  ]\n}\n",
-		c.opts.Name, chost, cport, strings.Join(routes, "\n"))
+	if len(c.Nodes) > 1 {
+		fmt.Fprintf(&b, "cluster {\n  name: %q\n  host: %s\n  port: %s\n  routes: [\n%s\n  ]\n}\n",
+			c.opts.Name, chost, cport, strings.Join(routes, "\n"))
+	}
 	return b.String()
 }
 

@@ -81,8 +81,9 @@ type worldOpts struct {
 	jaeger     bool // start bin/jaeger next to the services
 	inProcess  bool // run the services in the test process (stack.Options.InProcess)
 	// cluster, when set, is the NATS cluster the services use (with
-	// queue.replicas 3) instead of an embedded server; newWorld then
-	// waits for every service to be ready rather than for SMTP alone.
+	// queue.replicas 3, or 1 on a single node) instead of an embedded
+	// server; newWorld then waits for every service to be ready rather
+	// than for SMTP alone.
 	cluster *cluster.Cluster
 }
 
@@ -130,7 +131,9 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	var natsURL string
 	if o.cluster != nil {
 		natsURL = o.cluster.URLs()
-		cfg["queue"]["replicas"] = 3
+		if len(o.cluster.Nodes) >= 3 {
+			cfg["queue"]["replicas"] = 3
+		}
 	}
 	for sec, kv := range o.config {
 		for k, v := range kv {
