@@ -80,10 +80,13 @@ $(BIN)/jaeger:
 
 # bench runs the same SMTP load against Sluice and Postfix (installed from
 # Debian when run as root) with the harness in ../shared/bench, and prints one
-# table with ratios; then the deliverer scaling benchmark. Never part of test.
+# table with ratios; then the deliverer scaling benchmark, and the same on
+# nats-server processes: R1 on one server against R3 on a three-node cluster,
+# and 1, 2 and 4 deliverers on the cluster. Never part of test.
 bench: build
 	deploy/bench/relay.sh
 	cd deploy && $(GO) test ./e2e -run '^$$' -bench DeliverersSlow -benchtime 1x
+	cd deploy && $(GO) test ./e2e -run '^$$' -bench '^BenchmarkCluster' -benchtime 1x
 
 # bench-queue fills a running system with a million deferred jobs across a
 # thousand domains and times `sluice queue stats`, the first row of
