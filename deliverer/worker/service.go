@@ -123,6 +123,8 @@ type Service struct {
 	// shaper holds this deliverer's connection slots and its view of every
 	// site's limits (see shape.go).
 	shaper *shaping.Shaper
+	// parkAfter is parkAfter; tests shorten it.
+	parkAfter time.Duration
 
 	slots      chan struct{}
 	work       chan fetched
@@ -185,9 +187,10 @@ func New(s Settings, d Deps) (*Service, error) {
 		log:     d.Logger.With("instance", s.Instance),
 		courier: courier.New(res, dialer, d.Tracer, courier.WithSigner(signer),
 			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency})),
-		m:        m,
-		slots:    make(chan struct{}, s.Concurrency),
-		pollDone: make(chan struct{}, 1),
+		m:         m,
+		parkAfter: parkAfter,
+		slots:     make(chan struct{}, s.Concurrency),
+		pollDone:  make(chan struct{}, 1),
 	}, nil
 }
 

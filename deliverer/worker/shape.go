@@ -32,7 +32,8 @@ import (
 //     are all taken across the fleet, is not attempted. It is handed back to
 //     JetStream with a delay (Nak with delay: until the suspension ends, at
 //     most shaping.max_wait; or busy_delay with as much again of jitter when
-//     the site is busy), which frees this deliverer's slot at once and
+//     the site is busy; a wait of parkAfter or more is a message schedule
+//     instead, see park), which frees this deliverer's slot at once and
 //     records no attempt, so the wait does not count against the job's
 //     attempts; its lifetime runs on, as it does for any queued mail. The
 //     wait is a "throttled" event in the job's history (once per attempt
@@ -90,12 +91,31 @@ func (g *gatedSlot) settle() {
 // new slot (nil for an idle session), or settles the job (Nak) and returns
 // false.
 func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, bool) {
+	t, gate, ok := s.take(ctx, msg, job, site, log)
+	if ok && gate != nil {
+		// The site may have been suspended while the slot was taken (by the
+		// attempt that had it): look again before connecting.
+		if _, _, suspended := s.shaper.Suspended(site); suspended {
+			gate.settle()
+			t.Release()
+			return s.take(ctx, msg, job, site, log)
+		}
+	}
+	return t, gate, ok
+}
+
+// take is admit's decision.
+func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, bool) {
 	if until, reason, ok := s.shaper.Suspended(site); ok {
 		delay := min(time.Until(until), s.cfg.Shaping.MaxWait)
 		// Spread the jobs of a long suspension over a second, so they do
 		// not all come back in the same instant.
 		delay += rand.N(time.Second)
 		why := fmt.Sprintf("throttled by site %s: suspended until %s after %q", site.Name, until.UTC().Format(time.RFC3339), reason)
+		if delay >= s.parkAfter && s.park(ctx, msg, job, time.Now().Add(delay), log) {
+			s.throttled(ctx, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log)
+			return nil, nil, false
+		}
 		s.wait(ctx, msg, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log)
 		return nil, nil, false
 	}
@@ -136,8 +156,57 @@ func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 	}
 }
 
+// parkAfter is the shortest wait that parks a job on a message schedule
+// instead of a delayed Nak.
+const parkAfter = 15 * time.Second
+
+// park moves a job of a suspended site out of the work queue until at: it
+// stores the job as a one-shot message schedule on its schedule subject
+// (where the scheduler keeps retries, so `sluice queue retry`, `hold` and
+// `delete` find it the same way), firing into its class subject, and
+// acknowledges it. A delayed Nak would keep the job pending on the shared
+// consumer, and enough of them (a suspended large provider) would fill its
+// MaxAckPending and stop every other site's mail with it. It reports false,
+// having changed nothing, when the schedule could not be stored.
+func (s *Service) park(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, at time.Time, log *slog.Logger) bool {
+	at = at.Truncate(time.Second).Add(time.Second) // schedules count whole seconds
+	m := &nats.Msg{Subject: wire.ScheduleSubject(job.JobId), Header: nats.Header{}, Data: msg.Data()}
+	for k, v := range msg.Headers() {
+		if len(k) > 5 && k[:5] == "Nats-" {
+			continue
+		}
+		m.Header[k] = v
+	}
+	n := uint64(1)
+	if md, err := msg.Metadata(); err == nil {
+		n = md.NumDelivered
+	}
+	m.Header.Set(jetstream.MsgIDHeader, job.JobId+"/"+strconv.FormatUint(uint64(job.Attempt), 10)+"/throttled/"+strconv.FormatUint(n, 10))
+	m.Header.Set(jetstream.ScheduleHeader, "@at "+at.UTC().Format(time.RFC3339))
+	m.Header.Set(jetstream.ScheduleTargetHeader, wire.JobSubject(job.Priority, job.JobId))
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := s.js.PublishMsg(pctx, m); err != nil {
+		log.WarnContext(ctx, "cannot park a job of a suspended site; it waits in the queue", "err", err)
+		return false
+	}
+	if err := msg.DoubleAck(pctx); err != nil {
+		// The job comes back after AckWait and finds its schedule: the
+		// schedule's copy is then a second offer of the same attempt,
+		// which the attempt's message ids make harmless to record.
+		log.WarnContext(ctx, "ack of a parked job failed", "err", err)
+	}
+	return true
+}
+
 // wait hands the job back to JetStream for delay and says why.
 func (s *Service) wait(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, kind, episode, why string, delay time.Duration, log *slog.Logger) {
+	s.throttled(ctx, job, site, kind, episode, why, delay, log)
+	_ = msg.NakWithDelay(delay)
+}
+
+// throttled records a wait on the job's trace, history and metrics.
+func (s *Service) throttled(ctx context.Context, job *sluicev1.Job, site shaping.Site, kind, episode, why string, delay time.Duration, log *slog.Logger) {
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.String("sluice.result", "throttled"), attribute.String("sluice.site", site.Name))
 	span.AddEvent("sluice.throttled", trace.WithAttributes(
@@ -148,7 +217,6 @@ func (s *Service) wait(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 	s.m.throttled.Add(context.Background(), 1, metric.WithAttributes(attribute.String("why", kind)))
 	s.recordThrottled(ctx, job, kind+"/"+episode, why, time.Now().Add(delay), log)
 	log.DebugContext(ctx, "job waits for its site", "site", site.Name, "why", kind, "delay_ms", delay.Milliseconds())
-	_ = msg.NakWithDelay(delay)
 }
 
 // adapt feeds an attempt's outcome to the site's concurrency and marks

@@ -161,7 +161,7 @@ func refusingSMTP(t *testing.T, reply string) *countingListener {
 
 // shapedFleet starts n deliverers, each on its own NATS connection, with
 // the shaping section set by mod. It returns their NATS connections.
-func (e *env) shapedFleet(t *testing.T, n int, mod func(*Settings)) []*nats.Conn {
+func (e *env) shapedFleet(t *testing.T, n int, mod func(*Settings), hooks ...func(*Service)) []*nats.Conn {
 	t.Helper()
 	var conns []*nats.Conn
 	for i := range n {
@@ -176,6 +176,9 @@ func (e *env) shapedFleet(t *testing.T, n int, mod func(*Settings)) []*nats.Conn
 			Logger: slog.New(slog.DiscardHandler), Shuffle: func(int, func(i, j int)) {}})
 		if err != nil {
 			t.Fatal(err)
+		}
+		for _, h := range hooks {
+			h(svc)
 		}
 		if err := svc.Start(context.Background()); err != nil {
 			t.Fatal(err)
@@ -497,5 +500,85 @@ func TestKilledDelivererReleasesSlots(t *testing.T) {
 	t.Logf("the survivor delivered the site's mail %s after the holder of its slots was killed (lease TTL %s)", lastAt.Round(10*time.Millisecond), ttl)
 	if lastAt > ttl+3*time.Second {
 		t.Errorf("the site was blocked %s after its slots' holder died, want within the lease TTL %s + 3s", lastAt, ttl)
+	}
+}
+
+// TestLongSuspensionParksJobs: the jobs of a site suspended for longer
+// than parkAfter leave the work queue for message schedules, so they hold
+// nothing on the shared consumer (whose MaxAckPending they could fill),
+// and come back when the suspension ends.
+func TestLongSuspensionParksJobs(t *testing.T) {
+	e := newEnv(t)
+	bad := refusingSMTP(t, "421 4.7.28 Our system has detected an unusual rate of unsolicited mail")
+	const suspend = 4 * time.Second
+	e.shapedFleet(t, 1, func(s *Settings) {
+		s.Routes = map[string]string{"parked.test": bad.Addr().String()}
+		s.Shaping.Default.InitialConnections = 1
+		s.Shaping.Default.SuspendFor = suspend
+		s.Shaping.BusyDelay = 50 * time.Millisecond
+	}, func(svc *Service) { svc.parkAfter = time.Second })
+	var jobs []*sluicev1.Job
+	for range 10 {
+		jobs = append(jobs, e.enqueue(t, jobSpec{domain: "parked.test", rcpts: []string{"x@parked.test"}}))
+	}
+	ctx := context.Background()
+	str, err := e.js.Stream(ctx, wire.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := str.Consumer(ctx, wire.DelivererConsumer(sluicev1.Priority_PRIORITY_NORMAL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Within the suspension: the nine jobs that did not connect are parked
+	// on their schedule subjects and nothing is pending on the consumer.
+	var parked int
+	var pending int
+	deadline := time.Now().Add(suspend - time.Second)
+	for time.Now().Before(deadline) {
+		info, err := str.Info(ctx, jetstream.WithSubjectFilter(wire.SubjectSchedule+".>"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		parked = len(info.State.Subjects)
+		ci, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = ci.NumAckPending
+		if parked == 9 && pending == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_, _, before, _ := bad.stats()
+	t.Logf("during the suspension: %d jobs parked, %d pending on the consumer, %d connections", parked, pending, before)
+	if parked != 9 || pending != 0 {
+		t.Errorf("%d jobs parked on schedules and %d pending on the consumer, want 9 and 0", parked, pending)
+	}
+	if before != 1 {
+		t.Errorf("%d connections before the suspension ended, want 1 (initial concurrency 1)", before)
+	}
+	// The schedules fire when the suspension ends: the site is tried again.
+	waitUntil(t, 3*suspend, func() bool { _, _, n, _ := bad.stats(); return n > before }, "a connection after the suspension")
+	attempts := e.events(t, wire.EventAttempt)
+	n := 0
+	for _, j := range jobs {
+		n += attempts[j.JobId]
+	}
+	_, _, total, _ := bad.stats()
+	if n != total {
+		t.Errorf("%d attempt events for %d connections: a parked job's return must not be counted before it is tried", n, total)
+	}
+}
+
+func waitUntil(t *testing.T, d time.Duration, ok func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
