@@ -103,9 +103,9 @@ func printCluster(c *cluster.Cluster, restart time.Duration, dataDir string) {
 	} else {
 		fmt.Printf("                 a node that exits stays down (-node-restart 0)\n")
 	}
-	fmt.Printf(`                 each stream's leader and whether its replicas are current:
-                 curl -s 'http://%s/jsz?streams=true'   (cluster.leader, cluster.replicas[].current)
-`, first.MonitorAddr)
+	fmt.Printf(`                 each stream's leader and whether its replicas are current (exit status 3 when not):
+                 bin/sluice -server %s cluster
+`, c.URLs())
 }
 
 // jetStreamDir is where the stack's JetStream files are: the embedded
