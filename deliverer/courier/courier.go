@@ -157,6 +157,18 @@ func (c *Courier) AwaitIdle(ctx context.Context, site string, max int, d time.Du
 	return &Ticket{site: site, slot: e.slot, maxUses: e.maxUses, idle: e.s}, false
 }
 
+// Unused gives back a ticket that was not used: its idle session goes back
+// to the cache (or to an attempt waiting for one) with its slot; a slot
+// without a session is released.
+func (c *Courier) Unused(t *Ticket) {
+	if t.idle != nil {
+		c.cache.put(t.site, idleSession{s: t.idle, slot: t.slot, maxUses: t.maxUses})
+		t.idle, t.slot = nil, nil
+		return
+	}
+	t.Release()
+}
+
 // Release gives back a ticket that will not be used: its idle session is
 // closed and its slot released.
 func (t *Ticket) Release() {

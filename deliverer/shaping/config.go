@@ -59,6 +59,9 @@ type Policy struct {
 	SuspendFor time.Duration `yaml:"suspend_for"`
 	// SlowDownPatterns are added to the configuration's for this site.
 	SlowDownPatterns []string `yaml:"slow_down_patterns"`
+	// MaxMessageRate limits the messages the whole fleet sends to the site:
+	// "600/1m", "10/1s", "5000/1h"; empty is no limit.
+	MaxMessageRate string `yaml:"max_message_rate"`
 }
 
 // DefaultSlowDownPatterns are the replies of large mailbox providers that
@@ -152,6 +155,9 @@ func (p Policy) validate(path string, complete bool) error {
 	if p.MaxMessagesPerConnection < 0 {
 		return fmt.Errorf("%s.max_messages_per_connection: %d, want 0 (connection_reuse_limit) or more", f, p.MaxMessagesPerConnection)
 	}
+	if _, err := ParseRate(p.MaxMessageRate); err != nil {
+		return fmt.Errorf("%s.max_message_rate: %v", f, err)
+	}
 	if p.SuspendFor > 24*time.Hour {
 		return fmt.Errorf("%s.suspend_for: %s, want at most 24h", f, p.SuspendFor)
 	}
@@ -176,6 +182,9 @@ func (p Policy) over(o Policy) Policy {
 	}
 	if o.SuspendFor != 0 {
 		p.SuspendFor = o.SuspendFor
+	}
+	if o.MaxMessageRate != "" {
+		p.MaxMessageRate = o.MaxMessageRate
 	}
 	p.SlowDownPatterns = append(append([]string(nil), p.SlowDownPatterns...), o.SlowDownPatterns...)
 	// A site limited below the default's start starts at its limit.

@@ -18,7 +18,11 @@ type Site struct {
 	Key    string
 	Policy Policy
 	slow   []*regexp.Regexp
+	rate   Rate
 }
+
+// Rate is the site's message rate limit; a zero N means none.
+func (s Site) Rate() Rate { return s.rate }
 
 // SlowDown reports whether a reply asks us to slow down: a temporary reply
 // matching one of the site's slow-down patterns. Permanent replies never
@@ -52,6 +56,10 @@ func NewRules(cfg Config) (*Rules, error) {
 	}
 	compile := func(p Policy) (Site, error) {
 		s := Site{Policy: p}
+		var err error
+		if s.rate, err = ParseRate(p.MaxMessageRate); err != nil {
+			return s, fmt.Errorf("shaping: max_message_rate %w", err)
+		}
 		for _, pat := range append(append([]string(nil), base...), p.SlowDownPatterns...) {
 			re, err := regexp.Compile("(?i)" + pat)
 			if err != nil {

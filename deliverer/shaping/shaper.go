@@ -95,6 +95,7 @@ type siteState struct {
 	until    time.Time
 	reason   string
 	full     time.Time // local hint: the site was full until then
+	rateFull int64     // local hint: the rate window with this number is used up
 }
 
 // New returns a Shaper that keeps its state in kv (wire.BucketShaping,

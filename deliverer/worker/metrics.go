@@ -17,7 +17,7 @@ import (
 //	sluice_deliverer_jobs_in_flight                     no labels
 //	sluice_deliverer_jobs_terminated_total{reason}      undecodable | invalid
 //	sluice_deliverer_result_publish_failures_total      no labels
-//	sluice_deliverer_jobs_throttled_total{why}          busy | suspended
+//	sluice_deliverer_jobs_throttled_total{why}          busy | suspended | rate
 //	    jobs handed back without an attempt because their site had no
 //	    free connection slot (busy) or was suspended; each one is also
 //	    counted by sluice_deliverer_jobs_redelivered_total when it comes

@@ -98,10 +98,31 @@ func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 		if _, _, suspended := s.shaper.Suspended(site); suspended {
 			gate.settle()
 			t.Release()
-			return s.take(ctx, msg, job, site, log)
+			if t, gate, ok = s.take(ctx, msg, job, site, log); !ok {
+				return nil, nil, false
+			}
 		}
 	}
-	return t, gate, ok
+	if !ok {
+		return nil, nil, false
+	}
+	// The site's message rate, counted last: a message counted is a
+	// message sent.
+	wait, err := s.shaper.Take(ctx, site)
+	if err == nil && wait == 0 {
+		return t, gate, true
+	}
+	gate.settle()
+	s.courier.Unused(t)
+	if err != nil {
+		log.WarnContext(ctx, "cannot count the message against its site's rate; job returned to the queue", "site", site.Name, "err", err)
+		_ = msg.NakWithDelay(infraRetry)
+		return nil, nil, false
+	}
+	r := site.Rate()
+	why := fmt.Sprintf("throttled by site %s: its rate of %d messages per %s is used up for now", site.Name, r.N, r.Per)
+	s.wait(ctx, msg, job, site, "rate", "", why, wait, log)
+	return nil, nil, false
 }
 
 // take is admit's decision.
