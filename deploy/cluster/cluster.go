@@ -13,6 +13,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -381,6 +382,36 @@ func (n *Node) healthz(ctx context.Context) error {
 		return errors.New(strings.TrimSpace(string(b[:k])))
 	}
 	return nil
+}
+
+// Clients returns the names of the clients connected to the node (its
+// monitoring /connz), so a test can say which services a failure of the
+// node cut off.
+func (n *Node) Clients(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.MonitorAddr+"/connz?limit=1024", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var z struct {
+		Conns []struct {
+			Name string `json:"name"`
+		} `json:"connections"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&z); err != nil {
+		return nil, fmt.Errorf("cluster: %s /connz: %w", n.Name, err)
+	}
+	var names []string
+	for _, c := range z.Conns {
+		names = append(names, c.Name)
+	}
+	return names, nil
 }
 
 // freeAddr asks the kernel for a free loopback port.

@@ -491,8 +491,11 @@ func TestClusterDelivererKilled(t *testing.T) {
 }
 
 // TestClusterNodeFrozen freezes the SLUICE_JOBS leader with SIGSTOP for
-// freeze during the load (its sockets stay open, it answers nothing), then
-// thaws it: nothing accepted is lost and it catches up.
+// 30 s during the load (its sockets stay open, it answers nothing), then
+// thaws it: nothing accepted is lost and it catches up. The services
+// connected to it are named in the log: they wait for it (see the load's
+// slowest 250), as NATS clients do not notice a silent server before
+// their ping interval.
 func TestClusterNodeFrozen(t *testing.T) {
 	const freeze = 30 * time.Second
 	c := readyCluster(t)
@@ -502,10 +505,11 @@ func TestClusterNodeFrozen(t *testing.T) {
 	l.run()
 	waitTaken(t, l, 300)
 	leader := streamLeader(t, js, c, "SLUICE_JOBS")
+	clients, _ := leader.Clients(context.Background())
 	if err := leader.Freeze(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("froze SLUICE_JOBS leader %s (pid %d) after %d messages", leader.Name, leader.Pid(), l.count())
+	t.Logf("froze SLUICE_JOBS leader %s (pid %d) after %d messages; its clients: %v", leader.Name, leader.Pid(), l.count(), clients)
 	time.Sleep(freeze)
 	if err := leader.Thaw(); err != nil {
 		t.Fatal(err)
