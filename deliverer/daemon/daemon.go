@@ -93,6 +93,12 @@ func Run(ctx context.Context, cfg worker.Config, host lifecycle.Host) error {
 		p.Stop(svc.Close(context.Background()))
 		return err
 	}
+	// `sluice shaping`: any one deliverer answers for the fleet's state.
+	if err := svc.ServeShaping(api.svc); err != nil {
+		api.stop()
+		p.Stop(svc.Close(context.Background()))
+		return err
+	}
 	p.Ready(nil)
 	log.Info("started", "instance", cfg.Deliverer.Instance, "hostname", cfg.Deliverer.Hostname,
 		"metrics", p.MetricsAddr(), "dns_server", cfg.Deliverer.DNSServer, "nats", p.NC.ConnectedUrlRedacted(),

@@ -17,11 +17,13 @@ import (
 //	sluice_deliverer_jobs_in_flight                     no labels
 //	sluice_deliverer_jobs_terminated_total{reason}      undecodable | invalid
 //	sluice_deliverer_result_publish_failures_total      no labels
-//	sluice_deliverer_jobs_throttled_total{why}          busy | suspended | rate
+//	sluice_deliverer_jobs_throttled_total{why}          busy | suspended | parked | rate
 //	    jobs handed back without an attempt because their site had no
-//	    free connection slot (busy) or was suspended; each one is also
-//	    counted by sluice_deliverer_jobs_redelivered_total when it comes
-//	    back. Sites are not a label: their number is unbounded.
+//	    free connection slot (busy), was suspended, or had used up its
+//	    message rate; parked: moved to a message schedule for a long
+//	    suspension. A job handed back by a delayed Nak is also counted by
+//	    sluice_deliverer_jobs_redelivered_total when it comes back. Sites
+//	    are not a label: their number is unbounded.
 //
 // sluice_deliverer_connections_active is declared in smtpclient and
 // sluice_deliverer_dns_lookup_duration_seconds in mx.

@@ -134,7 +134,9 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 		delay += rand.N(time.Second)
 		why := fmt.Sprintf("throttled by site %s: suspended until %s after %q", site.Name, until.UTC().Format(time.RFC3339), reason)
 		if delay >= s.parkAfter && s.park(ctx, msg, job, time.Now().Add(delay), log) {
-			s.throttled(ctx, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log)
+			// Parked like a retry: the queue shows the job deferred until
+			// then, and `sluice queue retry` finds it.
+			s.throttled(ctx, job, site, "parked", strconv.FormatInt(until.Unix(), 10), why, delay, log)
 			return nil, nil, false
 		}
 		s.wait(ctx, msg, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log)
@@ -236,7 +238,11 @@ func (s *Service) throttled(ctx context.Context, job *sluicev1.Job, site shaping
 		attribute.String("sluice.throttle.why", why),
 		attribute.Int64("sluice.throttle.delay_ms", delay.Milliseconds())))
 	s.m.throttled.Add(context.Background(), 1, metric.WithAttributes(attribute.String("why", kind)))
-	s.recordThrottled(ctx, job, kind+"/"+episode, why, time.Now().Add(delay), log)
+	state := ""
+	if kind == "parked" {
+		state = admin.StateDeferred
+	}
+	s.recordThrottled(ctx, job, kind+"/"+episode, state, why, time.Now().Add(delay), log)
 	log.DebugContext(ctx, "job waits for its site", "site", site.Name, "why", kind, "delay_ms", delay.Milliseconds())
 }
 
@@ -280,7 +286,7 @@ func (s *Service) adapt(ctx context.Context, job *sluicev1.Job, site shaping.Sit
 		attribute.String("sluice.site.suspended_until", formatTime(c.Until)),
 		attribute.String("sluice.smtp.reply", c.Reason)))
 	log.WarnContext(ctx, "site slowed down", "site", c.Site, "from", c.From, "to", c.To, "until", formatTime(c.Until), "reply", c.Reason)
-	s.recordThrottled(ctx, job, "slowed/"+strconv.Itoa(c.To), why, c.Until, log)
+	s.recordThrottled(ctx, job, "slowed/"+strconv.Itoa(c.To), "", why, c.Until, log)
 }
 
 func formatTime(t time.Time) string {
@@ -293,9 +299,9 @@ func formatTime(t time.Time) string {
 // recordThrottled sends a "throttled" event without waiting for it: the
 // history is an explanation, and a lost one costs no mail. The message id
 // makes it once per attempt and episode (a suspension, "busy").
-func (s *Service) recordThrottled(ctx context.Context, job *sluicev1.Job, episode, why string, next time.Time, log *slog.Logger) {
+func (s *Service) recordThrottled(ctx context.Context, job *sluicev1.Job, episode, state, why string, next time.Time, log *slog.Logger) {
 	ev := &admin.QueueEvent{
-		Type: wire.EventThrottled, Time: time.Now().UTC(), QueueID: job.QueueId, JobID: job.JobId,
+		Type: wire.EventThrottled, Time: time.Now().UTC(), QueueID: job.QueueId, JobID: job.JobId, State: state,
 		Attempt: job.Attempt, Priority: wire.ClassName(job.Priority), Instance: s.cfg.Instance,
 		Reason: "throttled", Note: why, NextAttempt: next.UTC(),
 	}

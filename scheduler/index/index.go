@@ -241,6 +241,15 @@ func (x *Index) Apply(ev *admin.QueueEvent, seq uint64) {
 		e.next = unixNano(ev.NextAttempt)
 	case wire.EventReprioritised:
 		// The class was set above.
+	case wire.EventThrottled:
+		// A deliverer held the job back for its receiving site. Only a
+		// job it parked on a schedule says so in its state (deferred, with
+		// the time it comes back); a short wait leaves the job as it was.
+		if ev.State != "" {
+			e.state = stateOr(ev.State, e.state)
+			e.next = unixNano(ev.NextAttempt)
+			e.reason = parseReason(ev.Reason)
+		}
 	}
 }
 

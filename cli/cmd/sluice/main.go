@@ -9,6 +9,7 @@
 //	sluice doctor dns|dnsbl|connect|auth ...
 //	sluice headers [FILE]
 //	sluice cluster
+//	sluice shaping show|suspend|resume ...
 package main
 
 import (
@@ -25,6 +26,7 @@ commands:
   doctor   check DNS, blacklists, connectivity and SPF/DKIM/DMARC from every deliverer
   headers  analyse a message's Received headers, authentication results and DSN content
   cluster  each stream's and consumer's JetStream leader and replicas: ok, degraded or no leader
+  shaping  the deliverers' limits per receiving site: connections, concurrency, suspensions
 
 Global flags (before or after the command): -server nats://host:4222, -creds FILE, -timeout 5s.
 Run "sluice <command> -h" for a command's flags.
@@ -54,6 +56,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runHeaders(args[1:], stdin, stdout, stderr)
 	case "cluster":
 		return runCluster(args[1:], stdout, stderr)
+	case "shaping":
+		return runShaping(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
 	return 2

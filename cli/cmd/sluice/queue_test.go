@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
@@ -127,6 +128,15 @@ func (w *world) startDeliverer() {
 		defer cancel()
 		_ = d.Close(ctx)
 	})
+	// The deliverer's admin service, with the shaping endpoints.
+	svc, err := micro.AddService(js.Conn(), micro.Config{Name: api.DelivererService, Version: "0.0.1"})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { _ = svc.Stop() })
+	if err := d.ServeShaping(svc); err != nil {
+		w.t.Fatal(err)
+	}
 }
 
 // send stores a message as the ingress does and returns its queue id.
