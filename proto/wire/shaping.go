@@ -13,6 +13,7 @@ import (
 //	sluice_shaping  key-value, per-key TTL   conn.<site-key>.<slot>  a connection slot held by one deliverer
 //	                                         limit.<site-key>        the site's current concurrency (slow start)
 //	                                         susp.<site-key>         a suspension, expiring when it ends
+//	                                         rate.<site-key>.<n>     messages sent in rate window n
 //
 // A site is the set of MX hosts that receive a destination's mail (see the
 // deliverer's mx package); its key is a hash, because a site's name is not a
