@@ -311,6 +311,17 @@ func (l *Lease) Release() {
 	}
 }
 
+// prune forgets the local state of sites that have nothing stored, held
+// or remembered any more, so that a deliverer sending to many domains over
+// months does not keep one entry per site it ever saw; s.mu is held.
+func (s *Shaper) prune(now time.Time) {
+	for key, st := range s.sites {
+		if st.limit == 0 && st.limitRev == 0 && !now.Before(st.until) && !now.Before(st.full) && s.bySite[key] == 0 {
+			delete(s.sites, key)
+		}
+	}
+}
+
 // forget drops l from the held leases; s.mu is held.
 func (s *Shaper) forget(l *Lease) {
 	if _, ok := s.leases[l]; !ok {
@@ -357,6 +368,7 @@ func (s *Shaper) renew() {
 		for l := range s.leases {
 			held = append(held, l)
 		}
+		s.prune(time.Now())
 		s.mu.Unlock()
 		for _, l := range held {
 			s.renewOne(l)
