@@ -382,8 +382,9 @@ func contains(s []int, v int) bool {
 }
 
 // waitDrained waits until the queue's work streams are empty: every
-// message was completed and deleted, no job or result is left behind.
-func waitDrained(t *testing.T, js jetstream.JetStream, d time.Duration) {
+// message was completed and deleted, no job or result is left behind. If
+// one is not, it logs what each service wrote about the messages left.
+func waitDrained(t *testing.T, w *world, js jetstream.JetStream, d time.Duration) {
 	t.Helper()
 	var last string
 	deadline := time.Now().Add(d)
@@ -409,9 +410,45 @@ func waitDrained(t *testing.T, js jetstream.JetStream, d time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
+			logLeftOver(t, w, js)
 			t.Fatalf("queue not drained after %s: %s", d, last)
 		}
 		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// logLeftOver logs the subjects of the first messages left in SLUICE_MSGS
+// and every log line of every service that names their queue ids.
+func logLeftOver(t *testing.T, w *world, js jetstream.JetStream) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, "SLUICE_MSGS")
+	if err != nil {
+		return
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return
+	}
+	var ids []string
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && len(ids) < 5; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		ids = append(ids, strings.TrimPrefix(m.Subject, "sluice.msg."))
+	}
+	t.Logf("left in SLUICE_MSGS: %v", ids)
+	for _, p := range w.st.Procs() {
+		b, _ := os.ReadFile(p.Log())
+		for _, line := range strings.Split(string(b), "\n") {
+			for _, id := range ids {
+				if strings.Contains(line, id) {
+					t.Logf("%s: %s", p.Name, line)
+					break
+				}
+			}
+		}
 	}
 }
 
@@ -447,7 +484,7 @@ func TestClusterColdStart(t *testing.T) {
 	l.wait()
 	l.verify(t, time.Minute)
 	waitCurrent(t, js, 30*time.Second)
-	waitDrained(t, js, 30*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
 
 	// With the deliverer stopped, mail waits in the queue when the power
 	// fails.
@@ -479,7 +516,7 @@ func TestClusterColdStart(t *testing.T) {
 	}
 	queued.verify(t, time.Minute)
 	waitCurrent(t, js, 30*time.Second)
-	waitDrained(t, js, 30*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
 }
 
 // TestClusterStreamLeaderKilled kills -9 the node leading SLUICE_JOBS
@@ -506,7 +543,7 @@ func TestClusterStreamLeaderKilled(t *testing.T) {
 		t.Fatal("no leader")
 	}
 	waitCurrent(t, js, 60*time.Second)
-	waitDrained(t, js, 30*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
 }
 
 // TestClusterDelivererKilled runs two deliverers and kills -9 one of them
@@ -528,7 +565,7 @@ func TestClusterDelivererKilled(t *testing.T) {
 	if got := w.metric("deliverer-2", "sluice_deliverer_attempts_total", `result="delivered"`); got <= 0 {
 		t.Fatalf("deliverer-2 delivered %v", got)
 	}
-	waitDrained(t, js, 30*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
 }
 
 // TestClusterNodeFrozen freezes the SLUICE_JOBS leader with SIGSTOP for
@@ -565,7 +602,7 @@ func TestClusterNodeFrozen(t *testing.T) {
 	}
 	l.verify(t, 90*time.Second)
 	waitCurrent(t, js, 60*time.Second)
-	waitDrained(t, js, 30*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
 }
 
 // TestClusterRollingRestart restarts the three nodes one at a time, as a
@@ -599,5 +636,5 @@ func TestClusterRollingRestart(t *testing.T) {
 		t.Fatalf("the load ended (%d messages) before the restarts did", l.n)
 	}
 	l.verify(t, 90*time.Second)
-	waitDrained(t, js, 30*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
 }
