@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -69,4 +70,52 @@ func (s *Shaper) Snapshot(ctx context.Context) (map[string]*State, error) {
 			}
 		}
 	}
+}
+
+// SiteCount is a number about one site.
+type SiteCount struct {
+	Site string
+	N    int
+}
+
+// Top returns the n sites this deliverer holds the most connections to,
+// most first, and the connections it holds to all the others: metric
+// labels stay bounded however many sites there are.
+func (s *Shaper) Top(n int) (top []SiteCount, other int) {
+	s.mu.Lock()
+	names := map[string]string{}
+	for l := range s.leases {
+		names[l.site.Key] = l.site.Name
+	}
+	for key, c := range s.bySite {
+		top = append(top, SiteCount{Site: names[key], N: c})
+	}
+	s.mu.Unlock()
+	sort.Slice(top, func(i, j int) bool {
+		if top[i].N != top[j].N {
+			return top[i].N > top[j].N
+		}
+		return top[i].Site < top[j].Site
+	})
+	if len(top) > n {
+		for _, c := range top[n:] {
+			other += c.N
+		}
+		top = top[:n]
+	}
+	return top, other
+}
+
+// SuspendedSites counts the sites suspended now, as this deliverer knows them.
+func (s *Shaper) SuspendedSites() int {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, st := range s.sites {
+		if now.Before(st.until) {
+			n++
+		}
+	}
+	return n
 }

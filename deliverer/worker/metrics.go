@@ -2,9 +2,13 @@ package worker
 
 import (
 	"bytes"
+	"context"
 	"io"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/sluice-mta/sluice/deliverer/shaping"
 )
 
 // instruments are the service's metrics. Label values:
@@ -24,6 +28,13 @@ import (
 //	    suspension. A job handed back by a delayed Nak is also counted by
 //	    sluice_deliverer_jobs_redelivered_total when it comes back. Sites
 //	    are not a label: their number is unbounded.
+//
+// Traffic shaping, observed from this deliverer's shaper:
+//
+//	sluice_deliverer_site_connections{site}   connection slots this deliverer
+//	    holds per receiving site: the 10 sites it holds most to, by name,
+//	    and site="other" for the rest, so the label stays bounded
+//	sluice_deliverer_sites_suspended          sites suspended now
 //
 // sluice_deliverer_connections_active is declared in smtpclient and
 // sluice_deliverer_dns_lookup_duration_seconds in mx.
@@ -74,3 +85,28 @@ func newInstruments(m metric.Meter) (instruments, error) {
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+// topSites is how many sites sluice_deliverer_site_connections names.
+const topSites = 10
+
+func registerSiteMetrics(m metric.Meter, sh *shaping.Shaper) (metric.Registration, error) {
+	conns, err := m.Int64ObservableGauge("sluice_deliverer_site_connections",
+		metric.WithDescription("Connection slots this deliverer holds per receiving site: the top 10 sites by name, the rest as site=\"other\"."))
+	if err != nil {
+		return nil, err
+	}
+	suspended, err := m.Int64ObservableGauge("sluice_deliverer_sites_suspended",
+		metric.WithDescription("Receiving sites suspended now, after a reply that asked us to slow down or by an operator."))
+	if err != nil {
+		return nil, err
+	}
+	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		top, other := sh.Top(topSites)
+		for _, c := range top {
+			o.ObserveInt64(conns, int64(c.N), metric.WithAttributes(attribute.String("site", c.Site)))
+		}
+		o.ObserveInt64(conns, int64(other), metric.WithAttributes(attribute.String("site", "other")))
+		o.ObserveInt64(suspended, int64(sh.SuspendedSites()))
+		return nil
+	}, conns, suspended)
+}

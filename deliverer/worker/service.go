@@ -125,6 +125,9 @@ type Service struct {
 	shaper *shaping.Shaper
 	// parkAfter is parkAfter; tests shorten it.
 	parkAfter time.Duration
+	meter     metric.Meter
+	// siteMetrics observes the shaper (see registerSiteMetrics).
+	siteMetrics metric.Registration
 
 	slots      chan struct{}
 	work       chan fetched
@@ -189,6 +192,7 @@ func New(s Settings, d Deps) (*Service, error) {
 			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency})),
 		m:         m,
 		parkAfter: parkAfter,
+		meter:     d.Meter,
 		slots:     make(chan struct{}, s.Concurrency),
 		pollDone:  make(chan struct{}, 1),
 	}, nil
@@ -245,7 +249,13 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.shaper, err = shaping.New(s.js, shapingKV, s.cfg.Shaping, s.cfg.Instance, s.log); err == nil {
 		err = s.shaper.Start(ctx)
 	}
+	if err == nil {
+		s.siteMetrics, err = registerSiteMetrics(s.meter, s.shaper)
+	}
 	if err != nil {
+		if s.shaper != nil {
+			s.shaper.Stop()
+		}
 		s.marks.Stop()
 		return err
 	}
@@ -290,6 +300,7 @@ func (s *Service) Close(ctx context.Context) error {
 		// Closing the idle sessions releases their connection slots, before
 		// the shaper stops renewing them.
 		s.courier.Close()
+		_ = s.siteMetrics.Unregister()
 		s.shaper.Stop()
 		if s.marks != nil {
 			s.marks.Stop()
