@@ -62,6 +62,10 @@ type Policy struct {
 	// MaxMessageRate limits the messages the whole fleet sends to the site:
 	// "600/1m", "10/1s", "5000/1h"; empty is no limit.
 	MaxMessageRate string `yaml:"max_message_rate"`
+	// MaxConnectionRate limits the new connections the whole fleet opens
+	// to the site, written like MaxMessageRate ("30/1m"); empty is no
+	// limit. Reused sessions do not count.
+	MaxConnectionRate string `yaml:"max_connection_rate"`
 }
 
 // DefaultSlowDownPatterns are the replies of large mailbox providers that
@@ -158,6 +162,9 @@ func (p Policy) validate(path string, complete bool) error {
 	if _, err := ParseRate(p.MaxMessageRate); err != nil {
 		return fmt.Errorf("%s.max_message_rate: %v", f, err)
 	}
+	if _, err := ParseRate(p.MaxConnectionRate); err != nil {
+		return fmt.Errorf("%s.max_connection_rate: %v", f, err)
+	}
 	if p.SuspendFor > 24*time.Hour {
 		return fmt.Errorf("%s.suspend_for: %s, want at most 24h", f, p.SuspendFor)
 	}
@@ -185,6 +192,9 @@ func (p Policy) over(o Policy) Policy {
 	}
 	if o.MaxMessageRate != "" {
 		p.MaxMessageRate = o.MaxMessageRate
+	}
+	if o.MaxConnectionRate != "" {
+		p.MaxConnectionRate = o.MaxConnectionRate
 	}
 	p.SlowDownPatterns = append(append([]string(nil), p.SlowDownPatterns...), o.SlowDownPatterns...)
 	// A site limited below the default's start starts at its limit.

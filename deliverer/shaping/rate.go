@@ -62,7 +62,18 @@ func (r Rate) window(now time.Time) (idx int64, quota int, end time.Time) {
 // Take counts one message to the site against its rate, and returns 0, or
 // how long to wait when the rate is used up for now.
 func (s *Shaper) Take(ctx context.Context, site Site) (time.Duration, error) {
-	r := site.rate
+	return s.take(ctx, site, site.rate, "rate", func(st *siteState) *int64 { return &st.rateFull })
+}
+
+// TakeConnection counts one new connection to the site against its
+// connection rate, like Take.
+func (s *Shaper) TakeConnection(ctx context.Context, site Site) (time.Duration, error) {
+	return s.take(ctx, site, site.connRate, "crate", func(st *siteState) *int64 { return &st.connRateFull })
+}
+
+// take counts one against rate r in the window keys <prefix>.<site>.<n>;
+// hint points at the local note of the last window found used up.
+func (s *Shaper) take(ctx context.Context, site Site, r Rate, prefix string, hint func(*siteState) *int64) (time.Duration, error) {
 	if r.N == 0 {
 		return 0, nil
 	}
@@ -74,12 +85,12 @@ func (s *Shaper) Take(ctx context.Context, site Site) (time.Duration, error) {
 	}
 	s.mu.Lock()
 	st := s.state(site.Key)
-	spent := st.rateFull == idx
+	spent := *hint(st) == idx
 	s.mu.Unlock()
 	if spent || quota == 0 {
 		return wait(), nil
 	}
-	key := "rate." + site.Key + "." + strconv.FormatInt(idx, 10)
+	key := prefix + "." + site.Key + "." + strconv.FormatInt(idx, 10)
 	for range 8 {
 		e, err := s.kv.Get(ctx, key)
 		switch {
@@ -98,7 +109,7 @@ func (s *Shaper) Take(ctx context.Context, site Site) (time.Duration, error) {
 		n, _ := strconv.Atoi(string(e.Value()))
 		if n >= quota {
 			s.mu.Lock()
-			st.rateFull = idx
+			*hint(st) = idx
 			s.mu.Unlock()
 			return wait(), nil
 		}

@@ -15,14 +15,19 @@ type Site struct {
 	// mx.Route.Site), or "domain:<domain>" for a domain configured apart.
 	Name string
 	// Key is Name's token in the shaping bucket's keys.
-	Key    string
-	Policy Policy
-	slow   []*regexp.Regexp
-	rate   Rate
+	Key      string
+	Policy   Policy
+	slow     []*regexp.Regexp
+	rate     Rate
+	connRate Rate
 }
 
 // Rate is the site's message rate limit; a zero N means none.
 func (s Site) Rate() Rate { return s.rate }
+
+// ConnectionRate is the site's limit of new connections; a zero N means
+// none.
+func (s Site) ConnectionRate() Rate { return s.connRate }
 
 // SlowDown reports whether a reply asks us to slow down: a temporary reply
 // matching one of the site's slow-down patterns. Permanent replies never
@@ -59,6 +64,9 @@ func NewRules(cfg Config) (*Rules, error) {
 		var err error
 		if s.rate, err = ParseRate(p.MaxMessageRate); err != nil {
 			return s, fmt.Errorf("shaping: max_message_rate %w", err)
+		}
+		if s.connRate, err = ParseRate(p.MaxConnectionRate); err != nil {
+			return s, fmt.Errorf("shaping: max_connection_rate %w", err)
 		}
 		for _, pat := range append(append([]string(nil), base...), p.SlowDownPatterns...) {
 			re, err := regexp.Compile("(?i)" + pat)

@@ -96,6 +96,8 @@ type siteState struct {
 	reason   string
 	full     time.Time // local hint: the site was full until then
 	rateFull int64     // local hint: the rate window with this number is used up
+	// connRateFull is rateFull for the connection rate.
+	connRateFull int64
 }
 
 // New returns a Shaper that keeps its state in kv (wire.BucketShaping,

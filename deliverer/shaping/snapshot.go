@@ -49,7 +49,7 @@ func (s *Shaper) Snapshot(ctx context.Context) (map[string]*State, error) {
 			kind, rest, _ := strings.Cut(e.Key(), ".")
 			key, _, _ := strings.Cut(rest, ".")
 			var v Value
-			if kind == "rate" || json.Unmarshal(e.Value(), &v) != nil {
+			if kind == "rate" || kind == "crate" || json.Unmarshal(e.Value(), &v) != nil {
 				continue // rate windows hold a bare count
 			}
 			st := out[key]

@@ -21,7 +21,8 @@ import (
 //	sluice_deliverer_jobs_in_flight                     no labels
 //	sluice_deliverer_jobs_terminated_total{reason}      undecodable | invalid
 //	sluice_deliverer_result_publish_failures_total      no labels
-//	sluice_deliverer_jobs_throttled_total{why}          busy | suspended | parked | rate
+//	sluice_deliverer_jobs_throttled_total{why}          busy | suspended | parked | rate |
+//	                                                    connection_rate
 //	    jobs handed back without an attempt because their site had no
 //	    free connection slot (busy), was suspended, or had used up its
 //	    message rate; parked: moved to a message schedule for a long

@@ -148,6 +148,20 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 	lease, err := s.shaper.Acquire(ctx, site)
 	switch {
 	case err == nil:
+		// A new connection: the site's connection rate decides whether
+		// it may be opened now.
+		if wait, err := s.shaper.TakeConnection(ctx, site); err != nil || wait > 0 {
+			lease.Release()
+			if err != nil {
+				log.WarnContext(ctx, "cannot count the connection against its site's rate; job returned to the queue", "site", site.Name, "err", err)
+				_ = msg.NakWithDelay(infraRetry)
+				return nil, nil, false
+			}
+			r := site.ConnectionRate()
+			why := fmt.Sprintf("throttled by site %s: its rate of %d new connections per %s is used up for now", site.Name, r.N, r.Per)
+			s.wait(ctx, msg, job, site, "connection_rate", "", why, wait, log)
+			return nil, nil, false
+		}
 		g := &gatedSlot{lease: lease}
 		return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
 	case errors.Is(err, shaping.ErrBusy):
@@ -161,8 +175,11 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 			}
 			if freed {
 				if lease, err := s.shaper.Acquire(ctx, site); err == nil {
-					g := &gatedSlot{lease: lease}
-					return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
+					if wait, err := s.shaper.TakeConnection(ctx, site); err == nil && wait == 0 {
+						g := &gatedSlot{lease: lease}
+						return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
+					}
+					lease.Release()
 				}
 			}
 		}

@@ -638,3 +638,37 @@ func TestFleetRateLimit(t *testing.T) {
 		t.Errorf("%d messages in four periods, want %d within 5%%", total, want)
 	}
 }
+
+// TestFleetConnectionRate: with sessions closed after each message, four
+// deliverers open at most a site's connection rate of new connections:
+// 10 per 2 s, over three periods 30 within 5%, and the mail still flows.
+func TestFleetConnectionRate(t *testing.T) {
+	e := newEnv(t)
+	srv := countingSMTP(t, 0)
+	const n, per = 10, 2 * time.Second
+	for range 100 {
+		e.enqueue(t, jobSpec{domain: "crate.test", rcpts: []string{"x@crate.test"}})
+	}
+	e.shapedFleet(t, 4, func(s *Settings) {
+		s.Routes = map[string]string{"crate.test": srv.Addr().String()}
+		s.Shaping.Default.MaxConnectionRate = "10/2s"
+		s.Shaping.Default.MaxMessagesPerConnection = 1 // a connection per message
+		s.Shaping.BusyDelay = 50 * time.Millisecond
+	})
+	start := time.Unix(0, (time.Now().UnixNano()/int64(per)+1)*int64(per))
+	time.Sleep(time.Until(start.Add(3 * per)))
+	var counts []int
+	total := 0
+	for i := range 3 {
+		c := srv.acceptedBetween(start.Add(time.Duration(i)*per), start.Add(time.Duration(i+1)*per))
+		counts = append(counts, c)
+		total += c
+		if c > n+1 {
+			t.Errorf("period %d: %d new connections, want at most %d", i, c, n)
+		}
+	}
+	t.Logf("new connections per 2 s period at a rate of %d/%s: %v; %d messages delivered", n, per, counts, srv.delivered.Load())
+	if want := 3 * n; total < want*95/100 || total > want*105/100 {
+		t.Errorf("%d new connections in three periods, want %d within 5%%", total, want)
+	}
+}
