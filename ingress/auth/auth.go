@@ -11,7 +11,8 @@
 //
 // Names are compared case-insensitively. A user with sender domains may
 // only use envelope senders in those domains; a user without may use any.
-// Hashes come from `htpasswd -nB`, `mkpasswd -m bcrypt` or
+// Lines come from `sluice passwd [-domains D,...] NAME`; hashes from
+// `htpasswd -nB`, `mkpasswd -m bcrypt` or
 // golang.org/x/crypto/bcrypt. The file is re-read by Reload, and by
 // ReloadIfChanged when its modification time or size changed; a file that
 // fails to parse leaves the previous users in place.

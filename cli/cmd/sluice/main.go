@@ -10,6 +10,7 @@
 //	sluice headers [FILE]
 //	sluice cluster
 //	sluice shaping show|suspend|resume ...
+//	sluice passwd NAME
 package main
 
 import (
@@ -27,6 +28,7 @@ commands:
   headers  analyse a message's Received headers, authentication results and DSN content
   cluster  each stream's and consumer's JetStream leader and replicas: ok, degraded or no leader
   shaping  the deliverers' limits per receiving site: connections, concurrency, suspensions
+  passwd   make a line of the submission credentials file (a bcrypt hash)
 
 Global flags (before or after the command): -server nats://host:4222, -creds FILE, -timeout 5s.
 Run "sluice <command> -h" for a command's flags.
@@ -58,6 +60,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runCluster(args[1:], stdout, stderr)
 	case "shaping":
 		return runShaping(args[1:], stdout, stderr)
+	case "passwd":
+		return runPasswd(args[1:], stdin, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
 	return 2
