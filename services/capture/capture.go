@@ -7,7 +7,9 @@ package capture
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -147,7 +149,7 @@ type backend struct{ s *Server }
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	b.s.conns.Add(1)
 	_, tls := c.TLSConnectionState()
-	return &session{s: b.s, tls: tls}, nil
+	return &session{s: b.s, tls: tls, conn: c}, nil
 }
 
 type session struct {
@@ -155,6 +157,36 @@ type session struct {
 	from string
 	to   []string
 	tls  bool
+	conn *smtp.Conn
+}
+
+// Envelope is what a transaction said besides its content, saved next to
+// each message file as NAME.json: who sent it where, from which client,
+// and over what.
+type Envelope struct {
+	From     string    `json:"from"`
+	To       []string  `json:"to"`
+	Client   string    `json:"client"`
+	Helo     string    `json:"helo"`
+	TLS      string    `json:"tls,omitempty"` // "TLS 1.3 TLS_AES_128_GCM_SHA256", or empty in clear
+	Received time.Time `json:"received"`
+	Size     int       `json:"size"`
+	File     string    `json:"file"`
+}
+
+// envelope describes m as received on se's connection.
+func (se *session) envelope(m Message, file string) Envelope {
+	e := Envelope{From: m.From, To: m.To, Received: m.Received.UTC(), Size: len(m.Data), File: file}
+	if se.conn != nil {
+		e.Helo = se.conn.Hostname()
+		if a := se.conn.Conn().RemoteAddr(); a != nil {
+			e.Client = a.String()
+		}
+		if st, ok := se.conn.TLSConnectionState(); ok {
+			e.TLS = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)
+		}
+	}
+	return e
 }
 
 func (se *session) AuthMechanisms() []string { return nil }
@@ -188,8 +220,18 @@ func (se *session) Data(r io.Reader) error {
 	m := Message{From: se.from, To: append([]string(nil), se.to...), Data: data, Received: time.Now(), TLS: se.tls}
 	if dir := se.s.opts.Dir; dir != "" {
 		sum := sha256.Sum256(data)
-		name := fmt.Sprintf("%d-%s.eml", m.Received.UnixNano(), hex.EncodeToString(sum[:6]))
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+		base := fmt.Sprintf("%d-%s", m.Received.UnixNano(), hex.EncodeToString(sum[:6]))
+		name := base + ".eml"
+		// The envelope first, so that whoever watches for .eml files finds
+		// it there.
+		env, err := json.MarshalIndent(se.envelope(m, name), "", "  ")
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, base+".json"), append(env, '\n'), 0o644)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name), data, 0o644)
+		}
+		if err != nil {
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "capture: cannot write"}
 		}
 		se.s.opts.Log.Info("captured", "from", m.From, "to", m.To, "bytes", len(data), "file", filepath.Join(dir, name))

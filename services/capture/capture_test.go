@@ -1,6 +1,10 @@
 package capture
 
 import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,7 +13,8 @@ import (
 )
 
 func TestCapturesAndScriptsReplies(t *testing.T) {
-	s, err := Listen("127.0.0.1:0", Options{Dir: t.TempDir(), Rcpt: func(rcpt string, seen int) *smtp.SMTPError {
+	dir := t.TempDir()
+	s, err := Listen("127.0.0.1:0", Options{Dir: dir, Rcpt: func(rcpt string, seen int) *smtp.SMTPError {
 		if rcpt == "later@x.test" && seen == 0 {
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 0}, Message: "try later"}
 		}
@@ -33,6 +38,26 @@ func TestCapturesAndScriptsReplies(t *testing.T) {
 	}
 	if ms[0].From != "a@x.test" || ms[0].To[0] != "later@x.test" || !strings.Contains(string(ms[0].Data), "Subject: 2") {
 		t.Fatalf("captured %+v", ms[0])
+	}
+	// The envelope is saved next to the message.
+	envs, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+	if len(envs) != 1 {
+		t.Fatalf("%d envelope files, want 1", len(envs))
+	}
+	b, err := os.ReadFile(envs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env Envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		t.Fatal(err)
+	}
+	if env.From != "a@x.test" || len(env.To) != 1 || env.To[0] != "later@x.test" || env.Helo != "localhost" ||
+		!strings.HasPrefix(env.Client, "127.0.0.1:") || env.TLS != "" || env.Size != len(ms[0].Data) || env.Received.IsZero() {
+		t.Fatalf("envelope %+v", env)
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, env.File)); err != nil || !bytes.Equal(data, ms[0].Data) {
+		t.Fatalf("message file %s named by the envelope: %v", env.File, err)
 	}
 }
 
