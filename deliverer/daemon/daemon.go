@@ -11,8 +11,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/miekg/dns"
 	"github.com/nats-io/nats.go"
@@ -62,9 +64,27 @@ func SystemResolver(path string) (string, error) {
 	return net.JoinHostPort(rc.Servers[0], rc.Port), nil
 }
 
+// Option changes how Run runs.
+type Option func(*options)
+
+type options struct {
+	reload func() (worker.Config, error)
+}
+
+// WithReload makes SIGHUP read the configuration again with load and put
+// its deliverer.shaping section in force without a restart (the other
+// sections take effect at the next start).
+func WithReload(load func() (worker.Config, error)) Option {
+	return func(o *options) { o.reload = load }
+}
+
 // Run runs the deliverer and its admin API until ctx ends, then stops
 // them gracefully: deliveries in progress get deliverer.shutdown_timeout.
-func Run(ctx context.Context, cfg worker.Config, host lifecycle.Host) error {
+func Run(ctx context.Context, cfg worker.Config, host lifecycle.Host, opts ...Option) error {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	p, err := lifecycle.Start(ctx, lifecycle.Options{Service: "deliverer", NATS: cfg.NATS, Queue: cfg.Queue,
 		Telemetry: cfg.Deliverer.Telemetry, Host: host})
 	if err != nil {
@@ -105,6 +125,10 @@ func Run(ctx context.Context, cfg worker.Config, host lifecycle.Host) error {
 		"concurrency", cfg.Deliverer.Concurrency, "egress_ips", api.doctor.EgressIPs(), "egress_guessed", api.guessed,
 		"admin_service", api.svc.Info().ID)
 
+	if o.reload != nil {
+		stopReload := reloadOnHangup(ctx, svc, o.reload, log)
+		defer stopReload()
+	}
 	<-ctx.Done()
 	log.Info("stopping", "in_flight", svc.InFlight())
 	api.stop()
@@ -188,3 +212,38 @@ func (a *adminAPI) stop() {
 
 // version is the admin service version reported by `nats micro ls`.
 const version = "0.1.0"
+
+// reloadOnHangup puts the shaping section of a freshly loaded
+// configuration in force at every SIGHUP, until the returned function is
+// called.
+func reloadOnHangup(ctx context.Context, svc *worker.Service, load func() (worker.Config, error), log *slog.Logger) func() {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-hup:
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			}
+			cfg, err := load()
+			if err == nil {
+				err = svc.ReloadShaping(cfg.Deliverer.Shaping)
+			}
+			if err != nil {
+				log.Error("configuration not reloaded; the shaping in force is unchanged", "err", err)
+				continue
+			}
+			log.Info("deliverer.shaping reloaded")
+		}
+	})
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		wg.Wait()
+	}
+}

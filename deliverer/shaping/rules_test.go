@@ -92,3 +92,33 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("defaults: %v", err)
 	}
 }
+
+// TestSetConfig: a reload replaces the policies in force and keeps the
+// lease TTL the held slots were made with.
+func TestSetConfig(t *testing.T) {
+	s, err := New(nil, nil, DefaultConfig(), "x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Rules().Site("a.test", "mx.a.test").Policy.MaxConnections; got != 20 {
+		t.Fatalf("max %d", got)
+	}
+	cfg := DefaultConfig()
+	cfg.Sites = map[string]Policy{"a.test": {MaxConnections: 7}}
+	cfg.LeaseTTL = time.Minute
+	cfg.BusyDelay = time.Second
+	if err := s.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Rules().Site("a.test", "mx.a.test").Policy.MaxConnections; got != 7 {
+		t.Errorf("after reload: max %d, want 7", got)
+	}
+	if c := s.Config(); c.LeaseTTL != DefaultConfig().LeaseTTL || c.BusyDelay != time.Second {
+		t.Errorf("after reload: lease_ttl %s (want it kept), busy_delay %s", c.LeaseTTL, c.BusyDelay)
+	}
+	bad := DefaultConfig()
+	bad.Default.MaxConnections = 0
+	if err := s.SetConfig(bad); err == nil || s.Rules().Site("a.test", "mx.a.test").Policy.MaxConnections != 7 {
+		t.Errorf("a bad reload: %v; the rules in force must stay", err)
+	}
+}

@@ -40,6 +40,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -71,8 +72,8 @@ type Value struct {
 type Shaper struct {
 	kv       jetstream.KeyValue
 	js       jetstream.JetStream
-	rules    *Rules
-	cfg      Config
+	live     atomic.Pointer[settings]
+	leaseTTL time.Duration // fixed for the Shaper's life: its renewals tick by it
 	instance string
 	log      *slog.Logger
 
@@ -86,6 +87,12 @@ type Shaper struct {
 	stop        chan struct{}
 	wg          sync.WaitGroup
 	stopped     sync.Once
+}
+
+// settings are the reloadable part of a Shaper.
+type settings struct {
+	rules *Rules
+	cfg   Config
 }
 
 type siteState struct {
@@ -114,9 +121,30 @@ func New(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config, instance str
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Shaper{kv: kv, js: js, rules: rules, cfg: cfg, instance: instance, log: log,
-		sites: map[string]*siteState{}, leases: map[*Lease]struct{}{}, bySite: map[string]int{}, stop: make(chan struct{})}, nil
+	s := &Shaper{kv: kv, js: js, leaseTTL: cfg.LeaseTTL, instance: instance, log: log,
+		sites: map[string]*siteState{}, leases: map[*Lease]struct{}{}, bySite: map[string]int{}, stop: make(chan struct{})}
+	s.live.Store(&settings{rules: rules, cfg: cfg})
+	return s, nil
 }
+
+// SetConfig replaces the policies, patterns and delays from now on (a
+// configuration reload). lease_ttl keeps its value until a restart: the
+// slots held now were created with it.
+func (s *Shaper) SetConfig(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	rules, err := NewRules(cfg)
+	if err != nil {
+		return err
+	}
+	cfg.LeaseTTL = s.leaseTTL
+	s.live.Store(&settings{rules: rules, cfg: cfg})
+	return nil
+}
+
+// Config is the configuration in force.
+func (s *Shaper) Config() Config { return s.live.Load().cfg }
 
 // Start follows the shared state and renews this deliverer's slots until
 // Stop. It returns once the watch has delivered the bucket's content.
@@ -161,7 +189,7 @@ func (s *Shaper) Stop() {
 }
 
 // Rules returns the rules that resolve destinations to sites.
-func (s *Shaper) Rules() *Rules { return s.rules }
+func (s *Shaper) Rules() *Rules { return s.live.Load().rules }
 
 func (s *Shaper) follow(current chan struct{}) {
 	defer s.wg.Done()
@@ -266,7 +294,7 @@ func (s *Shaper) Acquire(ctx context.Context, site Site) (*Lease, error) {
 	start := rand.IntN(n)
 	for i := range n {
 		key := wire.ShapingConnKey(site.Key, (start+i)%n)
-		rev, err := s.kv.Create(ctx, key, val, jetstream.KeyTTL(s.cfg.LeaseTTL))
+		rev, err := s.kv.Create(ctx, key, val, jetstream.KeyTTL(s.leaseTTL))
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			continue
 		}
@@ -281,7 +309,7 @@ func (s *Shaper) Acquire(ctx context.Context, site Site) (*Lease, error) {
 		return l, nil
 	}
 	s.mu.Lock()
-	st.full = time.Now().Add(s.cfg.BusyDelay / 2)
+	st.full = time.Now().Add(s.Config().BusyDelay / 2)
 	s.mu.Unlock()
 	return nil, ErrBusy
 }
@@ -357,7 +385,7 @@ func (s *Shaper) Held() int {
 // its end without one, the one way the limit can be exceeded.
 func (s *Shaper) renew() {
 	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.LeaseTTL / 3)
+	t := time.NewTicker(s.leaseTTL / 3)
 	defer t.Stop()
 	for {
 		select {
@@ -385,9 +413,9 @@ func (s *Shaper) renewOne(l *Lease) {
 		return
 	}
 	val, _ := json.Marshal(Value{Site: l.site.Name, Instance: s.instance, Since: time.Now().UTC()})
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.LeaseTTL/3)
+	ctx, cancel := context.WithTimeout(context.Background(), s.leaseTTL/3)
 	defer cancel()
-	ack, err := s.publish(ctx, l.key, val, l.rev, s.cfg.LeaseTTL)
+	ack, err := s.publish(ctx, l.key, val, l.rev, s.leaseTTL)
 	switch {
 	case err == nil:
 		l.rev = ack.Sequence

@@ -309,6 +309,16 @@ func (s *Service) Close(ctx context.Context) error {
 	return err
 }
 
+// ReloadShaping puts a new deliverer.shaping section in force for the jobs
+// that come next (see shaping.Shaper.SetConfig). The service must be
+// started.
+func (s *Service) ReloadShaping(cfg shaping.Config) error {
+	if s.shaper == nil {
+		return errors.New("worker: not started")
+	}
+	return s.shaper.SetConfig(cfg)
+}
+
 // InFlight is the number of jobs being worked on.
 func (s *Service) InFlight() int { return int(s.inFlight.Load()) }
 

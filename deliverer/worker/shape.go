@@ -128,7 +128,7 @@ func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 // take is admit's decision.
 func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, bool) {
 	if until, reason, ok := s.shaper.Suspended(site); ok {
-		delay := min(time.Until(until), s.cfg.Shaping.MaxWait)
+		delay := min(time.Until(until), s.shaper.Config().MaxWait)
 		// Spread the jobs of a long suspension over a second, so they do
 		// not all come back in the same instant.
 		delay += rand.N(time.Second)
@@ -169,7 +169,7 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 		// one as their transactions end: wait a moment for one, at most one
 		// waiting job per connection, rather than hand the job back.
 		if held := s.shaper.HeldFor(site); held > 0 {
-			t, freed := s.courier.AwaitIdle(ctx, site.Name, held, s.cfg.Shaping.BusyDelay)
+			t, freed := s.courier.AwaitIdle(ctx, site.Name, held, s.shaper.Config().BusyDelay)
 			if t != nil {
 				return t, nil, true
 			}
@@ -184,7 +184,8 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 			}
 		}
 		n := s.shaper.Limit(site)
-		delay := s.cfg.Shaping.BusyDelay + rand.N(s.cfg.Shaping.BusyDelay)
+		busy := s.shaper.Config().BusyDelay
+		delay := busy + rand.N(busy)
 		why := fmt.Sprintf("throttled by site %s: all %d connections the fleet may open to it are in use", site.Name, n)
 		s.wait(ctx, msg, job, site, "busy", "", why, delay, log)
 		return nil, nil, false

@@ -5,6 +5,9 @@
 // Usage:
 //
 //	sluice-deliverer [-config sluice.yaml]
+//
+// SIGHUP reads the file again and puts its deliverer.shaping section in
+// force without a restart.
 package main
 
 import (
@@ -13,6 +16,7 @@ import (
 	"os"
 
 	"github.com/sluice-mta/sluice/deliverer/daemon"
+	"github.com/sluice-mta/sluice/deliverer/worker"
 	"github.com/sluice-mta/sluice/services/lifecycle"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -28,7 +32,9 @@ func main() {
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
 	lifecycle.HugePages(ctx)
-	if err := daemon.Run(ctx, cfg, lifecycle.Host{OTel: telemetry.EnvFrom(os.LookupEnv)}); err != nil {
+	// SIGHUP reloads deliverer.shaping from the same file.
+	reload := daemon.WithReload(func() (worker.Config, error) { return daemon.Load(*path) })
+	if err := daemon.Run(ctx, cfg, lifecycle.Host{OTel: telemetry.EnvFrom(os.LookupEnv)}, reload); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-deliverer:", err)
 		os.Exit(1)
 	}
