@@ -132,7 +132,11 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.TestDomain == "" {
 		o.TestDomain = "example.test"
 	}
-	for _, d := range []string{"jetstream", "logs", "capture"} {
+	dirs := []string{"logs", "capture"}
+	if o.NATSURL == "" {
+		dirs = append(dirs, "jetstream")
+	}
+	for _, d := range dirs {
 		if err := os.MkdirAll(filepath.Join(o.DataDir, d), 0o755); err != nil {
 			return nil, err
 		}
