@@ -157,18 +157,7 @@ func (r *Resolver) LookupHost(ctx context.Context, host string) ([]netip.Addr, e
 			}
 			continue
 		}
-		for _, rr := range rrs {
-			switch v := rr.(type) {
-			case *dns.A:
-				if ip, ok := netip.AddrFromSlice(v.A.To4()); ok {
-					addrs = append(addrs, ip)
-				}
-			case *dns.AAAA:
-				if ip, ok := netip.AddrFromSlice(v.AAAA); ok {
-					addrs = append(addrs, ip)
-				}
-			}
-		}
+		addrs = appendAddrs(addrs, rrs)
 	}
 	if len(addrs) > 0 {
 		return addrs, nil

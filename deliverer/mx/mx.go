@@ -302,18 +302,7 @@ func (r *Resolver) Addrs(ctx context.Context, host string) ([]netip.Addr, error)
 			tempErr = err
 			continue
 		}
-		for _, rr := range answer {
-			switch v := rr.(type) {
-			case *dns.A:
-				if ip, ok := netip.AddrFromSlice(v.A.To4()); ok {
-					addrs = append(addrs, ip)
-				}
-			case *dns.AAAA:
-				if ip, ok := netip.AddrFromSlice(v.AAAA); ok {
-					addrs = append(addrs, ip)
-				}
-			}
-		}
+		addrs = appendAddrs(addrs, answer)
 	}
 	if len(addrs) > 0 {
 		return addrs, nil
@@ -473,4 +462,21 @@ func addressLiteral(d string) (netip.Addr, bool) {
 	}
 	ip, err := netip.ParseAddr(s)
 	return ip, err == nil && ip.Is4()
+}
+
+// appendAddrs appends the addresses of the A and AAAA records in rrs.
+func appendAddrs(addrs []netip.Addr, rrs []dns.RR) []netip.Addr {
+	for _, rr := range rrs {
+		switch v := rr.(type) {
+		case *dns.A:
+			if ip, ok := netip.AddrFromSlice(v.A.To4()); ok {
+				addrs = append(addrs, ip)
+			}
+		case *dns.AAAA:
+			if ip, ok := netip.AddrFromSlice(v.AAAA); ok {
+				addrs = append(addrs, ip)
+			}
+		}
+	}
+	return addrs
 }
