@@ -21,6 +21,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/hold"
 	"github.com/sluice-mta/sluice/scheduler/policy"
 	"github.com/sluice-mta/sluice/scheduler/refs"
+	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -322,16 +323,28 @@ func (s *Service) complete(ctx context.Context, job *sluicev1.Job, log *slog.Log
 	}
 	deleted := false
 	if seq := job.GetMsgSeq(); seq != 0 {
-		if err := s.msgs.DeleteMsg(ctx, seq); err == nil {
-			deleted = true
-		} else if _, gerr := s.msgs.GetMsg(ctx, seq); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
-			// The deletion failed and the message is still there (or we
-			// cannot tell): try again later.
+		// Only the leader's answer to the delete says whether the message
+		// is gone: a direct get may be answered by a replica that has not
+		// caught up (see streams.LeaderMsg).
+		var err error
+		if deleted, err = streams.DeleteMsg(ctx, s.msgs, seq); err != nil {
 			return fmt.Errorf("delete message %d: %w", seq, err)
 		}
 	}
 	if name := job.GetBodyObject(); name != "" {
-		if err := s.bodies.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		err := s.bodies.Delete(ctx, name)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			// Read from a replica: the leader confirms it is gone.
+			switch gone, gerr := streams.ObjectGone(ctx, s.js, wire.BucketBodies, name); {
+			case gerr != nil:
+				err = gerr
+			case gone:
+				err = nil
+			default:
+				err = errors.New("a replica says it is not found, the stream's leader still holds it")
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("delete body %s: %w", name, err)
 		}
 	}

@@ -45,6 +45,7 @@ type instruments struct {
 	inFlight        metric.Int64UpDownCounter
 	terminated      metric.Int64Counter
 	publishFailures metric.Int64Counter
+	publishRetries  metric.Int64Counter
 	redelivered     metric.Int64Counter
 	throttled       metric.Int64Counter
 }
@@ -71,6 +72,10 @@ func newInstruments(m metric.Meter) (instruments, error) {
 	}
 	if i.publishFailures, err = m.Int64Counter("sluice_deliverer_result_publish_failures_total",
 		metric.WithDescription("Results that could not be stored; their jobs were returned to the queue.")); err != nil {
+		return i, err
+	}
+	if i.publishRetries, err = m.Int64Counter("sluice_deliverer_result_publish_retries_total",
+		metric.WithDescription("Tries again to store a result, with the same message id, after JetStream did not confirm one (an election, a node down).")); err != nil {
 		return i, err
 	}
 	if i.redelivered, err = m.Int64Counter("sluice_deliverer_jobs_redelivered_total",

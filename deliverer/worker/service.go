@@ -78,6 +78,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/marks"
+	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -91,6 +92,15 @@ const (
 	infraRetry = 2 * time.Second
 	// maxAckPending lets many deliverers hold many jobs at once.
 	maxAckPending = 20000
+	// fetchBackoffMax bounds the pause between fetches while JetStream
+	// does not answer them (no responders during an election, a node
+	// down): from 100 ms, doubling.
+	fetchBackoffMax = 2 * time.Second
+	// resultBudget is how long a stored attempt's result is tried again
+	// (with the same message id, so JetStream stores it once) before the
+	// job is given back: giving it back delivers the mail a second time,
+	// and an election takes seconds. keepAlive holds the job meanwhile.
+	resultBudget = time.Minute
 )
 
 // Deps are the service's collaborators.
@@ -140,6 +150,8 @@ type Service struct {
 	// drained[i]: class i's last fetched job had nothing pending behind it.
 	drained   [3]atomic.Bool
 	pollDone  chan struct{}
+	// fetchFail paces fetches while they fail (see collect).
+	fetchFail backoff
 	jobs      sync.WaitGroup
 	inFlight  atomic.Int64
 	closeOnce sync.Once
@@ -435,21 +447,32 @@ func (s *Service) poll(class int) {
 }
 
 func (s *Service) collect(b jetstream.MessageBatch, err error, class int) []fetched {
-	if err != nil {
-		s.log.Warn("fetch jobs", "class", wire.ClassName(wire.Classes[class]), "err", err)
-		time.Sleep(100 * time.Millisecond) // JetStream is unreachable; do not spin.
+	var out []fetched
+	if err == nil {
+		for m := range b.Messages() {
+			out = append(out, fetched{msg: m, class: class})
+		}
+		if n := len(out); n > 0 {
+			md, err := out[n-1].msg.Metadata()
+			s.drained[class].Store(err == nil && md.NumPending == 0)
+		}
+		if err = b.Error(); errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
+			err = nil
+		}
+	}
+	if err != nil && len(out) == 0 {
+		// JetStream is unreachable or electing (no responders, timeouts):
+		// pause, longer each time, and log the first failure and then one
+		// line every 10 s.
+		pause, failures, report := s.fetchFail.fail(time.Now())
+		if report {
+			s.log.Warn("fetch jobs", "class", wire.ClassName(wire.Classes[class]), "err", err, "failures", failures, "pause", pause)
+		}
+		time.Sleep(pause)
 		return nil
 	}
-	var out []fetched
-	for m := range b.Messages() {
-		out = append(out, fetched{msg: m, class: class})
-	}
-	if n := len(out); n > 0 {
-		md, err := out[n-1].msg.Metadata()
-		s.drained[class].Store(err == nil && md.NumPending == 0)
-	}
-	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-		s.log.Warn("fetch jobs", "class", wire.ClassName(wire.Classes[class]), "err", err)
+	if n := s.fetchFail.reset(); n > 0 {
+		s.log.Info("fetching jobs again", "failures", n)
 	}
 	return out
 }
@@ -724,7 +747,16 @@ func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, f
 	if job.BodyObject != "" {
 		obj, err := s.bodies.Get(ctx, job.BodyObject)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			return nil, nil, missing("object " + job.BodyObject)
+			// A replica that has not caught up may say so: only the
+			// stream's leader may declare the content lost.
+			gone, gerr := streams.ObjectGone(ctx, s.js, wire.BucketBodies, job.BodyObject)
+			if gerr == nil && gone {
+				return nil, nil, missing("object " + job.BodyObject)
+			}
+			if gerr == nil {
+				gerr = errors.New("the stream's leader still holds it")
+			}
+			return nil, nil, fmt.Errorf("read body object %s: a replica says it is missing: %w", job.BodyObject, gerr)
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("read body object %s: %w", job.BodyObject, err)
@@ -732,6 +764,10 @@ func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, f
 		return obj, func() { obj.Close() }, nil
 	}
 	raw, err := s.msgs.GetMsg(ctx, job.MsgSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// As above: a direct get's miss is confirmed by the leader.
+		raw, err = streams.LeaderMsg(ctx, s.js, wire.StreamMessages, job.MsgSeq, "")
+	}
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil, missing("sequence " + strconv.FormatUint(job.MsgSeq, 10))
 	}
@@ -761,12 +797,26 @@ func (s *Service) publish(ctx context.Context, job *sluicev1.Job, res *sluicev1.
 	m.Header.Set(wire.HeaderJobID, job.JobId)
 	m.Header.Set(wire.HeaderAttempt, strconv.FormatUint(uint64(job.Attempt), 10))
 	telemetry.Inject(ctx, m.Header)
-	// The attempt is over; a stopping service still stores its result.
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	_, err = s.js.PublishMsg(pctx, m, jetstream.WithMsgID(fmt.Sprintf("%s/%d/result", job.JobId, job.Attempt)),
-		jetstream.WithExpectStream(wire.StreamResults))
-	return err
+	// The attempt is over; a stopping service still stores its result,
+	// trying again through an election (see resultBudget).
+	ctx = context.WithoutCancel(ctx)
+	id := fmt.Sprintf("%s/%d/result", job.JobId, job.Attempt)
+	deadline := time.Now().Add(resultBudget)
+	pause := 250 * time.Millisecond
+	for try := 1; ; try++ {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = s.js.PublishMsg(pctx, m, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.StreamResults))
+		cancel()
+		if err == nil || time.Now().Add(pause).After(deadline) {
+			return err
+		}
+		if try == 1 {
+			s.log.WarnContext(ctx, "store result: trying again", "job_id", job.JobId, "err", err)
+		}
+		s.m.publishRetries.Add(ctx, 1)
+		time.Sleep(pause)
+		pause = min(2*pause, 2*time.Second)
+	}
 }
 
 // queueWaitSpan records the time the job waited, from when it was
@@ -836,4 +886,40 @@ func summarize(rs []*sluicev1.RecipientResult) (result, reason string) {
 		}
 	}
 	return "delivered", "none"
+}
+
+// backoff paces a loop while what it calls fails: each failure doubles
+// the pause, from 100 ms to fetchBackoffMax, and a failure is worth a log
+// line when it is the first or 10 s have passed since the last one
+// logged. It is safe for concurrent use (the dispatcher and the polls).
+type backoff struct {
+	mu       sync.Mutex
+	failures int
+	pause    time.Duration
+	logged   time.Time
+}
+
+func (b *backoff) fail(now time.Time) (pause time.Duration, failures int, report bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.failures++
+	if b.pause == 0 {
+		b.pause = 100 * time.Millisecond
+	} else {
+		b.pause = min(2*b.pause, fetchBackoffMax)
+	}
+	report = b.failures == 1 || now.Sub(b.logged) >= 10*time.Second
+	if report {
+		b.logged = now
+	}
+	return b.pause, b.failures, report
+}
+
+// reset ends a run of failures and returns how long it was.
+func (b *backoff) reset() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := b.failures
+	b.failures, b.pause = 0, 0
+	return n
 }

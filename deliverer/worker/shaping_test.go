@@ -602,16 +602,16 @@ func waitUntil(t *testing.T, d time.Duration, ok func() bool, what string) {
 
 // TestFleetRateLimit: four deliverers send a backlog to one site limited to
 // 20 messages per 2 s: four aligned 2-second periods receive 80 within 5%,
-// and none of them more than 20 (give or take a message in flight across
-// a period's end).
+// and none of them more than 20 (give or take a message per deliverer in
+// flight across a period's end).
 func TestFleetRateLimit(t *testing.T) {
 	e := newEnv(t)
 	srv := countingSMTP(t, 0)
-	const n, per = 20, 2 * time.Second
+	const n, per, fleet = 20, 2 * time.Second, 4
 	for range 150 {
 		e.enqueue(t, jobSpec{domain: "rated.test", rcpts: []string{"x@rated.test"}})
 	}
-	e.shapedFleet(t, 4, func(s *Settings) {
+	e.shapedFleet(t, fleet, func(s *Settings) {
 		s.Routes = map[string]string{"rated.test": srv.Addr().String()}
 		s.Shaping.Default.MaxMessageRate = "20/2s"
 		s.Shaping.BusyDelay = 50 * time.Millisecond
@@ -628,9 +628,10 @@ func TestFleetRateLimit(t *testing.T) {
 	for i, c := range counts {
 		total += c
 		// A message counted at the end of a period may arrive at the
-		// start of the next: one over is the transaction's time, not the
-		// limit's failure.
-		if c > n+1 {
+		// start of the next: one over per deliverer is the transaction's
+		// time (seen on a loaded machine: 22), not the limit's failure;
+		// the total over four periods below is the limit's measure.
+		if c > n+fleet {
 			t.Errorf("period %d: %d messages, want at most %d", i, c, n)
 		}
 	}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -97,5 +98,34 @@ func TestSettingsValidate(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tc.field+":") {
 			t.Errorf("%s: got %v", tc.field, err)
 		}
+	}
+}
+
+// TestFetchBackoff: failing fetches pause 100 ms, doubling up to
+// fetchBackoffMax, with a log line for the first failure and then one per
+// 10 s; a success starts again from 100 ms.
+func TestFetchBackoff(t *testing.T) {
+	var b backoff
+	t0 := time.Unix(1_700_000_000, 0)
+	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond, 2 * time.Second, 2 * time.Second}
+	var reports []int
+	for i, w := range want {
+		pause, n, report := b.fail(t0.Add(time.Duration(i) * 3 * time.Second))
+		if pause != w || n != i+1 {
+			t.Fatalf("failure %d: pause %v, count %d; want %v, %d", i+1, pause, n, w, i+1)
+		}
+		if report {
+			reports = append(reports, n)
+		}
+	}
+	// Failures at 0, 3, 6, ..., 18 s: logged at 0 s and 12 s.
+	if fmt.Sprint(reports) != "[1 5]" {
+		t.Fatalf("logged failures %v, want [1 5]", reports)
+	}
+	if n := b.reset(); n != len(want) {
+		t.Fatalf("reset after %d failures returned %d", len(want), n)
+	}
+	if pause, n, report := b.fail(t0.Add(time.Minute)); pause != 100*time.Millisecond || n != 1 || !report {
+		t.Fatalf("after a success: %v, %d, %v", pause, n, report)
 	}
 }

@@ -183,11 +183,16 @@ type NATS struct {
 	// RequestTimeout bounds every JetStream API call and publish
 	// acknowledgement, so a client never waits longer than this for storage.
 	RequestTimeout time.Duration `yaml:"request_timeout" env:"SLUICE_NATS_REQUEST_TIMEOUT"`
+	// PingInterval is how often the client checks that its server still
+	// answers; after three unanswered pings it moves to another server of
+	// the cluster. The NATS default (2 min) keeps a service waiting on a
+	// frozen or partitioned node for up to 6 min.
+	PingInterval time.Duration `yaml:"ping_interval" env:"SLUICE_NATS_PING_INTERVAL"`
 }
 
 // DefaultNATS returns the defaults: the local server of `make run`.
 func DefaultNATS() NATS {
-	return NATS{URL: "nats://127.0.0.1:4222", RequestTimeout: 5 * time.Second}
+	return NATS{URL: "nats://127.0.0.1:4222", RequestTimeout: 5 * time.Second, PingInterval: 5 * time.Second}
 }
 
 // Validate implements Validator.
@@ -197,6 +202,9 @@ func (n NATS) Validate() error {
 	}
 	if n.RequestTimeout <= 0 {
 		return errors.New("nats.request_timeout: must be positive")
+	}
+	if n.PingInterval < 100*time.Millisecond {
+		return errors.New("nats.ping_interval: must be at least 100ms")
 	}
 	if (n.CertFile == "") != (n.KeyFile == "") {
 		return errors.New("nats.cert_file and nats.key_file: give both or neither")

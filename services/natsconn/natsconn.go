@@ -20,6 +20,10 @@ import (
 	"github.com/sluice-mta/sluice/services/config"
 )
 
+// maxPingsOut is how many pings may go unanswered before the connection is
+// given up for another server.
+const maxPingsOut = 3
+
 // Connect dials NATS as the named client. It retries the first connection
 // with backoff until it succeeds, ctx ends or the servers refuse us for good
 // (bad credentials or certificates: see Permanent), because services start
@@ -33,6 +37,10 @@ func Connect(ctx context.Context, cfg config.NATS, name string, log *slog.Logger
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.Timeout(cfg.RequestTimeout),
+		// A server that stops answering (frozen, partitioned) is left
+		// after three missed pings, not after the default 6 min.
+		nats.PingInterval(cfg.PingInterval),
+		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.RetryOnFailedConnect(false),
 		// Fail publishes at once while disconnected instead of buffering them:
 		// a buffered publish could be stored after its sender gave up (the
