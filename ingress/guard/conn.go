@@ -3,6 +3,7 @@ package guard
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -18,7 +19,17 @@ import (
 // net.ErrClosed, so go-smtp ends the session without answering again).
 //
 // Its methods are called by the connection's goroutine in go-smtp, except
-// Close, which anyone may call.
+// Close and DataStarted, which anyone may call.
+//
+// The Conn also keeps go-smtp from ending a session under its own BDAT
+// goroutine. go-smtp starts that goroutine when it accepts a
+// transaction's first BDAT chunk, and the goroutine fetches the session
+// only when it first runs; if the connection ends before then (a refused
+// chunk, a client that hangs up after the BDAT line), go-smtp's Close has
+// already cleared the session and the goroutine panics on it. So when the
+// current transaction has such a goroutine and the session has not yet
+// said DataStarted, a Read waits for it before it returns an error, which
+// is what makes go-smtp close.
 type Conn struct {
 	net.Conn
 	l      *Listener
@@ -38,6 +49,14 @@ type Conn struct {
 	dataDeadline time.Time   // the message content must be complete by then
 	timer        *time.Timer // fires at the deadline of a read in progress
 
+	// The current transaction's Data (see the type's doc): started is set
+	// when go-smtp has a BDAT goroutine for it, entered when the session's
+	// Data began; both are cleared when a MAIL is accepted. closing is set
+	// by Close. entry is closed (and replaced) when entered or closing is
+	// set.
+	started, entered, closing bool
+	entry                     chan struct{}
+
 	rejected  *Violation
 	replied   chan struct{} // closed once the rejection's reply is written and the connection closed
 	closeOnce sync.Once
@@ -49,10 +68,69 @@ func (c *Conn) Client() netip.Addr { return c.client }
 
 // Read implements net.Conn.
 func (c *Conn) Read(p []byte) (int, error) {
+	n, err := c.read(p)
+	if err != nil {
+		c.awaitData()
+	}
+	return n, err
+}
+
+// DataStarted tells the Conn that the session's Data began for the
+// current transaction, so that the connection may end (see the type's
+// doc). The session calls it first thing in Data, from whichever
+// goroutine go-smtp runs Data on.
+func (c *Conn) DataStarted() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.entered {
+		c.entered = true
+		c.wake()
+	}
+}
+
+// wake releases the readers waiting in awaitData. c.mu is held.
+func (c *Conn) wake() {
+	if c.entry != nil {
+		close(c.entry)
+		c.entry = nil
+	}
+}
+
+// awaitData returns once go-smtp's BDAT goroutine of the current
+// transaction, if there is one, has entered the session's Data, or the
+// Conn was closed. ReadTimeout bounds the wait should that never happen
+// (it always does: the goroutine only needs go-smtp's connection lock,
+// which nobody holds while go-smtp reads).
+func (c *Conn) awaitData() {
+	c.mu.Lock()
+	if !c.started || c.entered || c.closing {
+		c.mu.Unlock()
+		return
+	}
+	if c.entry == nil {
+		c.entry = make(chan struct{})
+	}
+	entry := c.entry
+	c.mu.Unlock()
+	t := time.NewTimer(c.l.opts.ReadTimeout)
+	defer t.Stop()
+	select {
+	case <-entry:
+	case <-t.C:
+	}
+}
+
+func (c *Conn) read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	c.mu.Lock()
+	if len(c.pending) > 0 && (c.pending[0] == kindBDAT || c.pending[0] == kindBDATLast) {
+		// go-smtp reads a chunk before it answers its BDAT only when it
+		// accepted it, and then it has a BDAT goroutine (RFC 3030 chunks
+		// go to the session through a pipe that goroutine reads).
+		c.started = true
+	}
 	for {
 		if c.rejected != nil {
 			c.mu.Unlock()
@@ -79,6 +157,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	if err := c.readErr; err != nil {
 		c.readErr = nil
+		err = c.cutShort(err)
 		c.mu.Unlock()
 		return 0, err
 	}
@@ -107,6 +186,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, c.violation()
 	}
 	if n == 0 && err != nil {
+		err = c.cutShort(err)
 		c.mu.Unlock()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, c.reject(ReasonTimeout)
@@ -128,6 +208,17 @@ func (c *Conn) Read(p []byte) (int, error) {
 	c.ready = nil
 	c.mu.Unlock()
 	return k, nil
+}
+
+// cutShort turns the end of the stream inside a BDAT chunk into
+// io.ErrUnexpectedEOF. go-smtp copies a chunk with io.Copy, for which
+// io.EOF is a normal end: a client that hung up in the middle of the LAST
+// chunk would have its truncated message stored. c.mu is held.
+func (c *Conn) cutShort(err error) error {
+	if err == io.EOF && c.sc.mode == modeChunk {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // process scans b, which starts where the previous scan stopped, and
@@ -248,6 +339,13 @@ func (c *Conn) replies(b []byte) (r Reason, closeNow bool) {
 			c.sc.mode = modeOpaque
 		case k == kindMail && code/100 == 2:
 			c.commands = 0
+			// A new transaction: any BDAT goroutine of an earlier one
+			// has been given its pipe's end by go-smtp's reset.
+			c.started, c.entered = false, false
+		case k == kindBDAT && code == 250:
+			// An accepted chunk that go-smtp did not have to read from
+			// us (empty, or already buffered): it has a BDAT goroutine.
+			c.started = true
 		}
 		if code/100 == 5 {
 			c.errs++
@@ -316,6 +414,10 @@ func (c *Conn) violation() error {
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	replied := c.replied
+	// Whoever closes the Conn from above is done with the session: no
+	// reader needs to wait for its Data any more.
+	c.closing = true
+	c.wake()
 	c.mu.Unlock()
 	if replied != nil {
 		<-replied

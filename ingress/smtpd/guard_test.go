@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,15 +268,19 @@ func (errorStore) Put(context.Context, *sluicev1.Message, io.Reader, int64) (sto
 	return store.Receipt{}, fmt.Errorf("nats: secret internal detail at 10.1.2.3:4222")
 }
 
+// TestPanicInASessionIsRecoveredAndCounted panics in Data twice: each is
+// answered 421, counted once and logged once (go-smtp's own report of the
+// panic it recovers again is recognised and dropped).
 func TestPanicInASessionIsRecoveredAndCounted(t *testing.T) {
 	set := ingress.DefaultSettings()
 	set.Listen, set.Hostname, set.MetricsListen = "127.0.0.1:0", "mx.sluice.test", ""
 	reader := sdkmetric.NewManualReader()
+	logs := &logBuffer{}
 	srv, err := New(Options{
 		Settings: set, Store: panicStore{},
 		Tracer: sdktrace.NewTracerProvider().Tracer("test"),
 		Meter:  sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("test"),
-		Logger: slog.New(slog.DiscardHandler),
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -298,6 +304,68 @@ func TestPanicInASessionIsRecoveredAndCounted(t *testing.T) {
 	}
 	if n := h.counterWith("sluice_ingress_panics_total", "method", "data"); n != 2 {
 		t.Errorf("panics counted %d, want 2", n)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.sumInt64("sluice_ingress_panics_total", func(attribute.Set) bool { return true }); n != 2 {
+		t.Errorf("panics counted in all %d, want 2", n)
+	}
+	if n := strings.Count(logs.String(), "storage bug"); n != 2 {
+		t.Errorf("the panic is logged %d times, want once per panic:\n%s", n, logs)
+	}
+}
+
+// TestPanicsGoSMTPRecoversAreCountedOnce reports panics to the server's
+// go-smtp ErrorLog exactly as go-smtp does when it recovers one outside
+// the session's methods (its BDAT goroutine, a command handler): each is
+// counted with method smtp and logged once at warning level without its
+// stack; the report of a panic a session method already counted is
+// dropped.
+func TestPanicsGoSMTPRecoversAreCountedOnce(t *testing.T) {
+	set := ingress.DefaultSettings()
+	set.Listen, set.Hostname, set.MetricsListen = "127.0.0.1:0", "mx.sluice.test", ""
+	reader := sdkmetric.NewManualReader()
+	logs := &logBuffer{}
+	srv, err := New(Options{
+		Settings: set, Store: panicStore{},
+		Tracer: sdktrace.NewTracerProvider().Tracer("test"),
+		Meter:  sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("test"),
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, metrics: reader}
+	errorLog := srv.listeners[0].srv.ErrorLog
+	var nilSession smtp.Session
+	func() {
+		defer func() {
+			v := recover()
+			// The format of go-smtp's (*Conn).handlePanic.
+			errorLog.Printf("panic serving %v: %v\n%s", "127.0.0.1:40000", v, debug.Stack())
+		}()
+		_ = nilSession.Data(nil)
+	}()
+	errorLog.Printf("panic serving %v: %v\n%s", "127.0.0.1:40001", sessionPanic{"counted before"}, debug.Stack())
+	errorLog.Printf("error handling %v: %s", "127.0.0.1:40002", "connection reset")
+
+	if n := h.counterWith("sluice_ingress_panics_total", "method", "smtp"); n != 1 {
+		t.Errorf("panics counted with method smtp: %d, want 1", n)
+	}
+	if n := h.sumInt64("sluice_ingress_panics_total", func(attribute.Set) bool { return true }); n != 1 {
+		t.Errorf("panics counted in all: %d, want 1", n)
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines, want 2 (the panic, the connection error):\n%s", len(lines), logs)
+	}
+	want := `level=WARN msg="panic recovered by go-smtp; connection closed" client=127.0.0.1:40000 panic="runtime error: invalid memory address or nil pointer dereference"`
+	if !strings.HasSuffix(lines[0], want) {
+		t.Errorf("panic logged as\n%s\nwant it to end with\n%s", lines[0], want)
+	}
+	if !strings.Contains(lines[1], "level=WARN") || !strings.Contains(lines[1], "connection reset") {
+		t.Errorf("connection error logged as %s", lines[1])
 	}
 }
 
@@ -362,4 +430,95 @@ func (h *harness) sumInt64(name string, keep func(attribute.Set) bool) int64 {
 // openConnections is sluice_ingress_connections_open summed over listeners.
 func (h *harness) openConnections() int64 {
 	return h.sumInt64("sluice_ingress_connections_open", func(attribute.Set) bool { return true })
+}
+
+// logBuffer collects a logger's output for a test; the server logs from
+// many goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestBareLFInBDATChunksNeverPanics sends BDAT chunks with a bare LF in
+// the ways a probe does: the command line and its chunk in separate
+// writes (so go-smtp has started its BDAT goroutine when the chunk is
+// refused), after an empty chunk, and after a clean first chunk. Each
+// gets exactly the guard's 521 and a closed connection, nothing is
+// stored, and no session panics: go-smtp's BDAT goroutine used to find
+// the session already ended and log a nil-pointer panic with its stack.
+func TestBareLFInBDATChunksNeverPanics(t *testing.T) {
+	logs := &logBuffer{}
+	h := startLogging(t, nil, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	bad := "Subject: x\r\n\r\nfirst\n.\n" // 25 octets
+	probes := []struct {
+		name   string
+		writes []string
+	}{
+		{"line, then chunk", []string{"BDAT 25 LAST\r\n", bad}},
+		{"line, then chunk in two", []string{"BDAT 25 LAST\r\n", bad[:20], bad[20:]}},
+		{"empty chunk first", []string{"BDAT 0\r\n", "BDAT 25 LAST\r\n", bad}},
+		{"clean chunk first", []string{"BDAT 5\r\nhello", "BDAT 25 LAST\r\n", bad}},
+	}
+	const rounds = 40
+	for _, p := range probes {
+		for range rounds {
+			rc := dialRaw(t, h.addr, nil)
+			rc.ehlo("client.example.org")
+			rc.must("MAIL FROM:<alice@example.org>", 250, "")
+			rc.must("RCPT TO:<bob@example.test>", 250, "")
+			for _, w := range p.writes {
+				rc.send(w)
+				if strings.HasPrefix(w, "BDAT 0\r\n") || strings.HasPrefix(w, "BDAT 5\r\n") {
+					if code, text := rc.reply(); code != 250 {
+						t.Fatalf("%s: first chunk: %d %q", p.name, code, text)
+					}
+				}
+			}
+			code, text := rc.reply()
+			if code != 521 || text != "5.5.2 Bare LF/CR not allowed (SMTP smuggling protection)" {
+				t.Fatalf("%s: reply %d %q, want 521 5.5.2 Bare LF/CR not allowed (SMTP smuggling protection)", p.name, code, text)
+			}
+			rc.expectClosed()
+			_ = rc.conn.Close()
+		}
+	}
+	// A client that hangs up right after a BDAT line (or between chunks)
+	// ends the connection under the BDAT goroutine in the same way.
+	for _, writes := range [][]string{{"BDAT 25 LAST\r\n"}, {"BDAT 0\r\n"}, {"BDAT 5\r\nhello"}} {
+		for range rounds {
+			rc := dialRaw(t, h.addr, nil)
+			rc.ehlo("client.example.org")
+			rc.must("MAIL FROM:<alice@example.org>", 250, "")
+			rc.must("RCPT TO:<bob@example.test>", 250, "")
+			rc.send(writes[0])
+			_ = rc.conn.Close()
+		}
+	}
+	// Shutdown returns once every connection's goroutines are done.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.streamMsgs(); n != 0 {
+		t.Errorf("%d messages stored", n)
+	}
+	if n := h.sumInt64("sluice_ingress_panics_total", func(attribute.Set) bool { return true }); n != 0 {
+		t.Errorf("panics counted: %d, want 0", n)
+	}
+	if out := logs.String(); strings.Contains(out, "panic") || strings.Contains(out, "goroutine ") {
+		t.Errorf("panics in the log:\n%.3000s", out)
+	}
 }

@@ -34,7 +34,8 @@ type metrics struct {
 	sessions metric.Int64UpDownCounter
 	// panics counts panics recovered in a session (the session is closed
 	// with 421, the server goes on), labelled by where: the session method
-	// that panicked (new_session, mail, rcpt, data, reset, logout, auth).
+	// that panicked (new_session, mail, rcpt, data, reset, logout, auth),
+	// or smtp for a panic go-smtp recovered outside them.
 	panics metric.Int64Counter
 	// authResults counts the inbound authentication results of MX mail,
 	// by method (spf, dkim, dmarc) and result (pass, fail, softfail,
@@ -68,7 +69,7 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 		return nil, fmt.Errorf("smtpd metrics: %w", err)
 	}
 	if out.panics, err = m.Int64Counter("sluice_ingress_panics_total",
-		metric.WithDescription("Panics recovered in SMTP sessions, by session method (new_session, mail, rcpt, data, reset, logout, auth).")); err != nil {
+		metric.WithDescription("Panics recovered in SMTP sessions, by session method (new_session, mail, rcpt, data, reset, logout, auth; smtp: recovered by go-smtp outside them).")); err != nil {
 		return nil, fmt.Errorf("smtpd metrics: %w", err)
 	}
 	if out.authResults, err = m.Int64Counter("sluice_ingress_auth_results_total",

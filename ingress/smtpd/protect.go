@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"strings"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -88,7 +89,9 @@ func (p protectedBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if err != nil {
 		return nil, p.s.reply("new_session", err)
 	}
-	return &protectedSession{in: se, s: p.s}, nil
+	ps := &protectedSession{in: se, s: p.s}
+	ps.gc, _ = c.Conn().(*guard.Conn)
+	return ps, nil
 }
 
 // protectedSession forwards to the real session. go-smtp recovers a panic
@@ -98,6 +101,7 @@ func (p protectedBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type protectedSession struct {
 	in smtp.Session
 	s  *Server
+	gc *guard.Conn // the guarded connection; nil only in tests without a guard
 }
 
 var (
@@ -129,6 +133,12 @@ func (p *protectedSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (p *protectedSession) Data(r io.Reader) error {
+	// go-smtp may run Data on its BDAT goroutine; from now on the
+	// connection may end without that goroutine finding the session gone
+	// (see guard.Conn).
+	if p.gc != nil {
+		p.gc.DataStarted()
+	}
 	defer p.s.recovered("data", true)
 	return p.s.reply("data", p.in.Data(r))
 }
@@ -200,6 +210,42 @@ func (s *Server) recovered(where string, again bool) {
 	s.metrics.panics.Add(s.ctx, 1, metric.WithAttributes(attribute.String("method", where)))
 	s.log.Error("panic in SMTP session", "method", where, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 	if again {
-		panic(v)
+		panic(sessionPanic{v})
 	}
+}
+
+// sessionPanic is what a protected method panics with again once it has
+// counted and logged a panic, so that go-smtp's report of the same panic
+// (through errorLog) is known and neither counted nor logged twice.
+type sessionPanic struct{ v any }
+
+func (p sessionPanic) String() string { return fmt.Sprint(p.v) }
+
+// errorLog is go-smtp's Logger. go-smtp reports connection errors through
+// it, and every panic it recovers ("panic serving ADDR: VALUE\nSTACK", from
+// a command, or from its BDAT goroutine), stack included. A panic that
+// did not go through a protected method (go-smtp's own, or one around a
+// session call) is counted with method "smtp" and logged once, at warning
+// level and without the stack, so that no client can fill the log with
+// stack traces.
+type errorLog struct{ s *Server }
+
+func (e errorLog) Printf(format string, v ...any) {
+	if strings.HasPrefix(format, "panic serving ") && len(v) >= 2 {
+		e.s.libraryPanic(v[0], v[1])
+		return
+	}
+	e.s.log.Warn(fmt.Sprintf(format, v...))
+}
+
+func (e errorLog) Println(v ...any) { e.s.log.Warn(fmt.Sprint(v...)) }
+
+// libraryPanic counts and logs a panic go-smtp recovered while serving
+// client, unless a protected method has already done so.
+func (s *Server) libraryPanic(client, v any) {
+	if _, ours := v.(sessionPanic); ours {
+		return
+	}
+	s.metrics.panics.Add(s.ctx, 1, metric.WithAttributes(attribute.String("method", "smtp")))
+	s.log.Warn("panic recovered by go-smtp; connection closed", "client", fmt.Sprint(client), "panic", fmt.Sprint(v))
 }

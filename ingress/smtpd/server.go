@@ -194,7 +194,7 @@ func (s *Server) addListener(l *listener) {
 	// on clear connections. smtpconn advertises STARTTLS and REQUIRETLS.
 	srv.AllowInsecureAuth = true
 	srv.EnableREQUIRETLS = true
-	srv.ErrorLog = slogPrinter{s.log}
+	srv.ErrorLog = errorLog{s}
 	l.srv = srv
 	l.done = make(chan struct{})
 	s.listeners = append(s.listeners, l)
@@ -360,10 +360,3 @@ func (s *Server) Close() error {
 	}
 	return err
 }
-
-// slogPrinter adapts the logger to go-smtp's Logger, which reports
-// connection errors and recovered panics.
-type slogPrinter struct{ log *slog.Logger }
-
-func (p slogPrinter) Printf(format string, v ...any) { p.log.Warn(fmt.Sprintf(format, v...)) }
-func (p slogPrinter) Println(v ...any)               { p.log.Warn(fmt.Sprint(v...)) }

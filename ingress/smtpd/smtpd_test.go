@@ -70,6 +70,16 @@ type harness struct {
 // settings and queue before anything starts.
 func start(t *testing.T, tune func(*ingress.Settings, *config.Queue)) *harness {
 	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return startLogging(t, tune, log)
+}
+
+// startLogging is start with the server's logger given.
+func startLogging(t *testing.T, tune func(*ingress.Settings, *config.Queue), log *slog.Logger) *harness {
+	t.Helper()
 	set := ingress.DefaultSettings()
 	set.Listen = "127.0.0.1:0"
 	set.Hostname = "mx.sluice.test"
@@ -88,10 +98,6 @@ func start(t *testing.T, tune func(*ingress.Settings, *config.Queue)) *harness {
 	ctx := context.Background()
 	if err := streams.Provision(ctx, h.js, q); err != nil {
 		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	var err error
 	h.store, err = store.New(ctx, h.js, q, store.Options{RequestTimeout: requestTimeout, Logger: log})
