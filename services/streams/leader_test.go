@@ -88,3 +88,35 @@ func TestLeaderReads(t *testing.T) {
 		t.Fatalf("a deleted object: %v, %v; want gone", gone, err)
 	}
 }
+
+// TestRefsReadFromLeader: the bucket that decides when a split message is
+// finished has no direct gets, so nats.go reads it through the leader, and
+// provisioning again (every service does on start) keeps it so.
+func TestRefsReadFromLeader(t *testing.T) {
+	s := natstest.Start(t)
+	_, js := s.Connect(t)
+	ctx := context.Background()
+	for range 2 {
+		if err := Provision(ctx, js, config.DefaultQueue()); err != nil {
+			t.Fatal(err)
+		}
+		str, err := js.Stream(ctx, "KV_"+wire.BucketRefs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if str.CachedInfo().Config.AllowDirect {
+			t.Fatal("KV_sluice_refs allows direct gets")
+		}
+	}
+	kv, err := js.KeyValue(ctx, wire.BucketRefs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "Q1", []byte("Q1-0\nQ1-1")); err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "Q1")
+	if err != nil || string(e.Value()) != "Q1-0\nQ1-1" {
+		t.Fatalf("get through the leader: %v, %v", e, err)
+	}
+}

@@ -277,6 +277,24 @@ func Refs(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstrea
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketRefs, err)
 	}
+	// Reads of this bucket decide whether a message is finished and may be
+	// deleted, so they go to the leader, not to a replica that may not
+	// have caught up (see LeaderMsg): a bucket without direct gets is read
+	// through the leader by nats.go. It is small (messages split across
+	// destinations, until their last job ends).
+	str, err := js.Stream(ctx, "KV_"+wire.BucketRefs)
+	if err != nil {
+		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketRefs, err)
+	}
+	if c := str.CachedInfo().Config; c.AllowDirect {
+		c.AllowDirect = false
+		if _, err := js.UpdateStream(ctx, c); err != nil {
+			return nil, fmt.Errorf("provision key-value %s: leader reads: %w", wire.BucketRefs, err)
+		}
+		if kv, err = js.KeyValue(ctx, wire.BucketRefs); err != nil {
+			return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketRefs, err)
+		}
+	}
 	return kv, nil
 }
 
