@@ -33,7 +33,8 @@ test:
 FUZZTIME ?= 20000x
 FUZZ := ingress/guard:FuzzScanner ingress/guard:FuzzContentReader \
 	ingress/address:FuzzParse ingress/received:FuzzHeader \
-	ingress/authres:FuzzMessage ingress/smtpconn:FuzzTakePriority
+	ingress/authres:FuzzMessage ingress/smtpconn:FuzzTakePriority \
+	deliverer/mtasts:FuzzParse deliverer/dane:FuzzTLSA
 fuzz:
 	@set -e; for t in $(FUZZ); do \
 		echo "== fuzz $${t%%:*} $${t##*:}"; \
