@@ -52,6 +52,11 @@ type Settings struct {
 	// election) is a second copy of the mail. A dead deliverer's jobs wait
 	// this long for another.
 	AckWait time.Duration `yaml:"ack_wait" env:"SLUICE_DELIVERER_ACK_WAIT"`
+	// MaxStrikes is how many times the delivery of one attempt of a job may
+	// be started and never finished (the deliverer crashed, was killed, or
+	// could not store the outcome) before the job fails for good with the
+	// reason, and bounces (see poison.go).
+	MaxStrikes int `yaml:"max_strikes" env:"SLUICE_DELIVERER_MAX_STRIKES"`
 	// ConnectTimeout bounds each TCP connection to a remote server.
 	ConnectTimeout time.Duration `yaml:"connect_timeout" env:"SLUICE_DELIVERER_CONNECT_TIMEOUT"`
 	// CommandTimeout bounds the greeting and every command's reply (RFC
@@ -125,6 +130,7 @@ func DefaultSettings() Settings {
 		Concurrency:     32,
 		Weights:         Weights{High: 8, Normal: 3, Bulk: 1},
 		AckWait:         30 * time.Second,
+		MaxStrikes:      5,
 		ConnectTimeout:  30 * time.Second,
 		CommandTimeout:  5 * time.Minute,
 		DataTimeout:     10 * time.Minute,
@@ -191,6 +197,9 @@ func (s Settings) Validate() error {
 		if w.v < 1 || w.v > 1000 {
 			return fmt.Errorf("deliverer.weights.%s: %d, want 1..1000", w.name, w.v)
 		}
+	}
+	if s.MaxStrikes < 2 {
+		return fmt.Errorf("deliverer.max_strikes: %d, want at least 2", s.MaxStrikes)
 	}
 	if s.AckWait < time.Second {
 		return fmt.Errorf("deliverer.ack_wait: %s, want at least 1s", s.AckWait)

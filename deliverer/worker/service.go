@@ -148,14 +148,19 @@ type Service struct {
 	polls      sync.WaitGroup
 	polling    [3]atomic.Bool
 	// drained[i]: class i's last fetched job had nothing pending behind it.
-	drained   [3]atomic.Bool
-	pollDone  chan struct{}
+	drained  [3]atomic.Bool
+	pollDone chan struct{}
 	// fetchFail paces fetches while they fail (see collect).
 	fetchFail backoff
 	jobs      sync.WaitGroup
 	inFlight  atomic.Int64
 	closeOnce sync.Once
 	started   atomic.Bool
+
+	// strikes counts unfinished deliveries per job attempt (poison.go).
+	strikes jetstream.KeyValue
+	// beforeAttempt, when set (by tests), runs just before each attempt.
+	beforeAttempt func(*sluicev1.Job)
 }
 
 // New builds a service. s.DNSServer must be set (main reads resolv.conf).
@@ -252,6 +257,10 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	if s.marks, err = marks.Watch(ctx, held, s.log); err != nil {
 		return err
+	}
+	if s.strikes, err = s.js.KeyValue(ctx, wire.BucketStrikes); err != nil {
+		s.marks.Stop()
+		return fmt.Errorf("key-value %s: %w", wire.BucketStrikes, err)
 	}
 	shapingKV, err := s.js.KeyValue(ctx, wire.BucketShaping)
 	if err != nil {
@@ -507,6 +516,7 @@ func (s *Service) run(f fetched) {
 		// attempt turns panics of a delivery into results; this is the
 		// last resort for the rest of the handling.
 		if p := recover(); p != nil {
+			s.m.panics.Add(context.Background(), 1)
 			s.log.Error("panic handling job", "subject", f.msg.Subject(), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			_ = f.msg.NakWithDelay(infraRetry)
 		}
@@ -591,6 +601,26 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	// Whatever happens next, the slot's release is let through.
 	defer gate.settle()
+	// A job handed out again may be poison (see poison.go).
+	if !s.checkStrikes(ctx, msg, job, log) {
+		if ticket != nil {
+			ticket.Release()
+		}
+		return
+	}
+	if s.beforeAttempt != nil {
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					if ticket != nil {
+						ticket.Release()
+					}
+					panic(p)
+				}
+			}()
+			s.beforeAttempt(job)
+		}()
+	}
 	// The attempt is recorded before it is made.
 	recorded, err := s.recordAttempt(ctx, msg, job)
 	if err != nil {

@@ -39,6 +39,10 @@ const (
 
 	BucketBodies = "sluice_bodies"
 	BucketRefs   = "sluice_refs"
+	// BucketStrikes counts, per job attempt, the deliveries that reached
+	// the attempt and ended without a result (a deliverer crashed, was
+	// killed or lost NATS): a job that does so too often is poison.
+	BucketStrikes = "sluice_strikes"
 
 	// ConsumerScheduler reads SLUICE_MSGS and turns messages into jobs.
 	ConsumerScheduler = "scheduler"

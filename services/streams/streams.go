@@ -161,6 +161,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 	if _, err := Shaping(ctx, js, q); err != nil {
 		return err
 	}
+	if _, err := Strikes(ctx, js, q); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -242,6 +245,35 @@ func Shaping(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetst
 	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketShaping, err)
+	}
+	return kv, nil
+}
+
+// StrikesTTL is how long a job attempt's strike count is kept: the
+// deliveries of one attempt happen within minutes of each other.
+const StrikesTTL = time.Hour
+
+// Strikes returns the bucket of strike counts per job attempt (see
+// wire.BucketStrikes), creating it if needed.
+func Strikes(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.KeyValue, error) {
+	cfg := jetstream.KeyValueConfig{
+		Bucket:      wire.BucketStrikes,
+		Description: "Sluice: deliveries of a job attempt that ended without a result",
+		TTL:         StrikesTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    q.Replicas,
+	}
+	if str, err := js.Stream(ctx, "KV_"+cfg.Bucket); err == nil {
+		c := str.CachedInfo().Config
+		if c.Description == cfg.Description && c.MaxAge == cfg.TTL && max(c.Replicas, 1) == max(q.Replicas, 1) {
+			if kv, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
+				return kv, nil
+			}
+		}
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketStrikes, err)
 	}
 	return kv, nil
 }

@@ -21,7 +21,7 @@ const clusterUsage = `usage: sluice cluster [-json] [-server URL] [-creds FILE] 
 
 Shows how JetStream holds Sluice's queue: for every Sluice stream (SLUICE_MSGS,
 SLUICE_JOBS, SLUICE_RESULTS, SLUICE_BOUNCES, SLUICE_EVENTS, the streams of the
-buckets OBJ_sluice_bodies, KV_sluice_refs, KV_sluice_held, KV_sluice_shaping, and
+buckets OBJ_sluice_bodies, KV_sluice_refs, KV_sluice_held, KV_sluice_shaping, KV_sluice_strikes, and
 any other stream named SLUICE_*, KV_sluice_* or OBJ_sluice_*) and every durable
 consumer on them: the JetStream cluster, the leader, each replica (current or
 not, operations behind the leader, time since the leader last heard from it,
@@ -70,7 +70,7 @@ const exitNotOK = 3
 // They are reported whether or not they exist.
 var clusterStreams = []string{
 	wire.StreamMessages, wire.StreamJobs, wire.StreamResults, wire.StreamBounces, wire.StreamEvents,
-	"OBJ_" + wire.BucketBodies, "KV_" + wire.BucketRefs, "KV_" + wire.BucketHeld, "KV_" + wire.BucketShaping,
+	"OBJ_" + wire.BucketBodies, "KV_" + wire.BucketRefs, "KV_" + wire.BucketHeld, "KV_" + wire.BucketShaping, "KV_" + wire.BucketStrikes,
 }
 
 // sluiceStreamPrefixes name Sluice's streams and buckets. A stream named

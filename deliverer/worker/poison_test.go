@@ -1,0 +1,90 @@
+package worker
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/services/capture"
+)
+
+// TestPoisonJob: a job whose handling panics every time is handed out
+// again and again; after max_strikes deliveries that reached the attempt it
+// ends as a permanent 5.3.0 failure naming the cause (which the scheduler
+// bounces), every panic is counted, and the deliverer goes on delivering
+// other mail meanwhile.
+func TestPoisonJob(t *testing.T) {
+	e := newEnv(t)
+	c, _ := listenCapture(t, capture.Options{})
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	s := testSettings(e)
+	s.Routes = map[string]string{"poison.test": c.Addr, "fine.test": c.Addr}
+	s.MaxStrikes = 3
+	_, js := e.ns.Connect(t)
+	svc, err := New(s, Deps{JS: js, Tracer: e.tp.Tracer("test"), Meter: mp.Meter("test"),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tries atomic.Int64
+	svc.beforeAttempt = func(j *sluicev1.Job) {
+		if j.Domain == "poison.test" {
+			tries.Add(1)
+			panic("poison")
+		}
+	}
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = svc.Close(ctx)
+	})
+	poison := e.enqueue(t, jobSpec{domain: "poison.test", rcpts: []string{"a@poison.test", "b@poison.test"}})
+	fine := e.enqueue(t, jobSpec{domain: "fine.test", rcpts: []string{"x@fine.test"}})
+	check(t, e.result(t, fine, 10*time.Second).Recipients[0], delivered)
+
+	r := e.result(t, poison, 30*time.Second)
+	if len(r.Recipients) != 2 {
+		t.Fatalf("%d recipient results, want 2", len(r.Recipients))
+	}
+	for _, rr := range r.Recipients {
+		check(t, rr, want{sluicev1.Outcome_OUTCOME_PERMANENT, sluicev1.Reason_REASON_INTERNAL, 554, "5.3.0"})
+		if !strings.Contains(rr.Text, "started 3 times and never finished") {
+			t.Errorf("reason text %q does not say why", rr.Text)
+		}
+	}
+	// Delivery 1 panics (no strike: first), deliveries 2 and 3 count
+	// strikes 1 and 2 and panic, delivery 4 counts 3 and fails the job.
+	if n := tries.Load(); n != 3 {
+		t.Errorf("the poison job was attempted %d times, want 3", n)
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && (m.Name == "sluice_deliverer_panics_total" || m.Name == "sluice_deliverer_jobs_poisoned_total") {
+				for _, dp := range sum.DataPoints {
+					got[m.Name] += dp.Value
+				}
+			}
+		}
+	}
+	if got["sluice_deliverer_panics_total"] != 3 || got["sluice_deliverer_jobs_poisoned_total"] != 1 {
+		t.Errorf("metrics %v, want 3 panics and 1 poisoned job", got)
+	}
+}
