@@ -76,6 +76,7 @@ type worldOpts struct {
 	destRcpt   capture.RcptFunc
 	destDelay  time.Duration
 	deliverers int
+	instances  map[string]int // of the scheduler and bouncer (stack.Options.Instances)
 	config     map[string]map[string]any
 	env        []string
 	jaeger     bool // start bin/jaeger next to the services
@@ -159,6 +160,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		NATSURL:      natsURL,
 		Config:       cfg,
 		Deliverers:   o.deliverers,
+		Instances:    o.instances,
 		Env:          o.env,
 		InProcess:    o.inProcess,
 	})

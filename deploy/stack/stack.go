@@ -61,6 +61,11 @@ type Options struct {
 	Env []string
 	// Deliverers is how many deliverer processes to start (default 1).
 	Deliverers int
+	// Instances is how many processes to start of the other services
+	// ("scheduler", "bouncer"; default 1). Two or more are named
+	// "<service>-1", "<service>-2", ... as deliverers are. The ingress
+	// listens on one address and runs once.
+	Instances map[string]int
 	// InProcess runs the services in this process instead of as processes
 	// of their binaries (BinDir is not used): each with its own
 	// configuration, telemetry, metrics endpoint and log file as before,
@@ -184,8 +189,11 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	for _, svc := range Services {
 		n := 1
-		if svc == "deliverer" {
+		switch {
+		case svc == "deliverer":
 			n = o.Deliverers
+		case svc != "ingress" && o.Instances[svc] > 1:
+			n = o.Instances[svc]
 		}
 		for i := 0; i < n; i++ {
 			name := svc
@@ -378,6 +386,23 @@ func (p *Proc) Log() string { return p.log }
 // Kill sends SIGKILL and waits for the process to be gone.
 func (p *Proc) Kill() {
 	p.signal(syscall.SIGKILL, 5*time.Second)
+}
+
+// Freeze stops the process with SIGSTOP: its sockets stay open and it
+// answers nothing, as a process stalled by its host. Thaw resumes it.
+func (p *Proc) Freeze() error { return p.sendSignal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen process with SIGCONT.
+func (p *Proc) Thaw() error { return p.sendSignal(syscall.SIGCONT) }
+
+func (p *Proc) sendSignal(sig syscall.Signal) error {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.mu.Unlock()
+	if p.run != nil || cmd == nil || cmd.Process == nil {
+		return fmt.Errorf("%s: not a running process", p.Name)
+	}
+	return cmd.Process.Signal(sig)
 }
 
 // Stop sends SIGTERM, waits up to grace, then kills.
