@@ -36,6 +36,12 @@ type Options struct {
 	BinDir string
 	// DataDir holds JetStream files, logs, captured mail and the generated config.
 	DataDir string
+	// ConfigFile, when set, is the configuration every service reads,
+	// as it is: no configuration is generated, and Config, Routes and the
+	// route of TestDomain to the capture destination are not used (a file
+	// that wants captured mail routes TestDomain to CaptureListen itself).
+	// The metrics addresses (MetricsAddrs) still override the file's.
+	ConfigFile string
 	// NATSListen is the embedded server's client address.
 	NATSListen string
 	// NATSURL, when set, is a comma-separated list of NATS servers the
@@ -280,8 +286,21 @@ func (s *Stack) Close() {
 	}
 }
 
+// writeConfig generates the services' configuration in the data
+// directory, or, with Options.ConfigFile, uses that file.
 func (s *Stack) writeConfig() error {
 	o := s.opts
+	if o.ConfigFile != "" {
+		path, err := filepath.Abs(o.ConfigFile)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("configuration file: %w", err)
+		}
+		s.ConfigPath = path
+		return nil
+	}
 	host, _ := os.Hostname()
 	cfg := map[string]map[string]any{
 		"nats":      {"url": s.NATSURL()},

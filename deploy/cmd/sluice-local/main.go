@@ -20,6 +20,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,7 @@ import (
 
 	"github.com/sluice-mta/sluice/deploy/cluster"
 	"github.com/sluice-mta/sluice/deploy/stack"
+	ingressd "github.com/sluice-mta/sluice/ingress/daemon"
 	"github.com/sluice-mta/sluice/services/lifecycle"
 )
 
@@ -44,31 +46,154 @@ import (
 // back to back; with 1 GiB the same load peaks near 630 MiB.
 const embeddedMemoryLimit = 1 << 30
 
+// launch is what the command line asks for.
+type launch struct {
+	bin, data, smtp, natsAddr, captureAddr, testDomain string
+	deliverers                                         int
+	processes, syncAlways                              bool
+	jaeger, jaegerConfig, jaegerUI, jaegerOTLP         string
+	pprofAddr                                          string
+	clusterNodes                                       int
+	natsServer                                         string
+	nodeRestart                                        time.Duration
+	routes                                             routeFlags
+	// configFile is -config: the services read it instead of a generated
+	// configuration.
+	configFile string
+	// metricsPort is the ingress's metrics port; the other services take
+	// the next ones (see metricsAddrs). 0 picks free ports.
+	metricsPort int
+}
+
+// parseFlags reads the command line (without the program name).
+func parseFlags(args []string) (*launch, error) {
+	l := &launch{}
+	fs := flag.NewFlagSet("sluice-local", flag.ContinueOnError)
+	fs.StringVar(&l.bin, "bin", "bin", "directory with the sluice-* binaries")
+	fs.StringVar(&l.data, "data", "data", "directory for JetStream files, logs and captured mail")
+	fs.StringVar(&l.configFile, "config", "", "the services' configuration `FILE`, used as it is; without it one is generated in -data on every start (sluice.yaml: a starting point to copy), from -smtp, -route and the capture route of -test-domain")
+	fs.StringVar(&l.smtp, "smtp", "127.0.0.1:2525", "SMTP address of the ingress (not with -config: its ingress.listen)")
+	fs.StringVar(&l.natsAddr, "nats", "127.0.0.1:4222", "client address of the embedded NATS server")
+	fs.StringVar(&l.captureAddr, "capture", "127.0.0.1:2626", "address of the capture destination")
+	fs.StringVar(&l.testDomain, "test-domain", "example.test", "domain delivered to the capture destination")
+	fs.IntVar(&l.deliverers, "deliverers", 1, "number of deliverers")
+	fs.IntVar(&l.metricsPort, "metrics-port", 9101, "metrics port of the ingress on 127.0.0.1; the scheduler, deliverer and bouncer take the next three, and with -deliverers N deliverer-i takes this+9+i; 0 picks free ports")
+	fs.BoolVar(&l.processes, "processes", false, "run each service as a process of its binary in -bin, as in production, instead of in this process")
+	fs.BoolVar(&l.syncAlways, "sync-always", false, "fsync every JetStream write")
+	fs.StringVar(&l.jaeger, "jaeger", "bin/jaeger", "Jaeger binary to start next to Sluice, if it exists (make jaeger builds it)")
+	fs.StringVar(&l.jaegerConfig, "jaeger-config", "deploy/jaeger/config.yaml", "Jaeger configuration")
+	fs.StringVar(&l.jaegerUI, "jaeger-ui", "127.0.0.1:16686", "address of Jaeger's UI and query API")
+	fs.StringVar(&l.jaegerOTLP, "jaeger-otlp", "127.0.0.1:4318", "address of Jaeger's OTLP/HTTP receiver, where the services send their traces")
+	fs.StringVar(&l.pprofAddr, "pprof", "", "serve Go profiles of this process (the embedded NATS server, and the services unless -processes) on this address, e.g. 127.0.0.1:6060")
+	fs.IntVar(&l.clusterNodes, "cluster", 0, "run a JetStream cluster of this many nats-server processes (3 or 5), every stream with 3 replicas, instead of the embedded server; client ports start at -nats's, route ports at 6222, monitoring at 8222")
+	fs.StringVar(&l.natsServer, "nats-server", "bin/nats-server", "nats-server binary for -cluster (make cluster builds it)")
+	fs.DurationVar(&l.nodeRestart, "node-restart", 10*time.Second, "with -cluster, start a node that exited (killed, crashed) again after this long; 0 leaves it down")
+	fs.Var(&l.routes, "route", "extra static route `domain=host:port` (repeatable), e.g. for a benchmark sink (not with -config: its deliverer.routes)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if l.captureAddr == "" {
+		return nil, errors.New("-capture: the capture destination needs an address")
+	}
+	if l.clusterNodes != 0 && l.clusterNodes != 3 && l.clusterNodes != 5 {
+		return nil, fmt.Errorf("-cluster %d: want 3 or 5 nodes (every stream has 3 replicas)", l.clusterNodes)
+	}
+	if l.metricsPort < 0 || l.metricsPort+9+l.deliverers > 65535 {
+		return nil, fmt.Errorf("-metrics-port %d: out of range", l.metricsPort)
+	}
+	if l.configFile != "" {
+		// These flags only shape the generated configuration; silently
+		// ignoring them would leave a user wondering.
+		var conflict []string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "smtp", "route":
+				conflict = append(conflict, "-"+f.Name)
+			}
+		})
+		if len(conflict) > 0 {
+			return nil, fmt.Errorf("%s: settings of the generated configuration; with -config, set them in %s (ingress.listen, deliverer.routes)", strings.Join(conflict, ", "), l.configFile)
+		}
+	}
+	return l, nil
+}
+
+// metricsAddrs are the services' fixed metrics addresses: the ingress on
+// port, the scheduler, deliverer and bouncer on the next three, and
+// deliverer-i (with more than one deliverer) on port+9+i. Port 0 fixes
+// none: the stack picks free ports.
+func metricsAddrs(port, deliverers int) map[string]string {
+	if port == 0 {
+		return nil
+	}
+	at := func(p int) string { return fmt.Sprintf("127.0.0.1:%d", p) }
+	m := map[string]string{"ingress": at(port), "scheduler": at(port + 1), "deliverer": at(port + 2), "bouncer": at(port + 3)}
+	for i := 1; i <= deliverers; i++ {
+		m[fmt.Sprintf("deliverer-%d", i)] = at(port + 9 + i)
+	}
+	return m
+}
+
+// options are the stack's options; natsURL, when not empty, names the
+// servers to use instead of the embedded one (the cluster's).
+func (l *launch) options(natsURL string, log *slog.Logger) stack.Options {
+	dataDir, _ := filepath.Abs(l.data)
+	binDir, _ := filepath.Abs(l.bin)
+	config := map[string]map[string]any{"ingress": {"listen": l.smtp}}
+	if l.clusterNodes > 0 {
+		config["queue"] = map[string]any{"replicas": 3}
+	}
+	return stack.Options{
+		BinDir:        binDir,
+		DataDir:       dataDir,
+		ConfigFile:    l.configFile,
+		NATSListen:    l.natsAddr,
+		NATSURL:       natsURL,
+		SyncAlways:    l.syncAlways,
+		CaptureListen: l.captureAddr,
+		TestDomain:    l.testDomain,
+		Deliverers:    l.deliverers,
+		InProcess:     !l.processes,
+		MetricsAddrs:  metricsAddrs(l.metricsPort, l.deliverers),
+		Config:        config,
+		Routes:        l.routes.m,
+		Env:           os.Environ(),
+		JaegerBin:     l.jaeger,
+		JaegerConfig:  l.jaegerConfig,
+		JaegerQuery:   l.jaegerUI,
+		JaegerOTLP:    l.jaegerOTLP,
+		Log:           log,
+	}
+}
+
+// ingressListen is the SMTP address the services will listen on: -smtp, or
+// with -config the file's ingress.listen.
+func (l *launch) ingressListen() (string, error) {
+	if l.configFile == "" {
+		return l.smtp, nil
+	}
+	cfg, err := ingressd.Load(l.configFile)
+	if err != nil {
+		return "", fmt.Errorf("-config: %w", err)
+	}
+	return cfg.Ingress.Listen, nil
+}
+
 func main() {
-	bin := flag.String("bin", "bin", "directory with the sluice-* binaries")
-	data := flag.String("data", "data", "directory for JetStream files, logs and captured mail")
-	smtp := flag.String("smtp", "127.0.0.1:2525", "SMTP address of the ingress")
-	natsAddr := flag.String("nats", "127.0.0.1:4222", "client address of the embedded NATS server")
-	captureAddr := flag.String("capture", "127.0.0.1:2626", "address of the capture destination")
-	testDomain := flag.String("test-domain", "example.test", "domain delivered to the capture destination")
-	deliverers := flag.Int("deliverers", 1, "number of deliverers")
-	processes := flag.Bool("processes", false, "run each service as a process of its binary in -bin, as in production, instead of in this process")
-	syncAlways := flag.Bool("sync-always", false, "fsync every JetStream write")
-	jaeger := flag.String("jaeger", "bin/jaeger", "Jaeger binary to start next to Sluice, if it exists (make jaeger builds it)")
-	jaegerConfig := flag.String("jaeger-config", "deploy/jaeger/config.yaml", "Jaeger configuration")
-	pprofAddr := flag.String("pprof", "", "serve Go profiles of this process (the embedded NATS server, and the services unless -processes) on this address, e.g. 127.0.0.1:6060")
-	clusterNodes := flag.Int("cluster", 0, "run a JetStream cluster of this many nats-server processes (3 or 5), every stream with 3 replicas, instead of the embedded server; client ports start at -nats's, route ports at 6222, monitoring at 8222")
-	natsServer := flag.String("nats-server", "bin/nats-server", "nats-server binary for -cluster (make cluster builds it)")
-	nodeRestart := flag.Duration("node-restart", 10*time.Second, "with -cluster, start a node that exited (killed, crashed) again after this long; 0 leaves it down")
-	var routes routeFlags
-	flag.Var(&routes, "route", "extra static route `domain=host:port` (repeatable), e.g. for a benchmark sink")
-	flag.Parse()
-	if *captureAddr == "" {
-		fmt.Fprintln(os.Stderr, "sluice-local: -capture: the capture destination needs an address")
+	l, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "sluice-local:", err)
 		os.Exit(2)
 	}
-	if *clusterNodes != 0 && *clusterNodes != 3 && *clusterNodes != 5 {
-		fmt.Fprintf(os.Stderr, "sluice-local: -cluster %d: want 3 or 5 nodes (every stream has 3 replicas)\n", *clusterNodes)
+	smtp, err := l.ingressListen()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sluice-local:", err)
 		os.Exit(2)
 	}
 
@@ -81,55 +206,32 @@ func main() {
 		debug.SetMemoryLimit(embeddedMemoryLimit)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if *pprofAddr != "" {
+	if l.pprofAddr != "" {
 		// net/http/pprof registers on the default mux.
-		go func() { log.Error("pprof", "err", http.ListenAndServe(*pprofAddr, nil)) }()
+		go func() { log.Error("pprof", "err", http.ListenAndServe(l.pprofAddr, nil)) }()
 	}
-	dataDir, _ := filepath.Abs(*data)
-	binDir, _ := filepath.Abs(*bin)
+	dataDir, _ := filepath.Abs(l.data)
+	binDir, _ := filepath.Abs(l.bin)
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
 	lifecycle.HugePages(ctx)
 
-	config := map[string]map[string]any{"ingress": {"listen": *smtp}}
 	var nodes *cluster.Cluster
-	if *clusterNodes > 0 {
+	if l.clusterNodes > 0 {
 		var err error
-		nodes, err = startCluster(*natsServer, filepath.Join(dataDir, "cluster"), *natsAddr, *clusterNodes, *syncAlways)
+		nodes, err = startCluster(l.natsServer, filepath.Join(dataDir, "cluster"), l.natsAddr, l.clusterNodes, l.syncAlways)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "sluice-local:", err)
 			os.Exit(1)
 		}
 		defer stopCluster(nodes)
-		config["queue"] = map[string]any{"replicas": 3}
 	}
 
-	metrics := map[string]string{"ingress": "127.0.0.1:9101", "scheduler": "127.0.0.1:9102", "deliverer": "127.0.0.1:9103", "bouncer": "127.0.0.1:9104"}
-	for i := 1; i <= *deliverers; i++ {
-		metrics[fmt.Sprintf("deliverer-%d", i)] = fmt.Sprintf("127.0.0.1:%d", 9110+i)
-	}
 	natsURL := ""
 	if nodes != nil {
 		natsURL = nodes.URLs()
 	}
-	s, err := stack.Start(ctx, stack.Options{
-		BinDir:        binDir,
-		DataDir:       dataDir,
-		NATSListen:    *natsAddr,
-		NATSURL:       natsURL,
-		SyncAlways:    *syncAlways,
-		CaptureListen: *captureAddr,
-		TestDomain:    *testDomain,
-		Deliverers:    *deliverers,
-		InProcess:     !*processes,
-		MetricsAddrs:  metrics,
-		Config:        config,
-		Routes:        routes.m,
-		Env:           os.Environ(),
-		JaegerBin:     *jaeger,
-		JaegerConfig:  *jaegerConfig,
-		Log:           log,
-	})
+	s, err := stack.Start(ctx, l.options(natsURL, log))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-local:", err)
 		stopCluster(nodes)
@@ -144,11 +246,11 @@ func main() {
 			fmt.Fprintln(os.Stderr, "sluice-local:", err)
 		}
 	}
-	printBanner(s, *smtp, *testDomain, dataDir, routes.m)
+	printBanner(s, smtp, l.testDomain, dataDir, l.routes.m, l.configFile != "")
 	if nodes != nil {
-		printCluster(nodes, *nodeRestart, dataDir)
+		printCluster(nodes, l.nodeRestart, dataDir)
 	}
-	if *processes {
+	if l.processes {
 		fmt.Printf("  Services       processes of %s/sluice-{ingress,scheduler,deliverer,bouncer}\n", binDir)
 	} else if nodes != nil {
 		fmt.Printf("  Services       in this process, connected to the cluster over TCP (-processes: one process each)\n")
@@ -165,10 +267,10 @@ func main() {
 	// Supervise: restart a process that exits while we are running, as a
 	// container orchestrator would.
 	var wg sync.WaitGroup
-	if nodes != nil && *nodeRestart > 0 {
+	if nodes != nil && l.nodeRestart > 0 {
 		for _, n := range nodes.Nodes {
 			wg.Add(1)
-			go func() { defer wg.Done(); superviseNode(ctx, n, *nodeRestart, log) }()
+			go func() { defer wg.Done(); superviseNode(ctx, n, l.nodeRestart, log) }()
 		}
 	}
 	for _, p := range s.Procs() {
@@ -203,7 +305,7 @@ func main() {
 	wg.Wait()
 }
 
-func printBanner(s *stack.Stack, smtp, testDomain, dataDir string, routes map[string]string) {
+func printBanner(s *stack.Stack, smtp, testDomain, dataDir string, routes map[string]string, userConfig bool) {
 	rel := func(p string) string {
 		if wd, err := os.Getwd(); err == nil {
 			if r, err := filepath.Rel(wd, p); err == nil {
@@ -211,6 +313,14 @@ func printBanner(s *stack.Stack, smtp, testDomain, dataDir string, routes map[st
 			}
 		}
 		return p
+	}
+	configNote := rel(s.ConfigPath) + "   (yours, from -config)"
+	if !userConfig {
+		configNote = rel(s.ConfigPath) + "   (generated on every start: copy it, change it, and pass -config FILE)"
+	}
+	delivererMetrics := s.Metrics["deliverer"]
+	if delivererMetrics == "" {
+		delivererMetrics = s.Metrics["deliverer-1"] + " (and on)"
 	}
 	fmt.Printf(`
 Sluice is running.
@@ -223,12 +333,12 @@ Sluice is running.
   other domains  go to their real MX on port 25
   Logs (JSON)    %[5]s/{ingress,scheduler,deliverer,bouncer}.log
                  e.g. tail -f %[5]s/deliverer.log
-  Metrics        http://%[6]s/metrics (ingress)  :9102 scheduler  :9103 deliverer  :9104 bouncer
+  Metrics        http://%[6]s/metrics (ingress)  %[10]s scheduler  %[11]s deliverer  %[12]s bouncer
   Queue          bin/sluice -server %[7]s queue list   (or stats, show <id>)
   NATS           %[7]s   JetStream files in %[8]s/
   Config         %[9]s
 `, smtp, testDomain, s.Capture.Addr, rel(filepath.Join(dataDir, "capture")), rel(filepath.Join(dataDir, "logs")),
-		s.Metrics["ingress"], s.NATSURL(), rel(jetStreamDir(s, dataDir)), rel(s.ConfigPath))
+		s.Metrics["ingress"], s.NATSURL(), rel(jetStreamDir(s, dataDir)), configNote, s.Metrics["scheduler"], delivererMetrics, s.Metrics["bouncer"])
 	for d, hp := range routes {
 		fmt.Printf("  route          %s -> %s\n", d, hp)
 	}
