@@ -522,23 +522,37 @@ func (s *Server) prioritize(ctx context.Context, j index.Job, r *api.QueueAction
 		}
 		_, err = s.d.JS.PublishMsg(ctx, hold.ParkMsg(job, data, loc.msg.Header, "admin", "prio-"+seqNonce(loc)))
 	case placeReady:
-		var ack *jetstream.PubAck
-		ack, err = s.republish(ctx, wire.JobSubject(class, j.ID), job, loc.msg.Header, id, nil)
-		if err != nil {
-			break
+		// A copy that its class's consumer has handed to a deliverer is
+		// attempted whatever happens to it in the stream (deleting it
+		// does not take it back), and the index calls the job active only
+		// once the deliverer's attempt event arrives, after the deliverer
+		// may have waited for a connection slot: moving it then queued a
+		// second copy that another deliverer delivered again.
+		handed, herr := s.handedOut(ctx, loc.job.GetPriority(), loc.msg.Sequence)
+		if herr != nil {
+			return outcome{}, herr
 		}
-		ok, derr := s.deleteSeq(ctx, loc.msg.Sequence)
-		if derr != nil {
-			err = derr
-			break
-		}
-		if !ok {
-			// A deliverer took the old copy meanwhile: withdraw the new one.
-			if _, derr := s.deleteSeq(ctx, ack.Sequence); derr != nil {
-				return outcome{}, derr
-			}
+		if handed {
 			return skipped("being attempted now; try again when the attempt ends")
 		}
+		// Deleted first, the old copy can be handed to nobody from now
+		// on; whether it was in the meantime, the consumer tells again.
+		ok, derr := s.deleteSeq(ctx, loc.msg.Sequence)
+		if derr != nil {
+			return outcome{}, derr
+		}
+		if !ok {
+			// Acknowledged meanwhile: it was attempted.
+			return skipped("being attempted now; try again when the attempt ends")
+		}
+		if handed, herr = s.handedOut(ctx, loc.job.GetPriority(), loc.msg.Sequence); herr == nil && handed {
+			// Taken between the two looks, a round trip apart. The new
+			// copy is queued all the same: the deliverer holding the old
+			// one may give it back (a Nak of a deleted message is lost),
+			// and a duplicate is the lesser harm than a lost message.
+			s.d.Log.Warn("prioritize: the job was handed to a deliverer while it was moved; it may be attempted twice", "job_id", j.ID)
+		}
+		_, err = s.republish(ctx, wire.JobSubject(class, j.ID), job, loc.msg.Header, id, nil)
 	}
 	if err != nil {
 		return outcome{}, fmt.Errorf("move to %s: %w", wire.ClassName(class), err)
@@ -547,6 +561,30 @@ func (s *Server) prioritize(ctx context.Context, j index.Job, r *api.QueueAction
 		ev.Note = "from " + old
 	})
 	return outcome{changed: true, seq: seq}, err
+}
+
+// handedOut reports whether the deliverers' consumer of class has handed
+// out the job copy at stream sequence seq (and not had it acknowledged,
+// when the copy still exists). The consumer hands out its class's
+// subjects in stream order, so a copy at or below its last delivered
+// sequence was handed out; without the consumer (no deliverer ever ran)
+// nothing was.
+func (s *Server) handedOut(ctx context.Context, class sluicev1.Priority, seq uint64) (bool, error) {
+	cons, err := s.jobs.Consumer(ctx, wire.DelivererConsumer(class))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("deliverers' consumer: %w", err)
+	}
+	info, err := cons.Info(ctx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("deliverers' consumer: %w", err)
+	}
+	return seq <= info.Delivered.Stream, nil
 }
 
 // DeletedStatus is the RFC 3463 status of recipients of a job deleted with

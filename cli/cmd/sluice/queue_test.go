@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -48,6 +49,8 @@ type world struct {
 	tracer *sdktrace.TracerProvider
 	// refuse makes the destination defer every recipient while set.
 	refuse atomic.Bool
+	// stopDeliverer stops the deliverer startDeliverer started.
+	stopDeliverer func()
 }
 
 func newWorld(t *testing.T, retryMin time.Duration) *world {
@@ -123,11 +126,12 @@ func (w *world) startDeliverer() {
 	if err := d.Start(context.Background()); err != nil {
 		w.t.Fatal(err)
 	}
-	w.t.Cleanup(func() {
+	w.stopDeliverer = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = d.Close(ctx)
-	})
+	}
+	w.t.Cleanup(w.stopDeliverer)
 	// The deliverer's admin service, with the shaping endpoints.
 	svc, err := micro.AddService(js.Conn(), micro.Config{Name: api.DelivererService, Version: "0.0.1"})
 	if err != nil {
@@ -598,5 +602,79 @@ func TestRetryOnce(t *testing.T) {
 	mustCode(t, 0, code, out, errs, "log")
 	if strings.Count(out, " delivered ") != 1 || !strings.Contains(out, "scheduled") {
 		t.Errorf("log:\n%s", out)
+	}
+}
+
+// TestPrioritizeOfAFetchedJob interleaves a deliverer's fetch and a
+// prioritize. The first job's copy has been handed to a deliverer that has
+// not recorded its attempt yet, so the queue index still calls it ready:
+// prioritize must leave it where it is (a second copy in the new class
+// would be delivered by another deliverer too), while the second job,
+// handed to no one, moves.
+func TestPrioritizeOfAFetchedJob(t *testing.T) {
+	w := newWorld(t, time.Minute)
+	// This test is the deliverer: it fetches from the shared consumer the
+	// real one created.
+	w.stopDeliverer()
+	ctx := context.Background()
+	fetched, waiting := w.send("alice@origin.test", "bob@dest.test"), w.send("alice@origin.test", "carol@dest.test")
+	w.eventually("both jobs ready", 10*time.Second, func() bool {
+		r1, r2 := w.row(fetched), w.row(waiting)
+		return r1 != nil && r2 != nil && r1.QueueName == api.StateReady && r2.QueueName == api.StateReady
+	})
+	normal, err := w.js.Consumer(ctx, wire.StreamJobs, wire.DelivererConsumer(sluicev1.Priority_PRIORITY_NORMAL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := normal.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msg jetstream.Msg
+	for m := range batch.Messages() {
+		msg = m
+	}
+	if msg == nil {
+		t.Fatal("no job fetched")
+	}
+	// The scheduler queued the two jobs in either order.
+	switch msg.Subject() {
+	case wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, fetched+"-0"):
+	case wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, waiting+"-0"):
+		fetched, waiting = waiting, fetched
+	default:
+		t.Fatalf("fetched %s", msg.Subject())
+	}
+
+	code, out, errs := w.cli("prioritize", "high", fetched)
+	if !strings.Contains(out+errs, "being attempted now") {
+		t.Errorf("prioritize of the fetched job: exit %d, %s%s; want it skipped as being attempted", code, out, errs)
+	}
+	str, err := w.js.Stream(ctx, wire.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_HIGH, fetched+"-0")); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("a second copy of the fetched job was queued as high (%v): two deliverers would deliver it", err)
+	}
+	high, err := w.js.Consumer(ctx, wire.StreamJobs, wire.DelivererConsumer(sluicev1.Priority_PRIORITY_HIGH))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := high.Info(ctx); err != nil || info.NumPending != 0 {
+		t.Fatalf("high class: %d jobs pending (%v), want none", info.NumPending, err)
+	}
+
+	// The job handed to no one moves.
+	code, out, errs = w.cli("prioritize", "high", waiting)
+	mustCode(t, 0, code, out, errs, "prioritize the waiting job")
+	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_HIGH, waiting+"-0")); err != nil {
+		t.Fatalf("the waiting job is not queued as high: %v", err)
+	}
+	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, waiting+"-0")); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("the waiting job is still queued as normal too (%v)", err)
+	}
+	if err := msg.Ack(); err != nil {
+		t.Fatal(err)
 	}
 }
