@@ -11,6 +11,13 @@
 //   - connection refused or timed out, a 4xx/5xx greeting or EHLO reply, a
 //     failed STARTTLS: the next address, then the next host. A server whose
 //     STARTTLS fails is never retried without TLS in the same attempt.
+//   - the TLS policy (WithTLSPolicy, package tlspolicy) is chosen for every
+//     host before the first connection, in a tls.policy span: a host the
+//     policy refuses (outside an enforced MTA-STS policy, a failed TLSA
+//     lookup) is skipped; a server without STARTTLS, or whose certificate
+//     fails a required check, is left for the next host and never sent
+//     anything in clear text. These failures are temporary, with reason
+//     REASON_TLS and a text naming the policy and the cause.
 //   - a job with require_tls (RFC 8689) at a server without STARTTLS, or
 //     without REQUIRETLS after it: the next host; 550 5.7.10 / 5.7.30 if none
 //     qualifies.
@@ -33,7 +40,6 @@ package courier
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/netip"
@@ -42,6 +48,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluice-mta/sluice/deliverer/dkim"
@@ -73,6 +80,9 @@ type Courier struct {
 	tracer trace.Tracer
 	signer Signer
 	cache  *connCache
+	// policy decides TLS requirements (see tls.go); nil is "may".
+	policy      TLSPolicy
+	tlsSessions metric.Int64Counter
 }
 
 // Option configures a Courier.
@@ -273,9 +283,11 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route
 			signed.done()
 		}
 	}()
+	attemptSpan := trace.SpanFromContext(ctx)
+	policies := c.choosePolicy(ctx, route)
 	if sess := t.idle; sess != nil {
 		t.idle = nil
-		if out, ok := c.reuse(ctx, sess, t, job, message); ok {
+		if out, ok := c.reuse(ctx, sess, t, job, message, policies); ok {
 			return out
 		}
 		// The session was closed; its slot serves the new connection.
@@ -283,6 +295,11 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route
 	var err error
 	var failures []*status.Error
 	for _, h := range route.Hosts {
+		req := policies.For(ctx, h.Name, h.Port)
+		if req.Refused != "" {
+			failures = append(failures, c.refused(ctx, req))
+			continue
+		}
 		addrs := h.Addrs
 		if len(addrs) == 0 {
 			addrs, err = c.addrs(ctx, h.Name)
@@ -309,7 +326,8 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route
 				failures = append(failures, status.Classify(err, sluicev1.Reason_REASON_CONNECT, ""))
 				continue
 			}
-			if e := c.secure(ctx, sess, job); e != nil {
+			tlsOut, e := c.secure(ctx, sess, job, req, true)
+			if e != nil {
 				sess.Close()
 				failures = append(failures, e)
 				if e.Reason == sluicev1.Reason_REASON_REQUIRE_TLS {
@@ -318,6 +336,7 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route
 				}
 				continue
 			}
+			recordTLS(attemptSpan, tlsOut)
 			msg, added, e := message()
 			if e != nil {
 				sess.Close()
@@ -342,12 +361,21 @@ func (c *Courier) keep(t *Ticket, sess *smtpclient.Session) {
 // before MAIL FROM was accepted (servers close idle connections) or cannot
 // carry this job (require_tls), and the attempt continues with a new
 // connection under the same slot.
-func (c *Courier) reuse(ctx context.Context, sess *smtpclient.Session, t *Ticket, job *sluicev1.Job, message func() (io.Reader, int64, *status.Error)) ([]outcome, bool) {
+func (c *Courier) reuse(ctx context.Context, sess *smtpclient.Session, t *Ticket, job *sluicev1.Job, message func() (io.Reader, int64, *status.Error), policies *hostPolicies) ([]outcome, bool) {
 	sess.Bind(ctx)
-	if e := c.secure(ctx, sess, job); e != nil {
+	// The session was opened for another job, perhaps under another
+	// domain's policy: it serves this one only if it meets this one's.
+	req := policies.For(ctx, sess.Host(), int(sess.Addr().Port()))
+	if !fits(sess, req, job) {
 		sess.Close()
 		return nil, false
 	}
+	tlsOut, e := c.secure(ctx, sess, job, req, false)
+	if e != nil {
+		sess.Close()
+		return nil, false
+	}
+	recordTLS(trace.SpanFromContext(ctx), tlsOut)
 	msg, added, e := message()
 	if e != nil {
 		c.keep(t, sess)
@@ -433,41 +461,6 @@ func (c *Courier) connect(ctx context.Context, h mx.Host, a netip.Addr) (*smtpcl
 		return nil, err
 	}
 	return s, nil
-}
-
-// secure runs STARTTLS when offered and enforces require_tls.
-func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluicev1.Job) *status.Error {
-	if s.Offers("STARTTLS") {
-		ctx, span := c.tracer.Start(ctx, "smtp.starttls", trace.WithSpanKind(trace.SpanKindClient),
-			trace.WithAttributes(attribute.String("server.address", s.RemoteHost())))
-		_, err := s.StartTLS(ctx)
-		if err != nil {
-			e := status.Classify(err, sluicev1.Reason_REASON_TLS, s.RemoteHost())
-			fail(span, e)
-			span.End()
-			return e
-		}
-		if st := s.TLS(); st != nil {
-			span.SetAttributes(attribute.String("tls.protocol.version", tlsVersion(st.Version)),
-				attribute.String("tls.cipher", tls.CipherSuiteName(st.CipherSuite)))
-		}
-		span.End()
-	}
-	if !job.RequireTls {
-		return nil
-	}
-	if s.TLS() == nil {
-		// RFC 8689 §4.2.1: a REQUIRETLS message must not travel in the clear.
-		return &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.10", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
-			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not offer STARTTLS"}
-	}
-	if !s.Offers("REQUIRETLS") {
-		// RFC 8689 §4.2.1: the next hop must promise to keep requiring
-		// TLS (5.7.30 "REQUIRETLS support required").
-		return &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.30", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
-			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not support REQUIRETLS"}
-	}
-	return nil
 }
 
 // sign returns the message to send, how many bytes signing added, and a

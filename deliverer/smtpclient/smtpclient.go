@@ -1,8 +1,8 @@
 // Package smtpclient speaks SMTP to one remote server for the deliverer: it
 // connects with a timeout, greets with the configured host name, upgrades to
-// TLS with STARTTLS when the server offers it (opportunistically, like
-// Postfix's "may" security level: certificates are not verified, RFC 7435),
-// and runs mail transactions for all recipients of a job, reporting the
+// TLS with STARTTLS when asked (the caller's check decides whether the
+// server's certificate is acceptable; without one the upgrade is
+// opportunistic, like Postfix's "may" security level, RFC 7435), and runs mail transactions for all recipients of a job, reporting the
 // outcome of each recipient with the remote reply code, enhanced status code
 // and text. Every failure is a *status.Error.
 //
@@ -141,6 +141,8 @@ type Session struct {
 	brokeAtMail bool
 	// uses counts the transactions started on the session.
 	uses int
+	// verified is what SetVerified recorded.
+	verified string
 }
 
 // writeBuffer is the size of the buffer commands and content are written
@@ -367,7 +369,13 @@ func (s *Session) classify(err error, reason sluicev1.Reason) *status.Error {
 // whether it did. A refused STARTTLS or a failed handshake is REASON_TLS;
 // the caller must not retry the same server without TLS, because falling
 // back to plaintext is exactly what an active attacker would provoke.
-func (s *Session) StartTLS(ctx context.Context) (bool, error) {
+//
+// check, when not nil, judges the server's certificate during the
+// handshake (tls.Config.VerifyConnection): an error aborts the handshake
+// with a bad_certificate alert before anything is sent, and is returned as
+// it is when it is a *status.Error, else as REASON_TLS with its text.
+// Without check the certificate is not verified.
+func (s *Session) StartTLS(ctx context.Context, check func(tls.ConnectionState) error) (bool, error) {
 	if s.ready {
 		return false, errors.New("smtpclient: StartTLS after the transaction started")
 	}
@@ -385,10 +393,13 @@ func (s *Session) StartTLS(ctx context.Context) (bool, error) {
 	}
 	tc := tls.Client(s.raw, &tls.Config{
 		ServerName: s.host,
-		// Opportunistic TLS (RFC 7435): encryption without authentication
-		// beats plaintext, and an unverifiable certificate is no reason to
-		// send in the clear instead.
+		// Go's own verification knows neither DANE nor a policy's
+		// choice of roots: check does it all. Without check this is
+		// opportunistic TLS (RFC 7435): encryption without
+		// authentication beats plaintext, and an unverifiable
+		// certificate is no reason to send in the clear instead.
 		InsecureSkipVerify: true, //nolint:gosec // see above
+		VerifyConnection:   check,
 	})
 	// The handshake has its own timeout; the one of the last reply must
 	// not cut it short.
@@ -396,6 +407,14 @@ func (s *Session) StartTLS(ctx context.Context) (bool, error) {
 	hctx, cancel := context.WithTimeout(ctx, s.d.cfg.CommandTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
+		s.broken = true
+		var se *status.Error
+		if errors.As(err, &se) {
+			if se.RemoteHost == "" {
+				se.RemoteHost = s.RemoteHost()
+			}
+			return false, se
+		}
 		return false, &status.Error{Code: 451, Enhanced: "4.7.0", Reason: sluicev1.Reason_REASON_TLS, Err: err,
 			RemoteHost: s.RemoteHost(), Text: "TLS handshake failed: " + err.Error()}
 	}
@@ -410,6 +429,14 @@ func (s *Session) StartTLS(ctx context.Context) (bool, error) {
 	}
 	return true, nil
 }
+
+// SetVerified records how the session's certificate was verified (a key
+// of the caller's choosing), so that a later attempt reusing the session
+// can tell whether it satisfies its own policy.
+func (s *Session) SetVerified(key string) { s.verified = key }
+
+// Verified is what SetVerified recorded, "" when nothing.
+func (s *Session) Verified() string { return s.verified }
 
 // Reusable reports whether another transaction may run on the session: the
 // last one ended with the server ready for MAIL (RFC 5321 §4.1.4: after a

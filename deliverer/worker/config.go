@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-mta/sluice/deliverer/dkim"
 	"github.com/sluice-mta/sluice/deliverer/shaping"
+	"github.com/sluice-mta/sluice/deliverer/tlspolicy"
 	"github.com/sluice-mta/sluice/services/config"
 )
 
@@ -75,6 +76,10 @@ type Settings struct {
 	// receiving site: connections, slow start, suspensions (see package
 	// shaping and the README's "Traffic shaping").
 	Shaping shaping.Config `yaml:"shaping"`
+	// TLSPolicy is the TLS security level of each destination: none, may
+	// (the default), encrypt, verify, dane or mta-sts, with per-domain
+	// overrides (see package tlspolicy and the README's "Outbound TLS").
+	TLSPolicy tlspolicy.Config `yaml:"tls_policy"`
 	// ShutdownTimeout is how long a stopping deliverer lets running
 	// deliveries finish before it interrupts them and hands their jobs back.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SLUICE_DELIVERER_SHUTDOWN_TIMEOUT"`
@@ -139,6 +144,7 @@ func DefaultSettings() Settings {
 		ConnectionCacheTime:  2 * time.Second,
 		ConnectionReuseLimit: 100,
 		Shaping:              shaping.DefaultConfig(),
+		TLSPolicy:            tlspolicy.DefaultConfig(),
 		// Zones that answer queries for free at low volume; Spamhaus refuses
 		// queries that come through large public resolvers (the doctor
 		// reports that as an error, not as "not listed").
@@ -219,6 +225,9 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("deliverer.connection_reuse_limit: %d, want at least 1", s.ConnectionReuseLimit)
 	}
 	if err := s.Shaping.Validate(); err != nil {
+		return err
+	}
+	if err := s.TLSPolicy.Validate(); err != nil {
 		return err
 	}
 	if err := s.validateIdentity(); err != nil {

@@ -75,6 +75,7 @@ import (
 	"github.com/sluice-mta/sluice/deliverer/shaping"
 	"github.com/sluice-mta/sluice/deliverer/smtpclient"
 	"github.com/sluice-mta/sluice/deliverer/status"
+	"github.com/sluice-mta/sluice/deliverer/tlspolicy"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/marks"
@@ -111,6 +112,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// Shuffle orders MX hosts of equal preference; nil is random.
 	Shuffle func(n int, swap func(i, j int))
+	// TLSPolicy carries what the configuration cannot: tests' roots and
+	// the dial of MTA-STS policy fetches (see tls.go).
+	TLSPolicy tlspolicy.Options
 }
 
 // Service is a running deliverer.
@@ -138,6 +142,8 @@ type Service struct {
 	meter     metric.Meter
 	// siteMetrics observes the shaper (see registerSiteMetrics).
 	siteMetrics metric.Registration
+	// tlsPolicy decides each destination's TLS (see tls.go).
+	tlsPolicy *tlspolicy.Engine
 
 	slots      chan struct{}
 	work       chan fetched
@@ -199,6 +205,10 @@ func New(s Settings, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsPolicy, err := newTLSPolicy(s, d.TLSPolicy)
+	if err != nil {
+		return nil, err
+	}
 	return &Service{
 		steered: steered,
 		cfg:     s,
@@ -206,7 +216,9 @@ func New(s Settings, d Deps) (*Service, error) {
 		tracer:  d.Tracer,
 		log:     d.Logger.With("instance", s.Instance),
 		courier: courier.New(res, dialer, d.Tracer, courier.WithSigner(signer),
-			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency})),
+			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency}),
+			courier.WithTLSPolicy(tlsPolicy, d.Meter)),
+		tlsPolicy: tlsPolicy,
 		m:         m,
 		parkAfter: parkAfter,
 		meter:     d.Meter,
@@ -273,6 +285,9 @@ func (s *Service) Start(ctx context.Context) error {
 	if err == nil {
 		s.siteMetrics, err = registerSiteMetrics(s.meter, s.shaper)
 	}
+	if err == nil {
+		err = s.startTLSPolicy(ctx)
+	}
 	if err != nil {
 		if s.shaper != nil {
 			s.shaper.Stop()
@@ -321,6 +336,7 @@ func (s *Service) Close(ctx context.Context) error {
 		// Closing the idle sessions releases their connection slots, before
 		// the shaper stops renewing them.
 		s.courier.Close()
+		s.tlsPolicy.Close()
 		_ = s.siteMetrics.Unregister()
 		s.shaper.Stop()
 		if s.marks != nil {

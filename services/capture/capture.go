@@ -53,6 +53,9 @@ type Options struct {
 	IdleTimeout time.Duration
 	// Log receives a line per message; nil discards.
 	Log *slog.Logger
+	// TLS, when set, makes the server offer STARTTLS with it; tests of
+	// the deliverer's TLS policies give it the certificate to present.
+	TLS *tls.Config
 }
 
 // Server is a running capture server.
@@ -106,6 +109,7 @@ func Listen(addr string, o Options) (*Server, error) {
 	s.srv.WriteTimeout = time.Minute
 	s.srv.EnableSMTPUTF8 = true
 	s.srv.EnableDSN = true
+	s.srv.TLSConfig = o.TLS
 	go s.srv.Serve(ln)
 	return s, nil
 }

@@ -22,6 +22,7 @@ type Server struct {
 	records  map[string][]dns.RR // by lower-case FQDN
 	servfail map[string]bool
 	drop     map[string]bool
+	secure   map[string]bool
 	queries  int
 
 	udp, tcp *dns.Server
@@ -40,7 +41,7 @@ func Start(t testing.TB) *Server {
 
 // Listen starts a server on addr (port 0 picks one) for UDP and TCP.
 func Listen(addr string) (*Server, error) {
-	s := &Server{records: map[string][]dns.RR{}, servfail: map[string]bool{}, drop: map[string]bool{}}
+	s := &Server{records: map[string][]dns.RR{}, servfail: map[string]bool{}, drop: map[string]bool{}, secure: map[string]bool{}}
 	// UDP and TCP must share a port number; with port 0 the one the kernel
 	// picks for UDP may be taken for TCP, so try a few times.
 	var pc net.PacketConn
@@ -98,6 +99,13 @@ func (s *Server) Add(rrs ...string) error {
 	return nil
 }
 
+// Remove removes every record of name.
+func (s *Server) Remove(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.records, dns.Fqdn(strings.ToLower(name)))
+}
+
 // MustAdd is Add for tests.
 func (s *Server) MustAdd(t testing.TB, rrs ...string) {
 	t.Helper()
@@ -120,6 +128,15 @@ func (s *Server) Drop(name string, on bool) {
 	s.drop[dns.Fqdn(strings.ToLower(name))] = on
 }
 
+// Secure makes answers for name (records or their absence) authenticated
+// (true), as a validating resolver says with the AD bit (RFC 4035 §3.2.3)
+// to a query that sets AD or DO, or not (false, the default).
+func (s *Server) Secure(name string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.secure[dns.Fqdn(strings.ToLower(name))] = on
+}
+
 // Queries returns how many queries the server has answered or dropped.
 func (s *Server) Queries() int {
 	s.mu.Lock()
@@ -140,7 +157,7 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	name := strings.ToLower(q.Name)
 	s.mu.Lock()
 	s.queries++
-	drop, fail := s.drop[name], s.servfail[name]
+	drop, fail, secure := s.drop[name], s.servfail[name], s.secure[name]
 	rrs, known := s.records[name]
 	s.mu.Unlock()
 	if drop {
@@ -150,6 +167,9 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 		m.Rcode = dns.RcodeServerFailure
 		w.WriteMsg(m)
 		return
+	}
+	if opt := req.IsEdns0(); secure && (req.AuthenticatedData || opt != nil && opt.Do()) {
+		m.AuthenticatedData = true
 	}
 	if !known {
 		m.Rcode = dns.RcodeNameError

@@ -37,3 +37,36 @@ func TestServesAndFails(t *testing.T) {
 		t.Fatal("dropped query was answered")
 	}
 }
+
+func TestSecure(t *testing.T) {
+	s := Start(t)
+	s.MustAdd(t, "_25._tcp.mx.example.test. 60 IN TLSA 3 1 1 "+"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+	s.Secure("_25._tcp.mx.example.test", true)
+	c := &dns.Client{Timeout: Timeout}
+	ask := func(name string, ad, do bool) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeTLSA)
+		m.AuthenticatedData = ad
+		if do {
+			m.SetEdns0(1232, true)
+		}
+		r, _, err := c.Exchange(m, s.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := ask("_25._tcp.mx.example.test.", true, true); !r.AuthenticatedData || len(r.Answer) != 1 {
+		t.Fatalf("secure name: AD %v, %d answers", r.AuthenticatedData, len(r.Answer))
+	}
+	if r := ask("_25._tcp.mx.example.test.", false, false); r.AuthenticatedData {
+		t.Fatal("AD set for a query that asked for neither AD nor DO")
+	}
+	if r := ask("_25._tcp.other.example.test.", true, true); r.AuthenticatedData || r.Rcode != dns.RcodeNameError {
+		t.Fatalf("unsigned name: AD %v rcode %d", r.AuthenticatedData, r.Rcode)
+	}
+	s.Secure("_25._tcp.other.example.test", true)
+	if r := ask("_25._tcp.other.example.test.", true, true); !r.AuthenticatedData || r.Rcode != dns.RcodeNameError {
+		t.Fatalf("secure denial: AD %v rcode %d", r.AuthenticatedData, r.Rcode)
+	}
+}

@@ -161,6 +161,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 	if _, err := Shaping(ctx, js, q); err != nil {
 		return err
 	}
+	if _, err := MTASTS(ctx, js, q); err != nil {
+		return err
+	}
 	if _, err := Strikes(ctx, js, q); err != nil {
 		return err
 	}

@@ -1,0 +1,280 @@
+package courier
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluice-mta/sluice/deliverer/mx"
+	"github.com/sluice-mta/sluice/deliverer/smtpclient"
+	"github.com/sluice-mta/sluice/deliverer/status"
+	"github.com/sluice-mta/sluice/deliverer/tlspolicy"
+	"github.com/sluice-mta/sluice/proto/sluicev1"
+)
+
+// This file is the TLS step of an attempt: choose the policy of each MX
+// host before connecting (package tlspolicy), then enforce it during
+// STARTTLS, and record what TLS the attempt got.
+
+// TLSPolicy decides what TLS a destination requires; *tlspolicy.Engine
+// implements it.
+type TLSPolicy interface {
+	Decide(ctx context.Context, domain string, static bool) *tlspolicy.Decision
+}
+
+var _ TLSPolicy = (*tlspolicy.Engine)(nil)
+
+// WithTLSPolicy makes the courier apply p to every attempt and count TLS
+// sessions in m's sluice_deliverer_tls_sessions_total. Without it every
+// destination gets "may": STARTTLS when offered, unverified.
+func WithTLSPolicy(p TLSPolicy, m metric.Meter) Option {
+	return func(c *Courier) {
+		c.policy = p
+		if m != nil {
+			c.tlsSessions, _ = m.Int64Counter("sluice_deliverer_tls_sessions_total",
+				metric.WithDescription("TLS outcome of each connection the deliverer tried to use, by policy (none, may, encrypt, verify, dane, mta-sts) "+
+					"and result (verified, encrypted: TLS without verification, plaintext, failed: the policy refused the server, refused: the host was not tried)."))
+		}
+	}
+}
+
+// tlsResult values of the result label of sluice_deliverer_tls_sessions_total.
+const (
+	tlsVerified  = "verified"
+	tlsEncrypted = "encrypted"
+	tlsPlain     = "plaintext"
+	tlsFailed    = "failed"
+	tlsRefused   = "refused"
+)
+
+// hostPolicies are the requirements of an attempt's MX hosts, decided
+// before the first connection.
+type hostPolicies struct {
+	dec   *tlspolicy.Decision
+	hosts map[string]*tlspolicy.Requirement
+}
+
+// may is the requirement without a policy engine: today's opportunistic TLS.
+func may(host string) *tlspolicy.Requirement {
+	return &tlspolicy.Requirement{Policy: "may", Host: host, StartTLS: true}
+}
+
+// choosePolicy decides the TLS requirement of every host of route, in a
+// tls.policy span.
+func (c *Courier) choosePolicy(ctx context.Context, route mx.Route) *hostPolicies {
+	hp := &hostPolicies{hosts: map[string]*tlspolicy.Requirement{}}
+	if c.policy == nil {
+		return hp
+	}
+	ctx, span := c.tracer.Start(ctx, "tls.policy", trace.WithAttributes(attribute.String("sluice.destination_domain", route.Domain)))
+	defer span.End()
+	hp.dec = c.policy.Decide(ctx, route.Domain, route.Static)
+	span.SetAttributes(attribute.String("sluice.tls.mode", string(hp.dec.Mode)))
+	for _, h := range route.Hosts {
+		r := hp.dec.Host(ctx, h.Name, h.Port)
+		hp.hosts[h.Name] = r
+		span.AddEvent("sluice.tls.host", trace.WithAttributes(append(reqAttrs(r), attribute.String("server.address", h.Name))...))
+	}
+	return hp
+}
+
+// For is the requirement of host (asked now if the host was not in the
+// route, as a cached session's may not be).
+func (hp *hostPolicies) For(ctx context.Context, host string, port int) *tlspolicy.Requirement {
+	if r, ok := hp.hosts[host]; ok {
+		return r
+	}
+	if hp.dec == nil {
+		return may(host)
+	}
+	r := hp.dec.Host(ctx, host, port)
+	hp.hosts[host] = r
+	return r
+}
+
+func reqAttrs(r *tlspolicy.Requirement) []attribute.KeyValue {
+	a := []attribute.KeyValue{attribute.String("sluice.tls.policy", r.Name()), attribute.Bool("sluice.tls.required", r.Required),
+		attribute.Bool("sluice.tls.verify", r.Verifies())}
+	if r.Refused != "" {
+		a = append(a, attribute.String("sluice.tls.refused", r.Refused))
+	}
+	if r.Reported != "" {
+		a = append(a, attribute.String("sluice.tls.reported", r.Reported))
+	}
+	if r.Note != "" {
+		a = append(a, attribute.String("sluice.tls.note", r.Note))
+	}
+	return a
+}
+
+// refused is the failure of a host the policy does not let us use.
+func (c *Courier) refused(ctx context.Context, r *tlspolicy.Requirement) *status.Error {
+	c.countTLS(r, tlsRefused)
+	trace.SpanFromContext(ctx).AddEvent("sluice.tls_refused", trace.WithAttributes(
+		attribute.String("server.address", r.Host), attribute.String("sluice.tls.refused", r.Refused)))
+	return &status.Error{Code: 451, Enhanced: "4.7.5", Reason: sluicev1.Reason_REASON_TLS, RemoteHost: r.Host, Text: r.Refused}
+}
+
+func (c *Courier) countTLS(r *tlspolicy.Requirement, result string) {
+	if c.tlsSessions == nil {
+		return
+	}
+	c.tlsSessions.Add(context.Background(), 1, metric.WithAttributes(attribute.String("policy", r.Policy), attribute.String("result", result)))
+}
+
+// tlsOutcome is what TLS one session got.
+type tlsOutcome struct {
+	req        *tlspolicy.Requirement
+	state      *tls.ConnectionState
+	verifiedBy string
+	// reported is a failure a testing policy let through.
+	reported string
+}
+
+func (o tlsOutcome) attrs() []attribute.KeyValue {
+	a := []attribute.KeyValue{
+		attribute.String("sluice.tls.policy", o.req.Name()),
+		attribute.Bool("sluice.tls", o.state != nil),
+		attribute.Bool("sluice.tls.verified", o.verifiedBy != ""),
+	}
+	if o.state != nil {
+		a = append(a, attribute.String("sluice.tls.version", tlsVersion(o.state.Version)),
+			attribute.String("sluice.tls.cipher", tls.CipherSuiteName(o.state.CipherSuite)))
+	}
+	if o.verifiedBy != "" {
+		a = append(a, attribute.String("sluice.tls.verified_by", o.verifiedBy))
+	}
+	if o.reported != "" {
+		a = append(a, attribute.String("sluice.tls.reported", o.reported))
+	}
+	return a
+}
+
+// fits reports whether a cached session may carry a job whose host has
+// requirement r: it has the TLS r requires and was verified the way r
+// verifies, and it is not clear text to a server that offered STARTTLS
+// when r wants TLS.
+func fits(s *smtpclient.Session, r *tlspolicy.Requirement, job *sluicev1.Job) bool {
+	if r.Refused != "" {
+		return false
+	}
+	if s.TLS() == nil {
+		return !r.Required && !job.RequireTls && !(r.StartTLS && s.Offers("STARTTLS"))
+	}
+	return !r.Required || !r.Verifies() || s.Verified() == r.Key()
+}
+
+// startTLS runs STARTTLS under requirement r. The error is a *status.Error
+// whose text names the policy and the cause.
+func (c *Courier) startTLS(ctx context.Context, s *smtpclient.Session, r *tlspolicy.Requirement) (tlsOutcome, *status.Error) {
+	out := tlsOutcome{req: r}
+	ctx, span := c.tracer.Start(ctx, "smtp.starttls", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("server.address", s.RemoteHost())))
+	defer span.End()
+	var check func(tls.ConnectionState) error
+	if r.Verifies() {
+		check = func(cs tls.ConnectionState) error {
+			by, err := r.Check(cs)
+			if err == nil {
+				out.verifiedBy = by
+				return nil
+			}
+			if !r.Required {
+				// MTA-STS testing (RFC 8461 §5): deliver and report.
+				out.reported = err.Error()
+				return nil
+			}
+			return &status.Error{Code: 451, Enhanced: "4.7.5", Reason: sluicev1.Reason_REASON_TLS, Text: err.Error(), Err: err}
+		}
+	}
+	_, err := s.StartTLS(ctx, check)
+	if err != nil {
+		e := status.Classify(err, sluicev1.Reason_REASON_TLS, s.RemoteHost())
+		var f *tlspolicy.Failure
+		if r.Required && !errors.As(err, &f) {
+			// A handshake or STARTTLS failure under a policy that
+			// requires TLS: say which policy keeps us from sending in
+			// clear text instead.
+			e2 := *e
+			e2.Text = fmt.Sprintf("%s: %s TLS failed: %s", r.Name(), r.Host, e.Text)
+			e = &e2
+		}
+		c.countTLS(r, tlsFailed)
+		span.SetAttributes(reqAttrs(r)...)
+		fail(span, e)
+		return out, e
+	}
+	out.state = s.TLS()
+	if out.verifiedBy != "" {
+		s.SetVerified(r.Key())
+	}
+	span.SetAttributes(out.attrs()...)
+	if st := s.TLS(); st != nil {
+		span.SetAttributes(attribute.String("tls.protocol.version", tlsVersion(st.Version)),
+			attribute.String("tls.cipher", tls.CipherSuiteName(st.CipherSuite)))
+	}
+	if out.reported != "" {
+		span.AddEvent("sluice.tls_reported", trace.WithAttributes(attribute.String("sluice.tls.reported", out.reported)))
+	}
+	return out, nil
+}
+
+// secure applies requirement r to a new session, and REQUIRETLS (RFC 8689)
+// to any session.
+func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluicev1.Job, r *tlspolicy.Requirement, fresh bool) (tlsOutcome, *status.Error) {
+	out := tlsOutcome{req: r, state: s.TLS()}
+	if fresh {
+		if (r.StartTLS || job.RequireTls) && s.Offers("STARTTLS") {
+			var e *status.Error
+			if out, e = c.startTLS(ctx, s, r); e != nil {
+				return out, e
+			}
+		}
+		switch {
+		case s.TLS() == nil && r.Required:
+			c.countTLS(r, tlsFailed)
+			return out, &status.Error{Code: 451, Enhanced: "4.7.4", Reason: sluicev1.Reason_REASON_TLS, RemoteHost: s.RemoteHost(),
+				Text: fmt.Sprintf("%s: %s does not offer STARTTLS; TLS is required", r.Name(), r.Host)}
+		case s.TLS() == nil:
+			c.countTLS(r, tlsPlain)
+		case out.verifiedBy != "":
+			c.countTLS(r, tlsVerified)
+		default:
+			c.countTLS(r, tlsEncrypted)
+		}
+	} else if s.Verified() != "" && s.Verified() == r.Key() {
+		out.verifiedBy = "session"
+	}
+	if r.Reported != "" && out.reported == "" {
+		out.reported = r.Reported
+	}
+	if !job.RequireTls {
+		return out, nil
+	}
+	if s.TLS() == nil {
+		// RFC 8689 §4.2.1: a REQUIRETLS message must not travel in the clear.
+		return out, &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.10", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
+			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not offer STARTTLS"}
+	}
+	if !s.Offers("REQUIRETLS") {
+		// RFC 8689 §4.2.1: the next hop must promise to keep requiring
+		// TLS (5.7.30 "REQUIRETLS support required").
+		return out, &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.30", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
+			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not support REQUIRETLS"}
+	}
+	return out, nil
+}
+
+// recordTLS puts the TLS outcome of the session that carried the
+// transaction on the attempt's span (the caller's).
+func recordTLS(span trace.Span, o tlsOutcome) {
+	if o.req == nil {
+		return
+	}
+	span.SetAttributes(o.attrs()...)
+}
