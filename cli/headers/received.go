@@ -1,4 +1,4 @@
-package main
+package headers
 
 import (
 	"net/mail"
@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// receivedHop is one parsed Received header field (RFC 5322 §3.6.7, RFC
+// HopFields is one parsed Received header field (RFC 5322 §3.6.7, RFC
 // 5321 §4.4):
 //
 //	Received: from <name> (<tcp-info>) by <name> (<comment>) via <link>
@@ -17,7 +17,7 @@ import (
 // anywhere, a comment after the date, no date at all), so the parser is
 // tolerant: it never fails, it records what it could not understand in
 // Problems.
-type receivedHop struct {
+type HopFields struct {
 	From     string `json:"from,omitempty"`
 	FromInfo string `json:"from_info,omitempty"` // the comment after from: reverse name and [address]
 	FromAddr string `json:"from_addr,omitempty"` // the address literal of FromInfo
@@ -129,8 +129,8 @@ func lexReceived(v string) ([]rtoken, []string) {
 }
 
 // parseReceived parses the value of one Received field.
-func parseReceived(v string) receivedHop {
-	var h receivedHop
+func parseReceived(v string) HopFields {
+	var h HopFields
 	toks, problems := lexReceived(v)
 	h.Problems = problems
 	// The date follows the last semicolon outside comments.
@@ -232,7 +232,7 @@ func parseReceived(v string) receivedHop {
 	return h
 }
 
-func (h *receivedHop) field(key string) *string {
+func (h *HopFields) field(key string) *string {
 	switch key {
 	case "from":
 		return &h.From
