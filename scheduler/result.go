@@ -21,6 +21,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/hold"
 	"github.com/sluice-mta/sluice/scheduler/policy"
 	"github.com/sluice-mta/sluice/scheduler/refs"
+	"github.com/sluice-mta/sluice/services/consume"
 	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -38,7 +39,7 @@ import (
 // JetStream before the job is marked final and the result acknowledged, and
 // each output's message id is derived from the job, attempt and kind, so a
 // redelivered result yields nothing twice.
-func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
+func (s *Service) result(ctx context.Context, msg jetstream.Msg) consume.Outcome {
 	ctx = telemetry.Extract(ctx, msg.Headers())
 	ctx, span := s.tracer.Start(ctx, "scheduler.result",
 		trace.WithSpanKind(trace.SpanKindConsumer),
@@ -47,13 +48,11 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 
 	var r sluicev1.Result
 	if err := proto.Unmarshal(msg.Data(), &r); err != nil {
-		s.term(ctx, span, msg, s.log, "results", "undecodable", err)
-		return
+		return s.term(ctx, span, msg, s.log, "results", "undecodable", err)
 	}
 	job := r.GetJob()
 	if job.GetJobId() == "" || job.GetQueueId() == "" || !wire.ValidToken(job.GetJobId()) {
-		s.term(ctx, span, msg, s.log, "results", "no_job", errors.New("result carries no valid job"))
-		return
+		return s.term(ctx, span, msg, s.log, "results", "no_job", errors.New("result carries no valid job"))
 	}
 	span.SetAttributes(
 		attrQueueID.String(job.GetQueueId()), attrJobID.String(job.GetJobId()),
@@ -69,8 +68,7 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 	// what a deleted job would have retried is dropped.
 	mark, marked, err := s.marks.Get(ctx, job.GetJobId())
 	if err != nil {
-		s.retryLater(ctx, span, msg, log, "read hold mark", err)
-		return
+		return s.retryLater(ctx, span, msg, log, "read hold mark", err)
 	}
 	held := marked && mark.Action != admin.MarkDelete
 	var dropped []*sluicev1.RecipientResult
@@ -122,8 +120,7 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 			suppressed = append(suppressed, suppress())
 		default:
 			if err := bounce(sluicev1.BounceKind_BOUNCE_KIND_FAILED, want); err != nil {
-				s.retryLater(ctx, span, msg, log, "publish bounce request", err)
-				return
+				return s.retryLater(ctx, span, msg, log, "publish bounce request", err)
 			}
 		}
 	}
@@ -131,8 +128,7 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 		if !policy.MayBounce(job) {
 			suppressed = append(suppressed, suppress())
 		} else if err := bounce(sluicev1.BounceKind_BOUNCE_KIND_DELIVERED, want); err != nil {
-			s.retryLater(ctx, span, msg, log, "publish success DSN request", err)
-			return
+			return s.retryLater(ctx, span, msg, log, "publish success DSN request", err)
 		}
 	}
 
@@ -150,8 +146,7 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 			next.DelayWarned = true
 			if want := policy.Filter(d.Retry, policy.WantsDelay); len(want) > 0 && policy.MayBounce(job) {
 				if err := bounce(sluicev1.BounceKind_BOUNCE_KIND_DELAYED, want); err != nil {
-					s.retryLater(ctx, span, msg, log, "publish delay DSN request", err)
-					return
+					return s.retryLater(ctx, span, msg, log, "publish delay DSN request", err)
 				}
 			}
 		}
@@ -163,8 +158,7 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 			f, err = s.schedule(ctx, next, at)
 		}
 		if err != nil {
-			s.retryLater(ctx, span, msg, log, "publish retry schedule", err)
-			return
+			return s.retryLater(ctx, span, msg, log, "publish retry schedule", err)
 		}
 		futures = append(futures, f)
 	}
@@ -172,15 +166,13 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 	ev := s.outcomeEvent(ctx, &r, d, dropped, next, held, now)
 	f, err := s.events.Async(ctx, ev, events.MsgID(job, ev.Type))
 	if err != nil {
-		s.retryLater(ctx, span, msg, log, "publish outcome event", err)
-		return
+		return s.retryLater(ctx, span, msg, log, "publish outcome event", err)
 	}
 	futures = append(futures, f)
 
 	acks, err := waitAll(ctx, futures)
 	if err != nil {
-		s.retryLater(ctx, span, msg, log, "publish result outputs", err)
-		return
+		return s.retryLater(ctx, span, msg, log, "publish result outputs", err)
 	}
 	// When JetStream reports every output as a duplicate, an earlier
 	// delivery of this result already produced them (and was counted); the
@@ -191,26 +183,22 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) {
 	}
 	if d.Final() {
 		if err := s.complete(ctx, job, log); err != nil {
-			s.retryLater(ctx, span, msg, log, "complete job", err)
-			return
+			return s.retryLater(ctx, span, msg, log, "complete job", err)
 		}
 		if held {
 			// The job finished while on hold: drop the hold and any copy
 			// parked before the attempt ended.
 			if err := s.unpark(ctx, job.GetJobId()); err != nil {
-				s.retryLater(ctx, span, msg, log, "clear hold of finished job", err)
-				return
+				return s.retryLater(ctx, span, msg, log, "clear hold of finished job", err)
 			}
 		}
 	}
-	if err := msg.Ack(); err != nil {
-		log.WarnContext(ctx, "ack result", "err", err)
-	}
 	if replay {
 		log.InfoContext(ctx, "result already applied by an earlier delivery")
-		return
+		return consume.Done()
 	}
 	s.record(ctx, log, &r, d, bounced, suppressed, next, now)
+	return consume.Done()
 }
 
 // schedule publishes the retry job to the job's schedule subject as a

@@ -36,6 +36,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/admin"
 	"github.com/sluice-mta/sluice/scheduler/events"
 	"github.com/sluice-mta/sluice/scheduler/index"
+	"github.com/sluice-mta/sluice/services/consume"
 	"github.com/sluice-mta/sluice/services/marks"
 	"github.com/sluice-mta/sluice/services/streams"
 )
@@ -78,8 +79,10 @@ type Service struct {
 	tracer trace.Tracer
 	log    *slog.Logger
 	m      *instruments
-	now    func() time.Time
-	random func() float64
+	// consumeMetrics are the counters every consumer reports (package consume).
+	consumeMetrics *consume.Metrics
+	now            func() time.Time
+	random         func() float64
 
 	msgs   jetstream.Stream
 	jobs   jetstream.Stream
@@ -99,7 +102,7 @@ type Service struct {
 	started bool
 	closed  bool
 	cancel  context.CancelFunc
-	loops   []*loop
+	loops   []*consume.Loop
 }
 
 // New returns a service for a validated configuration. It does no I/O.
@@ -111,8 +114,12 @@ func New(cfg Config, js jetstream.JetStream, tracer trace.Tracer, meter metric.M
 	if err != nil {
 		return nil, err
 	}
+	cm, err := consume.NewMetrics(meter)
+	if err != nil {
+		return nil, err
+	}
 	s := &Service{
-		cfg: cfg, js: js, tracer: tracer, log: log, m: m, meter: meter,
+		cfg: cfg, js: js, tracer: tracer, log: log, m: m, meter: meter, consumeMetrics: cm,
 		now: time.Now, random: rand.Float64,
 		events: events.NewPublisher(js),
 		index:  index.New(cfg.Scheduler.StatsWindow),
@@ -175,19 +182,26 @@ func (s *Service) Start(ctx context.Context) error {
 	resReopen := func(ctx context.Context) (jetstream.Consumer, error) {
 		return s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, resDesc)
 	}
-	splitLoop, err := startLoop(base, "messages", msgCons, msgReopen, set.Batch, set.Concurrency, s.log, s.m, s.split)
+	loopConfig := func(input string, reopen func(context.Context) (jetstream.Consumer, error)) consume.LoopConfig {
+		return consume.LoopConfig{
+			Input: input, Batch: set.Batch, Workers: set.Concurrency, Reopen: reopen,
+			KeepAlive: keepAlive, Timeout: handleTimeout, RetryDelay: infraRetryDelay,
+			Log: s.log, Metrics: s.consumeMetrics,
+		}
+	}
+	splitLoop, err := consume.StartLoop(base, msgCons, loopConfig("messages", msgReopen), s.split)
 	if err != nil {
 		cancel()
-		return err
+		return fmt.Errorf("scheduler: %w", err)
 	}
-	resLoop, err := startLoop(base, "results", resCons, resReopen, set.Batch, set.Concurrency, s.log, s.m, s.result)
+	resLoop, err := consume.StartLoop(base, resCons, loopConfig("results", resReopen), s.result)
 	if err != nil {
-		splitLoop.stop()
-		splitLoop.wait(time.Second)
+		splitLoop.Stop()
+		splitLoop.Wait(time.Second)
 		cancel()
-		return err
+		return fmt.Errorf("scheduler: %w", err)
 	}
-	s.loops = []*loop{splitLoop, resLoop}
+	s.loops = []*consume.Loop{splitLoop, resLoop}
 	s.cancel = cancel
 	s.started = true
 	if err := s.startAdmin(ctx); err != nil {
@@ -249,7 +263,7 @@ func (s *Service) Ready() error {
 		return errors.New("scheduler not running")
 	}
 	for _, l := range s.loops {
-		if err := l.err(); err != nil {
+		if err := l.Err(); err != nil {
 			return err
 		}
 	}
@@ -274,12 +288,12 @@ func (s *Service) Close() error {
 		adm.Close()
 	}
 	for _, l := range loops {
-		l.stop()
+		l.Stop()
 	}
 	deadline := time.Now().Add(s.cfg.Scheduler.ShutdownTimeout)
 	clean := true
 	for _, l := range loops {
-		if !l.wait(time.Until(deadline)) {
+		if !l.Wait(time.Until(deadline)) {
 			clean = false
 		}
 	}
@@ -287,7 +301,7 @@ func (s *Service) Close() error {
 		cancel()
 	}
 	for _, l := range loops {
-		l.wait(time.Minute)
+		l.Wait(time.Minute)
 	}
 	if fol != nil {
 		fol.Stop()

@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/events"
 	"github.com/sluice-mta/sluice/scheduler/policy"
 	"github.com/sluice-mta/sluice/scheduler/refs"
+	"github.com/sluice-mta/sluice/services/consume"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -26,7 +27,7 @@ import (
 // the message is acknowledged only after every job's PubAck, so a crash in
 // between redelivers the message and the jobs' message ids ("<job id>/1")
 // make the second publish a no-op.
-func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
+func (s *Service) split(ctx context.Context, msg jetstream.Msg) consume.Outcome {
 	ctx = telemetry.Extract(ctx, msg.Headers())
 	ctx, span := s.tracer.Start(ctx, "scheduler.split",
 		trace.WithSpanKind(trace.SpanKindConsumer),
@@ -35,23 +36,19 @@ func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
 
 	var m sluicev1.Message
 	if err := proto.Unmarshal(msg.Data(), &m); err != nil {
-		s.term(ctx, span, msg, s.log, "messages", "undecodable", err)
-		return
+		return s.term(ctx, span, msg, s.log, "messages", "undecodable", err)
 	}
 	span.SetAttributes(attrQueueID.String(m.GetQueueId()), attrRecipients.Int(len(m.GetRecipients())))
 	log := s.log.With("queue_id", m.GetQueueId())
 	if m.GetQueueId() == "" || !wire.ValidToken(m.GetQueueId()) {
-		s.term(ctx, span, msg, log, "messages", "undecodable", errors.New("message has no valid queue id"))
-		return
+		return s.term(ctx, span, msg, log, "messages", "undecodable", errors.New("message has no valid queue id"))
 	}
 	if len(m.GetRecipients()) == 0 {
-		s.term(ctx, span, msg, log, "messages", "no_recipients", errors.New("message has no recipients"))
-		return
+		return s.term(ctx, span, msg, log, "messages", "no_recipients", errors.New("message has no recipients"))
 	}
 	md, err := msg.Metadata()
 	if err != nil {
-		s.term(ctx, span, msg, log, "messages", "undecodable", err)
-		return
+		return s.term(ctx, span, msg, log, "messages", "undecodable", err)
 	}
 
 	now := s.now()
@@ -65,8 +62,7 @@ func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
 			ids[i] = j.GetJobId()
 		}
 		if err := refs.Create(ctx, s.refs, m.GetQueueId(), ids); err != nil {
-			s.retryLater(ctx, span, msg, log, "record open jobs", err)
-			return
+			return s.retryLater(ctx, span, msg, log, "record open jobs", err)
 		}
 	}
 
@@ -74,13 +70,11 @@ func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
 	for _, j := range jobs {
 		data, err := proto.Marshal(j)
 		if err != nil {
-			s.retryLater(ctx, span, msg, log, "encode job", err)
-			return
+			return s.retryLater(ctx, span, msg, log, "encode job", err)
 		}
 		f, err := s.js.PublishMsgAsync(newMsg(ctx, wire.JobSubject(j.GetPriority(), j.GetJobId()), jobMsgID(j), j, data))
 		if err != nil {
-			s.retryLater(ctx, span, msg, log, "publish job", err)
-			return
+			return s.retryLater(ctx, span, msg, log, "publish job", err)
 		}
 		futures = append(futures, f)
 	}
@@ -89,21 +83,16 @@ func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
 	for _, j := range jobs {
 		f, err := s.events.Async(ctx, events.Received(ctx, j, now), events.MsgID(j, wire.EventReceived))
 		if err != nil {
-			s.retryLater(ctx, span, msg, log, "publish received event", err)
-			return
+			return s.retryLater(ctx, span, msg, log, "publish received event", err)
 		}
 		futures = append(futures, f)
 	}
 	acks, err := waitAll(ctx, futures)
 	if err != nil {
-		s.retryLater(ctx, span, msg, log, "publish job", err)
-		return
+		return s.retryLater(ctx, span, msg, log, "publish job", err)
 	}
-	if err := msg.Ack(); err != nil {
-		// The jobs are stored; a redelivery republishes them as duplicates
-		// that JetStream drops.
-		log.WarnContext(ctx, "ack message", "err", err)
-	}
+	// The jobs are stored; if the ack is lost, a redelivery republishes
+	// them as duplicates that JetStream drops.
 	for i, j := range jobs {
 		// A duplicate is a job an earlier delivery of this message
 		// already created.
@@ -117,27 +106,24 @@ func (s *Service) split(ctx context.Context, msg jetstream.Msg) {
 				"class", wire.ClassName(j.GetPriority()), "recipients", len(j.GetRecipients()))
 		}
 	}
+	return consume.Done()
 }
 
 // term terminates an input that can never be processed: it is logged,
 // counted and never redelivered, so it cannot block the consumer.
-func (s *Service) term(ctx context.Context, span trace.Span, msg jetstream.Msg, log *slog.Logger, input, reason string, err error) {
+func (s *Service) term(ctx context.Context, span trace.Span, msg jetstream.Msg, log *slog.Logger, input, reason string, err error) consume.Outcome {
 	span.RecordError(err)
 	span.SetStatus(codes.Error, reason)
 	log.ErrorContext(ctx, "input terminated", "input", input, "reason", reason, "subject", msg.Subject(), "err", err)
 	s.m.terminated.Add(ctx, 1, metric.WithAttributes(attrInput.String(input), attrReason.String(reason)))
-	if terr := msg.TermWithReason(reason); terr != nil {
-		log.WarnContext(ctx, "terminate input", "err", terr)
-	}
+	return consume.Poison(reason)
 }
 
 // retryLater asks for a redelivery shortly after a failure of our own
 // infrastructure. Delivery retries never come here: they are schedules.
-func (s *Service) retryLater(ctx context.Context, span trace.Span, msg jetstream.Msg, log *slog.Logger, what string, err error) {
+func (s *Service) retryLater(ctx context.Context, span trace.Span, msg jetstream.Msg, log *slog.Logger, what string, err error) consume.Outcome {
 	span.RecordError(err)
 	span.SetStatus(codes.Error, what)
 	log.WarnContext(ctx, what+" failed; will retry", "subject", msg.Subject(), "err", err)
-	if nerr := msg.NakWithDelay(infraRetryDelay); nerr != nil {
-		log.WarnContext(ctx, "nak input", "err", nerr)
-	}
+	return consume.RetryAfter(infraRetryDelay)
 }

@@ -39,7 +39,6 @@ import (
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/consume"
-	"github.com/sluice-mta/sluice/services/natsconn"
 	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -51,9 +50,8 @@ const (
 	// fullDelay follows a full message stream: the ingress is refusing mail
 	// for the same reason, and space frees up only as mail is delivered.
 	fullDelay = 30 * time.Second
-	// maxPanics is how many deliveries of one request may panic before it is
-	// terminated, so a request that triggers a bug cannot stop the consumer.
-	maxPanics = 3
+	// handleTimeout bounds the work on one request.
+	handleTimeout = time.Minute
 )
 
 // Service consumes bounce requests. Create it with New, then Start; Close
@@ -73,12 +71,11 @@ type Service struct {
 	invalid    metric.Int64Counter
 	failures   metric.Int64Counter
 
-	mu       sync.Mutex
-	cc       jetstream.ConsumeContext
-	closed   bool
-	broken   error         // why the bouncer is not consuming, while it recovers
-	stopping chan struct{} // closed by Close: ends a recovery
-	watchers sync.WaitGroup
+	consumeMetrics *consume.Metrics
+
+	mu     sync.Mutex
+	loop   *consume.Loop
+	closed bool
 }
 
 // New returns a bouncer for the settings and queue layout. It registers its
@@ -113,11 +110,14 @@ func New(s Settings, q config.Queue, js jetstream.JetStream, tracer trace.Tracer
 		return nil, err
 	}
 	if svc.invalid, err = meter.Int64Counter("sluice_bouncer_requests_invalid_total",
-		metric.WithDescription("Bounce requests terminated because they cannot produce a DSN (undecodable, no job, unknown kind, repeated panic).")); err != nil {
+		metric.WithDescription("Bounce requests terminated because they cannot produce a DSN (undecodable, no job, unknown kind).")); err != nil {
 		return nil, err
 	}
 	// why: publish (SLUICE_MSGS unreachable), full (SLUICE_MSGS over its
 	// limits), body (object store write failed).
+	if svc.consumeMetrics, err = consume.NewMetrics(meter); err != nil {
+		return nil, err
+	}
 	if svc.failures, err = meter.Int64Counter("sluice_bouncer_enqueue_failures_total",
 		metric.WithDescription("DSNs not stored because of our own infrastructure; the request is retried. By why (publish, full, body).")); err != nil {
 		return nil, err
@@ -146,153 +146,73 @@ func ConsumerConfig() jetstream.ConsumerConfig {
 // Start creates or updates the durable consumer and starts consuming. The
 // context bounds only the setup; Close stops consumption. Should the
 // consumer go away later (deleted by an operator, or lost with its
-// replicas), the bouncer provisions it again and goes on; Ready reports the
-// loss meanwhile.
+// replicas), the bouncer provisions it again and goes on (consume.Loop);
+// Ready reports the loss meanwhile.
 func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
-	if s.cc != nil || s.stopping != nil {
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.loop != nil || s.closed {
 		return errors.New("bouncer: already started")
 	}
-	s.stopping = make(chan struct{})
-	s.mu.Unlock()
-	return s.consume(ctx)
-}
-
-// consume provisions the consumer and consumes from it, watching for its
-// loss.
-func (s *Service) consume(ctx context.Context) error {
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, wire.StreamBounces, ConsumerConfig())
-	if err != nil {
-		return fmt.Errorf("bouncer: consumer %s on %s: %w", wire.ConsumerBouncer, wire.StreamBounces, err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return errors.New("bouncer: closed")
-	}
-	// Requests are handled one at a time: a small prefetch keeps the
-	// ones waiting in this process well within AckWait.
-	// Pull requests expire every 5 s, so heartbeats missed because the
-	// consumer went away without a word are noticed within seconds.
-	cc, err := cons.Consume(s.handle, jetstream.PullMaxMessages(32), jetstream.PullExpiry(5*time.Second),
-		jetstream.ConsumeErrHandler(func(cc jetstream.ConsumeContext, err error) {
-			s.log.Warn("bounce consumer", "err", err)
-			if errors.Is(err, jetstream.ErrNoHeartbeat) {
-				go s.stopIfLost(cc)
-			}
-		}))
-	if err != nil {
-		return fmt.Errorf("bouncer: consume: %w", err)
-	}
-	s.cc, s.broken = cc, nil
-	s.watchers.Add(1)
-	go s.watch(cc)
-	return nil
-}
-
-// watch waits for cc to end; if Close did not end it, the consumer was
-// lost, and watch provisions it again with backoff until it has or Close
-// is called.
-func (s *Service) watch(cc jetstream.ConsumeContext) {
-	defer s.watchers.Done()
-	select {
-	case <-cc.Closed():
-	case <-s.stopping:
-		return
-	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return
-	}
-	s.broken = fmt.Errorf("bouncer: consumer %s lost", wire.ConsumerBouncer)
-	s.mu.Unlock()
-	s.log.Error("consumer lost; provisioning it again", "consumer", wire.ConsumerBouncer)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-s.stopping:
-			cancel()
-		case <-ctx.Done():
+	provision := func(ctx context.Context) (jetstream.Consumer, error) {
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, wire.StreamBounces, ConsumerConfig())
+		if err != nil {
+			return nil, fmt.Errorf("bouncer: consumer %s on %s: %w", wire.ConsumerBouncer, wire.StreamBounces, err)
 		}
-	}()
-	if err := natsconn.Retry(ctx, s.log, "provision the bounce consumer again", s.consume); err == nil {
-		s.log.Info("consumer provisioned again", "consumer", wire.ConsumerBouncer)
+		return cons, nil
 	}
-}
-
-// stopIfLost stops cc when its consumer no longer exists, so that watch
-// provisions it again.
-func (s *Service) stopIfLost(cc jetstream.ConsumeContext) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := s.js.Consumer(ctx, wire.StreamBounces, wire.ConsumerBouncer); errors.Is(err, jetstream.ErrConsumerNotFound) {
-		cc.Stop()
+	cons, err := provision(ctx)
+	if err != nil {
+		return err
 	}
+	// Requests are handled one at a time: a small prefetch keeps the ones
+	// waiting in this process well within AckWait.
+	l, err := consume.StartLoop(context.Background(), cons, consume.LoopConfig{
+		Input: "bounces", Batch: 32, Workers: 1, Reopen: provision,
+		KeepAlive: ackWait / 3, Timeout: handleTimeout, RetryDelay: retryDelay,
+		Log: s.log, Metrics: s.consumeMetrics,
+	}, s.handle)
+	if err != nil {
+		return fmt.Errorf("bouncer: %w", err)
+	}
+	s.loop = l
+	return nil
 }
 
 // Ready reports whether the bouncer is consuming.
 func (s *Service) Ready() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.cc == nil {
+	if s.closed || s.loop == nil {
 		return errors.New("bouncer not running")
 	}
-	return s.broken
+	return s.loop.Err()
 }
 
 // Close stops taking new requests and waits, until ctx ends, for the ones
 // already received to finish. It is safe to call more than once.
 func (s *Service) Close(ctx context.Context) error {
 	s.mu.Lock()
-	cc := s.cc
-	if !s.closed && s.stopping != nil {
-		close(s.stopping)
-	}
+	l := s.loop
 	s.closed = true
 	s.mu.Unlock()
-	s.watchers.Wait()
-	if cc == nil {
+	if l == nil {
 		return nil
 	}
-	cc.Drain()
-	select {
-	case <-cc.Closed():
-		return nil
-	case <-ctx.Done():
-		cc.Stop()
-		<-cc.Closed()
-		return fmt.Errorf("bouncer: close: %w", ctx.Err())
+	l.Stop()
+	wait := time.Minute
+	if d, ok := ctx.Deadline(); ok {
+		wait = time.Until(d)
 	}
-}
-
-// settlement is what to tell JetStream about a request, decided in one place.
-type settlement struct {
-	ack    bool
-	delay  time.Duration // Nak with this delay
-	reason string        // Term with this reason
-}
-
-func ack() settlement                    { return settlement{ack: true} }
-func retry(d time.Duration) settlement   { return settlement{delay: d} }
-func terminate(reason string) settlement { return settlement{reason: reason} }
-
-func (st settlement) kind() string {
-	switch {
-	case st.ack:
-		return "ack"
-	case st.reason != "":
-		return "term"
+	if !l.Wait(wait) {
+		return fmt.Errorf("bouncer: close: %w", context.DeadlineExceeded)
 	}
-	return "nak"
+	return nil
 }
 
-// handle processes one request. JetStream runs it on the consumer's own
-// goroutine, one request at a time.
-func (s *Service) handle(m jetstream.Msg) {
-	ctx := telemetry.Extract(context.Background(), m.Headers())
+// handle processes one request (consume.Loop settles it with the outcome).
+func (s *Service) handle(ctx context.Context, m jetstream.Msg) consume.Outcome {
+	ctx = telemetry.Extract(ctx, m.Headers())
 	ctx, span := s.tracer.Start(ctx, "bouncer.dsn",
 		trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(
@@ -302,60 +222,26 @@ func (s *Service) handle(m jetstream.Msg) {
 			attribute.String("messaging.consumer.group.name", wire.ConsumerBouncer),
 		))
 	defer span.End()
-	defer consume.KeepInProgress(m, ackWait/3)()
-
-	var delivered uint64 = 1
-	if md, err := m.Metadata(); err == nil {
-		delivered = md.NumDelivered
-	}
-	st := func() (st settlement) {
-		defer func() {
-			if r := recover(); r != nil {
-				span.SetStatus(codes.Error, "panic")
-				s.log.ErrorContext(ctx, "panic while writing a DSN", "panic", fmt.Sprint(r), "delivered", delivered)
-				if delivered >= maxPanics {
-					s.invalid.Add(ctx, 1)
-					st = terminate("bouncer: panic on every delivery")
-				} else {
-					st = retry(retryDelay)
-				}
-			}
-		}()
-		return s.process(ctx, span, m.Data())
-	}()
-	span.SetAttributes(attribute.String("sluice.settlement", st.kind()))
-
-	var err error
-	switch {
-	case st.ack:
-		err = m.Ack()
-	case st.reason != "":
-		err = m.TermWithReason(st.reason)
-	default:
-		err = m.NakWithDelay(st.delay)
-	}
-	if err != nil {
-		// The request will be redelivered after AckWait; its DSN, if
-		// stored, is deduplicated then.
-		s.log.WarnContext(ctx, "settling a bounce request", "settlement", st.kind(), "err", err)
-	}
+	o := s.process(ctx, span, m.Data())
+	span.SetAttributes(attribute.String("sluice.settlement", o.Name()))
+	return o
 }
 
 // process decides what one request becomes.
-func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) settlement {
+func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) consume.Outcome {
 	var b sluicev1.Bounce
 	if err := proto.Unmarshal(payload, &b); err != nil {
 		s.invalid.Add(ctx, 1)
 		span.SetStatus(codes.Error, "undecodable bounce request")
 		s.log.ErrorContext(ctx, "undecodable bounce request", "err", err, "bytes", len(payload))
-		return terminate("bouncer: undecodable sluicev1.Bounce")
+		return consume.Poison("bouncer: undecodable sluicev1.Bounce")
 	}
 	job := b.GetJob()
 	if job == nil || kindName(b.GetKind()) == "" {
 		s.invalid.Add(ctx, 1)
 		span.SetStatus(codes.Error, "bounce request without job or kind")
 		s.log.ErrorContext(ctx, "bounce request without job or kind", "kind", b.GetKind().String())
-		return terminate("bouncer: bounce without job or kind")
+		return consume.Poison("bouncer: bounce without job or kind")
 	}
 	kind := kindName(b.GetKind())
 	span.SetAttributes(
@@ -400,7 +286,7 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 		s.invalid.Add(ctx, 1)
 		span.SetStatus(codes.Error, "cannot write DSN")
 		log.ErrorContext(ctx, "cannot write DSN", "err", err)
-		return terminate("bouncer: " + err.Error())
+		return consume.Poison("bouncer: " + err.Error())
 	}
 	content := append([]byte(received), body...)
 
@@ -454,7 +340,7 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 			s.failures.Add(ctx, 1, metric.WithAttributes(attribute.String("why", "body")))
 			dspan.SetStatus(codes.Error, "store DSN body")
 			log.WarnContext(ctx, "storing the DSN body", "err", err)
-			return retry(retryDelay)
+			return consume.RetryAfter(retryDelay)
 		}
 		msg.BodyObject = qid
 		objectStored = true
@@ -465,7 +351,7 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 	if err != nil {
 		s.invalid.Add(ctx, 1)
 		log.ErrorContext(ctx, "encoding the DSN message", "err", err)
-		return terminate("bouncer: cannot encode DSN message")
+		return consume.Poison("bouncer: cannot encode DSN message")
 	}
 	out := nats.NewMsg(wire.MessageSubject(qid))
 	out.Data = data
@@ -482,7 +368,7 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 		s.failures.Add(ctx, 1, metric.WithAttributes(attribute.String("why", why)))
 		dspan.SetStatus(codes.Error, "publish DSN")
 		log.WarnContext(ctx, "publishing the DSN", "dsn_queue_id", qid, "err", err)
-		return retry(delay)
+		return consume.RetryAfter(delay)
 	}
 	if pa.Duplicate {
 		// An earlier delivery of this request stored its DSN and crashed
@@ -495,18 +381,18 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 		s.duplicates.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
 		dspan.SetAttributes(attribute.Bool("sluice.duplicate", true))
 		log.InfoContext(ctx, "DSN already stored for this request", "nats_msg_id", msgID)
-		return ack()
+		return consume.Done()
 	}
 	s.generated.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
 	log.InfoContext(ctx, "DSN enqueued", "dsn_queue_id", qid, "recipients", len(rcpts), "bytes", len(content), "seq", pa.Sequence)
-	return ack()
+	return consume.Done()
 }
 
-func (s *Service) suppress(ctx context.Context, span trace.Span, log *slog.Logger, why string) settlement {
+func (s *Service) suppress(ctx context.Context, span trace.Span, log *slog.Logger, why string) consume.Outcome {
 	s.suppressed.Add(ctx, 1, metric.WithAttributes(attribute.String("why", why)))
 	span.SetAttributes(attribute.String("sluice.suppressed", why))
 	log.InfoContext(ctx, "no DSN", "why", why)
-	return ack()
+	return consume.Done()
 }
 
 // kindName is the label value and Nats-Msg-Id part of a kind, empty when the

@@ -47,7 +47,6 @@ type instruments struct {
 	publishFailures metric.Int64Counter
 	publishRetries  metric.Int64Counter
 	poisoned        metric.Int64Counter
-	panics          metric.Int64Counter
 	redelivered     metric.Int64Counter
 	throttled       metric.Int64Counter
 }
@@ -78,10 +77,6 @@ func newInstruments(m metric.Meter) (instruments, error) {
 	}
 	if i.poisoned, err = m.Int64Counter("sluice_deliverer_jobs_poisoned_total",
 		metric.WithDescription("Jobs failed for good because their delivery was started deliverer.max_strikes times and never finished.")); err != nil {
-		return i, err
-	}
-	if i.panics, err = m.Int64Counter("sluice_deliverer_panics_total",
-		metric.WithDescription("Panics recovered while handling a job (outside the SMTP attempt, whose panics become a 4.3.0 result).")); err != nil {
 		return i, err
 	}
 	if i.publishRetries, err = m.Int64Counter("sluice_deliverer_result_publish_retries_total",

@@ -78,6 +78,7 @@ import (
 	"github.com/sluice-mta/sluice/deliverer/tlspolicy"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/consume"
 	"github.com/sluice-mta/sluice/services/marks"
 	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
@@ -163,6 +164,8 @@ type Service struct {
 	closeOnce sync.Once
 	started   atomic.Bool
 
+	// consumeMetrics count settlements and panics as every consumer does.
+	consumeMetrics *consume.Metrics
 	// strikes counts unfinished deliveries per job attempt (poison.go).
 	strikes jetstream.KeyValue
 	// beforeAttempt, when set (by tests), runs just before each attempt.
@@ -186,6 +189,10 @@ func New(s Settings, d Deps) (*Service, error) {
 	}
 	dialer, err := smtpclient.New(smtpclient.Config{Hostname: s.Hostname, ConnectTimeout: s.ConnectTimeout,
 		CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout, Meter: d.Meter})
+	if err != nil {
+		return nil, err
+	}
+	cm, err := consume.NewMetrics(d.Meter)
 	if err != nil {
 		return nil, err
 	}
@@ -218,12 +225,13 @@ func New(s Settings, d Deps) (*Service, error) {
 		courier: courier.New(res, dialer, d.Tracer, courier.WithSigner(signer),
 			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency}),
 			courier.WithTLSPolicy(tlsPolicy, d.Meter)),
-		tlsPolicy: tlsPolicy,
-		m:         m,
-		parkAfter: parkAfter,
-		meter:     d.Meter,
-		slots:     make(chan struct{}, s.Concurrency),
-		pollDone:  make(chan struct{}, 1),
+		tlsPolicy:      tlsPolicy,
+		m:              m,
+		consumeMetrics: cm,
+		parkAfter:      parkAfter,
+		meter:          d.Meter,
+		slots:          make(chan struct{}, s.Concurrency),
+		pollDone:       make(chan struct{}, 1),
 	}, nil
 }
 
@@ -528,16 +536,20 @@ func (s *Service) run(f fetched) {
 	}()
 	stop := s.keepAlive(f.msg)
 	defer stop()
+	// Every settlement of the job is counted like every other consumer's
+	// (sluice_consumer_settled_total{input="jobs"}).
+	msg := s.consumeMetrics.Counted("jobs", f.msg)
 	defer func() {
 		// attempt turns panics of a delivery into results; this is the
-		// last resort for the rest of the handling.
+		// last resort for the rest of the handling. A job that panics
+		// every time ends as poison (see poison.go), not terminated here.
 		if p := recover(); p != nil {
-			s.m.panics.Add(context.Background(), 1)
-			s.log.Error("panic handling job", "subject", f.msg.Subject(), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			_ = f.msg.NakWithDelay(infraRetry)
+			s.consumeMetrics.Recovered(context.Background(), "jobs", msg, s.log, p)
+			s.log.Debug("panic stack", "stack", string(debug.Stack()))
+			_ = msg.NakWithDelay(infraRetry)
 		}
 	}()
-	s.handle(s.workCtx, f.msg)
+	s.handle(s.workCtx, msg)
 }
 
 // keepAlive tells JetStream every third of AckWait that the job is still

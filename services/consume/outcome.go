@@ -1,0 +1,189 @@
+package consume
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Outcome is what a handler decided about its input; Settle tells
+// JetStream. Every service maps its handlers' results to inputs' fates
+// here and nowhere else.
+type Outcome struct {
+	kind   kind
+	delay  time.Duration
+	reason string
+}
+
+type kind int
+
+const (
+	kindDone    kind = iota // Ack
+	kindRetry               // Nak with delay: our own infrastructure failed
+	kindPoison              // Term: the input can never be processed
+	kindSettled             // the handler settled the input itself
+)
+
+// Done acknowledges the input: it was processed.
+func Done() Outcome { return Outcome{kind: kindDone} }
+
+// RetryAfter hands the input back to be delivered again after d: what it
+// needs is unavailable for now (NATS electing, a store refusing writes).
+func RetryAfter(d time.Duration) Outcome { return Outcome{kind: kindRetry, delay: d} }
+
+// Poison terminates the input: it can never be processed (undecodable,
+// invalid, or it made the handler panic on every delivery).
+func Poison(reason string) Outcome { return Outcome{kind: kindPoison, reason: reason} }
+
+// Settled says the handler already told JetStream (e.g. a confirmed
+// acknowledgement, or the input moved to a schedule).
+func Settled() Outcome { return Outcome{kind: kindSettled} }
+
+// Name is the settlement's name in metrics and spans: ack, nak, term or
+// settled.
+func (o Outcome) Name() string {
+	switch o.kind {
+	case kindRetry:
+		return "nak"
+	case kindPoison:
+		return "term"
+	case kindSettled:
+		return "settled"
+	}
+	return "ack"
+}
+
+// Delay is a retry's delay, and Reason a poison's reason.
+func (o Outcome) Delay() time.Duration { return o.delay }
+func (o Outcome) Reason() string       { return o.reason }
+
+// Metrics are the counters every consumer of every service reports, by
+// input (the consumer's name in the service: "messages", "results",
+// "bounces", "jobs"):
+//
+//	sluice_consumer_settled_total{input, settlement}  ack, nak, term, settled
+//	sluice_consumer_panics_total{input}                handlers' recovered panics
+type Metrics struct {
+	settled metric.Int64Counter
+	panics  metric.Int64Counter
+}
+
+// NewMetrics registers the counters with m.
+func NewMetrics(m metric.Meter) (*Metrics, error) {
+	var x Metrics
+	var err error
+	if x.settled, err = m.Int64Counter("sluice_consumer_settled_total",
+		metric.WithDescription("Inputs settled by a consumer, by input and settlement (ack, nak, term, settled).")); err != nil {
+		return nil, err
+	}
+	if x.panics, err = m.Int64Counter("sluice_consumer_panics_total",
+		metric.WithDescription("Panics recovered while handling an input, by input; the service keeps running.")); err != nil {
+		return nil, err
+	}
+	return &x, nil
+}
+
+// Settle tells JetStream o about msg and counts it. A failure to settle
+// is returned: the input comes back after AckWait, which every handler
+// must tolerate.
+func (x *Metrics) Settle(ctx context.Context, input string, msg jetstream.Msg, o Outcome) error {
+	var err error
+	switch o.kind {
+	case kindDone:
+		err = msg.Ack()
+	case kindRetry:
+		err = msg.NakWithDelay(o.delay)
+	case kindPoison:
+		err = msg.TermWithReason(o.reason)
+	}
+	x.count(ctx, input, o.Name())
+	return err
+}
+
+func (x *Metrics) count(ctx context.Context, input, settlement string) {
+	x.settled.Add(ctx, 1, metric.WithAttributes(attribute.String("input", input), attribute.String("settlement", settlement)))
+}
+
+// Counted returns msg with its settlements counted as Settle counts them,
+// for a consumer whose handler settles inputs itself in several ways (the
+// deliverer: confirmed acks, parking, delayed naks).
+func (x *Metrics) Counted(input string, msg jetstream.Msg) jetstream.Msg {
+	return countedMsg{Msg: msg, x: x, input: input}
+}
+
+type countedMsg struct {
+	jetstream.Msg
+	x     *Metrics
+	input string
+}
+
+func (m countedMsg) Ack() error {
+	m.x.count(context.Background(), m.input, "ack")
+	return m.Msg.Ack()
+}
+
+func (m countedMsg) DoubleAck(ctx context.Context) error {
+	m.x.count(ctx, m.input, "ack")
+	return m.Msg.DoubleAck(ctx)
+}
+
+func (m countedMsg) Nak() error {
+	m.x.count(context.Background(), m.input, "nak")
+	return m.Msg.Nak()
+}
+
+func (m countedMsg) NakWithDelay(d time.Duration) error {
+	m.x.count(context.Background(), m.input, "nak")
+	return m.Msg.NakWithDelay(d)
+}
+
+func (m countedMsg) Term() error {
+	m.x.count(context.Background(), m.input, "term")
+	return m.Msg.Term()
+}
+
+func (m countedMsg) TermWithReason(reason string) error {
+	m.x.count(context.Background(), m.input, "term")
+	return m.Msg.TermWithReason(reason)
+}
+
+// Recovered counts and logs a panic recovered while handling msg: once, at
+// warning level, without the stack (a panic that a client can provoke must
+// not flood the log). It returns how many times msg was delivered.
+func (x *Metrics) Recovered(ctx context.Context, input string, msg jetstream.Msg, log *slog.Logger, p any) uint64 {
+	x.panics.Add(ctx, 1, metric.WithAttributes(attribute.String("input", input)))
+	delivered := uint64(1)
+	if md, err := msg.Metadata(); err == nil {
+		delivered = md.NumDelivered
+	}
+	log.WarnContext(ctx, "panic handling input", "input", input, "subject", msg.Subject(), "panic", fmt.Sprint(p), "delivered", delivered)
+	return delivered
+}
+
+// MaxPanics is how many deliveries of one input may panic before it is
+// poison.
+const MaxPanics = 5
+
+// Guard runs h and returns its outcome, or, when it panics, counts and
+// logs the panic once (at warning level, without the stack: a panic that
+// a client can provoke must not flood the log) and returns a retry after
+// retry, or Poison when the input has panicked MaxPanics times.
+func (x *Metrics) Guard(ctx context.Context, input string, msg jetstream.Msg, log *slog.Logger, retry time.Duration, h func() Outcome) (o Outcome) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if delivered := x.Recovered(ctx, input, msg, log, p); delivered >= MaxPanics {
+			o = Poison(fmt.Sprintf("%s: panicked on %d deliveries", input, delivered))
+			return
+		}
+		o = RetryAfter(retry)
+	}()
+	return h()
+}
