@@ -34,7 +34,8 @@ FUZZTIME ?= 20000x
 FUZZ := ingress/guard:FuzzScanner ingress/guard:FuzzContentReader \
 	ingress/address:FuzzParse ingress/received:FuzzHeader \
 	ingress/authres:FuzzMessage ingress/smtpconn:FuzzTakePriority \
-	deliverer/mtasts:FuzzParse deliverer/dane:FuzzTLSA
+	deliverer/mtasts:FuzzParse deliverer/dane:FuzzTLSA \
+	cli/headers:FuzzParseReceived
 fuzz:
 	@set -e; for t in $(FUZZ); do \
 		echo "== fuzz $${t%%:*} $${t##*:}"; \
