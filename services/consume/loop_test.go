@@ -67,8 +67,10 @@ func TestLoopOutcomes(t *testing.T) {
 	}
 	l, err := StartLoop(ctx, cons, LoopConfig{
 		Input: "test", Batch: 4, Workers: 2, KeepAlive: time.Second, Timeout: 5 * time.Second, RetryDelay: 50 * time.Millisecond,
-		Reopen: func(ctx context.Context) (jetstream.Consumer, error) { return js.CreateOrUpdateConsumer(ctx, "T", ccfg) },
-		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m,
+		Reopen: func(ctx context.Context) (jetstream.Consumer, error) {
+			return js.CreateOrUpdateConsumer(ctx, "T", ccfg)
+		},
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m,
 	}, h)
 	if err != nil {
 		t.Fatal(err)
