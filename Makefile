@@ -87,7 +87,7 @@ $(BIN)/jaeger:
 # and 1, 2 and 4 deliverers on the cluster. Never part of test.
 bench: build
 	deploy/bench/relay.sh
-	cd deploy && $(GO) test ./e2e -run '^$$' -bench DeliverersSlow -benchtime 1x
+	cd deploy && $(GO) test ./e2e -run '^$$' -bench 'DeliverersSlow|^BenchmarkShaping' -benchtime 1x -count 3
 	cd deploy && $(GO) test ./e2e -run '^$$' -bench '^BenchmarkCluster' -benchtime 1x
 
 # bench-queue fills a running system with a million deferred jobs across a

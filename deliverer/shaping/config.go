@@ -10,6 +10,11 @@ import (
 // Config is the `deliverer.shaping` section. Every deliverer of a fleet
 // should have the same one: the limits are shared, the policy is not.
 type Config struct {
+	// Disabled turns shaping off: no connection slots, rates, slow start
+	// or suspensions; each deliverer opens what its concurrency allows.
+	// For a relay to one internal host that needs none, and as the
+	// baseline of the benchmark that measures what shaping costs.
+	Disabled bool `yaml:"disabled"`
 	// Default applies to every site without an override.
 	Default Policy `yaml:"default"`
 	// Sites override the default for the sites whose MX hosts match: the

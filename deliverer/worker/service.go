@@ -622,9 +622,13 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if routeErr == nil {
 		site = s.shaper.Rules().Site(job.Domain, route.Site)
 		span.SetAttributes(attribute.String("sluice.site", site.Name))
-		var ok bool
-		if ticket, gate, ok = s.admit(ctx, msg, job, site, log); !ok {
-			return
+		if s.shaper.Config().Disabled {
+			ticket = s.unshaped(site)
+		} else {
+			var ok bool
+			if ticket, gate, ok = s.admit(ctx, msg, job, site, log); !ok {
+				return
+			}
 		}
 	}
 	// Whatever happens next, the slot's release is let through.
@@ -674,7 +678,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Nak()
 		return
 	}
-	if routeErr == nil {
+	if routeErr == nil && !s.shaper.Config().Disabled {
 		s.adapt(ctx, job, site, results, log)
 	}
 	gate.settle()

@@ -125,6 +125,15 @@ func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 	return nil, nil, false
 }
 
+// unshaped is admit with shaping disabled: an idle session of the site,
+// or a new connection that no slot covers.
+func (s *Service) unshaped(site shaping.Site) *courier.Ticket {
+	if t := s.courier.Idle(site.Name); t != nil {
+		return t
+	}
+	return courier.NewTicket(site.Name, nil, site.Policy.MaxMessagesPerConnection)
+}
+
 // take is admit's decision.
 func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, bool) {
 	if until, reason, ok := s.shaper.Suspended(site); ok {

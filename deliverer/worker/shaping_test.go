@@ -673,3 +673,43 @@ func TestFleetConnectionRate(t *testing.T) {
 		t.Errorf("%d new connections in three periods, want %d within 5%%", total, want)
 	}
 }
+
+// TestShapingDisabled: with deliverer.shaping.disabled a deliverer opens as
+// many connections as its concurrency allows, whatever the site's limits
+// say, takes no slot in the shaping bucket, and delivers everything.
+func TestShapingDisabled(t *testing.T) {
+	e := newEnv(t)
+	srv := countingSMTP(t, 100*time.Millisecond)
+	e.shapedFleet(t, 1, func(s *Settings) {
+		s.Routes = map[string]string{"open.test": srv.Addr().String()}
+		s.Shaping.Disabled = true
+		s.Shaping.Default.MaxConnections = 2
+		s.Shaping.Default.InitialConnections = 1
+	})
+	var jobs []*sluicev1.Job
+	for range 32 {
+		jobs = append(jobs, e.enqueue(t, jobSpec{domain: "open.test", rcpts: []string{"x@open.test"}}))
+	}
+	for _, r := range e.resultsOf(t, jobs, 30*time.Second) {
+		check(t, r.Recipients[0], delivered)
+	}
+	_, maxOpen, _, _ := srv.stats()
+	t.Logf("32 messages, at most %d connections open at once with shaping disabled (concurrency 8, limit 2 ignored)", maxOpen)
+	if maxOpen <= 2 {
+		t.Errorf("at most %d connections: the disabled limit of 2 was applied", maxOpen)
+	}
+	if maxOpen > 8 {
+		t.Errorf("%d connections open at once, more than the concurrency of 8", maxOpen)
+	}
+	kv, err := e.js.KeyValue(context.Background(), wire.BucketShaping)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range keys.Keys() {
+		t.Errorf("shaping bucket holds %q with shaping disabled", k)
+	}
+}

@@ -33,6 +33,26 @@ func BenchmarkDeliverersSlowDestination(b *testing.B) {
 	}
 }
 
+// BenchmarkShaping measures what traffic shaping costs when no limit is
+// reached: two deliverers send a queued backlog to one site that answers at
+// once, with shaping (connection slots in the shaping bucket, slow start
+// from 32 of 64: above the 16 connections the deliverers use) and with
+// deliverer.shaping.disabled. The bar: within 5%.
+func BenchmarkShaping(b *testing.B) {
+	const n = 2000
+	for _, mode := range []string{"on", "off"} {
+		b.Run("shaping="+mode, func(b *testing.B) {
+			shaping := map[string]any{"default": map[string]any{"max_connections": 64, "initial_connections": 32}}
+			if mode == "off" {
+				shaping["disabled"] = true
+			}
+			for i := 0; i < b.N; i++ {
+				b.ReportMetric(runDelivery(b, nil, 2, n, 0, shaping), "msg/s")
+			}
+		})
+	}
+}
+
 // runSlowDestination runs the system on the embedded server, or on c when
 // it is not nil, and returns the delivery rate.
 func runSlowDestination(b *testing.B, c *cluster.Cluster, deliverers, n int) float64 {
@@ -40,9 +60,17 @@ func runSlowDestination(b *testing.B, c *cluster.Cluster, deliverers, n int) flo
 	// The fleet's connection limit per site (deliverer.shaping, 20 by
 	// default, from 5 with slow start) is raised above what four
 	// deliverers of 8 use, so what is measured is the deliverers.
-	w := newWorld(b, worldOpts{cluster: c, destDelay: 50 * time.Millisecond, deliverers: deliverers,
-		config: map[string]map[string]any{"deliverer": {"concurrency": 8, "shaping": map[string]any{
-			"default": map[string]any{"max_connections": 64, "initial_connections": 32}}}}})
+	return runDelivery(b, c, deliverers, n, 50*time.Millisecond, map[string]any{
+		"default": map[string]any{"max_connections": 64, "initial_connections": 32}})
+}
+
+// runDelivery queues n messages with the deliverers stopped, starts them and
+// returns the delivery rate, with the destination answering each message
+// after delay and the deliverers' shaping configuration.
+func runDelivery(b *testing.B, c *cluster.Cluster, deliverers, n int, delay time.Duration, shaping map[string]any) float64 {
+	b.Helper()
+	w := newWorld(b, worldOpts{cluster: c, destDelay: delay, deliverers: deliverers,
+		config: map[string]map[string]any{"deliverer": {"concurrency": 8, "shaping": shaping}}})
 	// Fill the queue with the deliverers stopped, so what is timed is
 	// delivery alone, not submission competing with it for the CPU.
 	var procs []*stack.Proc
