@@ -174,7 +174,7 @@ func startAdmin(ctx context.Context, nc *nats.Conn, s worker.Settings, meter met
 		Instance: s.Instance, Hostname: s.Hostname, EgressIPs: egress, EgressGuessed: a.guessed,
 		SendingDomains: s.SendingDomains, DNSBLZones: s.DNSBLZones, ProbeDomains: s.DoctorProbeDomains,
 		Signer: signer, DNSServer: s.DNSServer, DNSTimeout: s.DNSTimeout, SMTPPort: s.SMTPPort, Routes: s.Routes,
-		Meter: meter,
+		Meter: meter, TLSPolicy: s.TLSPolicy,
 	})
 	if err != nil {
 		return nil, err

@@ -190,6 +190,12 @@ func (d *Doctor) probeHosts(ctx context.Context, route mx.Route, lookups []admin
 
 // probe talks to one address: connect, banner, EHLO, STARTTLS, EHLO, QUIT.
 func (d *Doctor) probe(ctx context.Context, h mx.Host, addr netip.AddrPort, step time.Duration) admin.MXProbe {
+	return d.probeTLS(ctx, h, addr, step, nil)
+}
+
+// probeTLS is probe, handing the TLS connection state, when there is one,
+// to onTLS (the tls check judges it by the destination's policy).
+func (d *Doctor) probeTLS(ctx context.Context, h mx.Host, addr netip.AddrPort, step time.Duration, onTLS func(tls.ConnectionState)) admin.MXProbe {
 	p := admin.MXProbe{Host: h.Name, Preference: h.Preference, Addr: addr.String()}
 	skip := func(names ...string) admin.MXProbe {
 		for _, n := range names {
@@ -257,6 +263,9 @@ func (d *Doctor) probe(ctx context.Context, h mx.Host, addr netip.AddrPort, step
 	}
 	defer tlsConn.Close()
 	cs := tlsConn.ConnectionState()
+	if onTLS != nil {
+		onTLS(cs)
+	}
 	p.TLS = tlsInfo(cs, h.Name, d.now())
 	p.Steps = append(p.Steps, admin.Step{Name: "starttls", Status: admin.StepOK, DurationMS: ms(time.Since(t)),
 		Detail: "TLS " + p.TLS.Version + " " + p.TLS.Cipher})

@@ -40,6 +40,7 @@ import (
 
 	"github.com/sluice-mta/sluice/deliverer/dkim"
 	"github.com/sluice-mta/sluice/deliverer/mx"
+	"github.com/sluice-mta/sluice/deliverer/tlspolicy"
 	"github.com/sluice-mta/sluice/proto/admin"
 )
 
@@ -73,6 +74,10 @@ type Config struct {
 	Routes map[string]string
 	// Meter records sluice_deliverer_dnsbl_listed; nil disables it.
 	Meter metric.Meter
+	// TLSPolicy is deliverer.tls_policy, and TLSOptions what tests inject
+	// (roots, the dial of MTA-STS fetches), for the tls check.
+	TLSPolicy  tlspolicy.Config
+	TLSOptions tlspolicy.Options
 }
 
 // Doctor runs checks. It is safe for concurrent use.

@@ -25,7 +25,7 @@ type Server struct {
 	wg     sync.WaitGroup
 }
 
-// Serve adds the endpoints dns, dnsbl, connect and auth under
+// Serve adds the endpoints dns, dnsbl, connect, auth and tls under
 // admin.DoctorPrefix to svc, without a queue group: a request reaches every
 // deliverer, and each answers for its own host (see proto/admin).
 func Serve(svc micro.Service, d *Doctor, log *slog.Logger) (*Server, error) {
@@ -42,6 +42,7 @@ func Serve(svc micro.Service, d *Doctor, log *slog.Logger) (*Server, error) {
 		{admin.DoctorDNSBL, false, func(ctx context.Context, r admin.DoctorRequest) any { return d.DNSBL(ctx, r) }},
 		{admin.DoctorConnect, true, func(ctx context.Context, r admin.DoctorRequest) any { return d.Connect(ctx, r) }},
 		{admin.DoctorAuth, true, func(ctx context.Context, r admin.DoctorRequest) any { return d.Auth(ctx, r) }},
+		{admin.DoctorTLS, true, func(ctx context.Context, r admin.DoctorRequest) any { return d.TLS(ctx, r) }},
 	}
 	for _, c := range checks {
 		h := micro.HandlerFunc(func(req micro.Request) { s.handle(req, c.name, c.needDomain, c.run) })

@@ -24,6 +24,8 @@ checks, run on every deliverer, one row per deliverer:
   dnsbl           each egress IP against the configured DNSBL zones
   connect DOMAIN  MX lookup, TCP connect, banner, EHLO, STARTTLS to DOMAIN's mail servers; detects a blocked port 25
   auth DOMAIN     SPF for each egress IP, DKIM keys (published = ours, a signature verifies), DMARC policy
+  tls DOMAIN      the TLS policy deliveries apply to DOMAIN (deliverer.tls_policy), its MTA-STS policy, the TLSA
+                  records and DNSSEC status of its MX hosts, and what each MX host offers, checked by the policy
 
 flags:
   -json          JSON Lines: one report per deliverer
@@ -66,7 +68,7 @@ func runDoctor(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	check := args[0]
 	switch check {
-	case admin.DoctorDNS, admin.DoctorDNSBL, admin.DoctorConnect, admin.DoctorAuth:
+	case admin.DoctorDNS, admin.DoctorDNSBL, admin.DoctorConnect, admin.DoctorAuth, admin.DoctorTLS:
 	default:
 		fmt.Fprintf(stderr, "sluice doctor: unknown check %q\n\n%s", check, doctorUsage)
 		return 2
@@ -75,7 +77,7 @@ func runDoctor(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if u := os.Getenv("SLUICE_NATS_URL"); u != "" {
 		o.server = u
 	}
-	if check == admin.DoctorConnect {
+	if check == admin.DoctorConnect || check == admin.DoctorTLS {
 		o.wait = 60 * time.Second
 	}
 	fs := flag.NewFlagSet("sluice doctor "+check, flag.ContinueOnError)
@@ -96,7 +98,7 @@ func runDoctor(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 	req := admin.DoctorRequest{StepTimeoutMS: o.step.Milliseconds()}
-	needDomain := check == admin.DoctorConnect || check == admin.DoctorAuth
+	needDomain := check == admin.DoctorConnect || check == admin.DoctorAuth || check == admin.DoctorTLS
 	switch {
 	case needDomain && len(rest) != 1:
 		fmt.Fprintf(stderr, "sluice doctor %s: want exactly one DOMAIN\n\n%s", check, doctorUsage)

@@ -180,6 +180,7 @@ var doctorColumns = map[string][]string{
 	admin.DoctorDNSBL:   {"DELIVERER", "EGRESS IP", "ZONES", "LISTED", "CLEAN", "ERRORS", "VERDICT"},
 	admin.DoctorConnect: {"DELIVERER", "MX", "CONNECT", "BANNER", "STARTTLS", "CERTIFICATE", "VERDICT"},
 	admin.DoctorAuth:    {"DELIVERER", "EGRESS IP", "SPF", "DKIM", "DMARC", "VERDICT"},
+	admin.DoctorTLS:     tlsColumns,
 }
 
 func decodeReport(check string, raw json.RawMessage) (any, []admin.Finding, admin.Verdict, error) {
@@ -196,6 +197,10 @@ func decodeReport(check string, raw json.RawMessage) (any, []admin.Finding, admi
 		var r admin.ConnectReport
 		err := json.Unmarshal(raw, &r)
 		return &r, r.Findings, r.Verdict, err
+	case admin.DoctorTLS:
+		var r admin.TLSReport
+		err := json.Unmarshal(raw, &r)
+		return &r, r.Findings, r.Verdict, err
 	default:
 		var r admin.AuthReport
 		err := json.Unmarshal(raw, &r)
@@ -208,6 +213,8 @@ func doctorSubject(report any) string {
 	case *admin.ConnectReport:
 		return r.Domain
 	case *admin.AuthReport:
+		return r.Domain
+	case *admin.TLSReport:
 		return r.Domain
 	}
 	return ""
@@ -272,6 +279,8 @@ func doctorCells(report any) []string {
 			}
 		}
 		return []string{egress(r.Deliverer), fmt.Sprint(len(r.Zones)), fmt.Sprint(listed), fmt.Sprint(clean), fmt.Sprint(errs)}
+	case *admin.TLSReport:
+		return tlsCells(r)
 	case *admin.ConnectReport:
 		var best *admin.MXProbe
 		for i := range r.Probes {
@@ -339,6 +348,8 @@ func doctorDetails(report any) []string {
 		for _, d := range r.Domains {
 			out = append(out, d.Domain+": "+domainDetail(d))
 		}
+	case *admin.TLSReport:
+		out = tlsDetails(r)
 	case *admin.ConnectReport:
 		route := "MX"
 		switch {
