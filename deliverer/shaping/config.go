@@ -15,6 +15,11 @@ type Config struct {
 	// For a relay to one internal host that needs none, and as the
 	// baseline of the benchmark that measures what shaping costs.
 	Disabled bool `yaml:"disabled"`
+	// PerSource gives each source address (deliverer.source_address) a
+	// budget of its own at each site, as receivers throttle per sending
+	// address: the limits, rates, slow start and suspensions of site S for
+	// the deliverers sending from A are those of the site "S@A".
+	PerSource bool `yaml:"per_source"`
 	// Default applies to every site without an override.
 	Default Policy `yaml:"default"`
 	// Sites override the default for the sites whose MX hosts match: the

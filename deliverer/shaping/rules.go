@@ -99,6 +99,14 @@ func normal(name string) string {
 	return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
 }
 
+// From is the site s as seen from source address source (per_source
+// shaping): its own name, key and budget, the same policy.
+func (s Site) From(source string) Site {
+	s.Name += "@" + source
+	s.Key = wire.SiteKey(s.Name)
+	return s
+}
+
 // Site returns the site of a job to domain whose route has the site mxSite.
 func (r *Rules) Site(domain, mxSite string) Site {
 	domain = normal(domain)

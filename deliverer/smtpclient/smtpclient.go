@@ -52,6 +52,10 @@ type Config struct {
 	DataTimeout time.Duration
 	// Meter records sluice_deliverer_connections_active; nil disables it.
 	Meter metric.Meter
+	// Source, when valid, is the local address connections leave from
+	// (deliverer.source_address), for destinations of its family; the
+	// others leave from the address the kernel picks.
+	Source netip.Addr
 }
 
 // Dialer opens sessions. It is safe for concurrent use.
@@ -192,6 +196,9 @@ func (s *Session) Offers(ext string) bool {
 // does.
 func (d *Dialer) Connect(ctx context.Context, host string, addr netip.AddrPort) (*Session, error) {
 	nd := net.Dialer{Timeout: d.cfg.ConnectTimeout}
+	if src := d.cfg.Source; src.IsValid() && src.Is4() == addr.Addr().Unmap().Is4() {
+		nd.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	}
 	raw, err := nd.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		return nil, &status.Error{Code: 451, Enhanced: "4.4.1", Reason: sluicev1.Reason_REASON_CONNECT, Err: err,

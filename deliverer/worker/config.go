@@ -89,6 +89,12 @@ type Settings struct {
 	// DNSBL listings and SPF authorisation. Empty means main guesses the
 	// primary outbound address of the host, and the doctor says it guessed.
 	EgressIPs []string `yaml:"egress_ips"`
+	// SourceAddress is the local address this deliverer's connections
+	// leave from (it must be one of the host's); empty lets the kernel
+	// pick. A host with several sending addresses runs a deliverer per
+	// address; with shaping.per_source each one's limits per site are its
+	// own.
+	SourceAddress string `yaml:"source_address" env:"SLUICE_DELIVERER_SOURCE_ADDRESS"`
 	// SendingDomains are the domains we send mail for; `sluice doctor dns`
 	// checks that they have MX and address records (receivers check that
 	// bounces to the envelope sender could be delivered).
@@ -203,6 +209,14 @@ func (s Settings) Validate() error {
 		if w.v < 1 || w.v > 1000 {
 			return fmt.Errorf("deliverer.weights.%s: %d, want 1..1000", w.name, w.v)
 		}
+	}
+	if s.SourceAddress != "" {
+		if _, err := netip.ParseAddr(s.SourceAddress); err != nil {
+			return fmt.Errorf("deliverer.source_address: %q is not an IP address", s.SourceAddress)
+		}
+	}
+	if s.Shaping.PerSource && s.SourceAddress == "" {
+		return errors.New("deliverer.shaping.per_source: needs deliverer.source_address")
 	}
 	if s.MaxStrikes < 2 {
 		return fmt.Errorf("deliverer.max_strikes: %d, want at least 2", s.MaxStrikes)

@@ -46,3 +46,30 @@ func TestShapingConfig(t *testing.T) {
 		t.Errorf("misspelt key: %v", err)
 	}
 }
+
+// TestSourceAddressConfig: deliverer.source_address must be an IP address,
+// and shaping.per_source needs one.
+func TestSourceAddressConfig(t *testing.T) {
+	for _, c := range []struct {
+		yaml, err string
+	}{
+		{"deliverer:\n  source_address: 192.0.2.10\n  shaping: {per_source: true}\n", ""},
+		{"deliverer:\n  source_address: 2001:db8::25\n", ""},
+		{"deliverer:\n  source_address: mail.example.com\n", `deliverer.source_address: "mail.example.com" is not an IP address`},
+		{"deliverer:\n  shaping: {per_source: true}\n", "deliverer.shaping.per_source: needs deliverer.source_address"},
+	} {
+		cfg := Default()
+		if err := config.Decode([]byte(c.yaml), &cfg); err != nil {
+			t.Fatalf("%q: %v", c.yaml, err)
+		}
+		cfg.Deliverer.Hostname = "mail.example.com"
+		err := cfg.Deliverer.Validate()
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != c.err {
+			t.Errorf("%q: Validate() = %q, want %q", c.yaml, got, c.err)
+		}
+	}
+}

@@ -56,6 +56,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -187,8 +188,12 @@ func New(s Settings, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	var source netip.Addr
+	if s.SourceAddress != "" {
+		source, _ = netip.ParseAddr(s.SourceAddress) // validated
+	}
 	dialer, err := smtpclient.New(smtpclient.Config{Hostname: s.Hostname, ConnectTimeout: s.ConnectTimeout,
-		CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout, Meter: d.Meter})
+		CommandTimeout: s.CommandTimeout, DataTimeout: s.DataTimeout, Meter: d.Meter, Source: source})
 	if err != nil {
 		return nil, err
 	}
@@ -621,6 +626,9 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	var gate *gatedSlot
 	if routeErr == nil {
 		site = s.shaper.Rules().Site(job.Domain, route.Site)
+		if s.shaper.Config().PerSource {
+			site = site.From(s.cfg.SourceAddress)
+		}
 		span.SetAttributes(attribute.String("sluice.site", site.Name))
 		if s.shaper.Config().Disabled {
 			ticket = s.unshaped(site)

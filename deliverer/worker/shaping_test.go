@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"strconv"
 	"strings"
@@ -38,6 +39,8 @@ type countingListener struct {
 	maxBeforeFirst int
 	delivered      atomic.Int64
 	deliveredAt    []time.Time
+	// openFrom and maxFrom count open connections by client address.
+	openFrom, maxFrom map[string]int
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -45,7 +48,13 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	from, _, _ := net.SplitHostPort(c.RemoteAddr().String())
 	l.mu.Lock()
+	if l.openFrom == nil {
+		l.openFrom, l.maxFrom = map[string]int{}, map[string]int{}
+	}
+	l.openFrom[from]++
+	l.maxFrom[from] = max(l.maxFrom[from], l.openFrom[from])
 	l.open++
 	l.total++
 	l.accepted = append(l.accepted, time.Now())
@@ -54,7 +63,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 		l.maxBeforeFirst = max(l.maxBeforeFirst, l.open)
 	}
 	l.mu.Unlock()
-	return &countedConn{Conn: c, l: l}, nil
+	return &countedConn{Conn: c, l: l, from: from}, nil
 }
 
 func (l *countingListener) stats() (open, maxOpen, total, beforeFirst int) {
@@ -92,12 +101,14 @@ func (l *countingListener) deliveredBetween(from, to time.Time) int {
 type countedConn struct {
 	net.Conn
 	l    *countingListener
+	from string
 	once sync.Once
 }
 
 func (c *countedConn) Close() error {
 	c.once.Do(func() {
 		c.l.mu.Lock()
+		c.l.openFrom[c.from]--
 		c.l.open--
 		c.l.mu.Unlock()
 	})
@@ -711,5 +722,46 @@ func TestShapingDisabled(t *testing.T) {
 	}
 	for k := range keys.Keys() {
 		t.Errorf("shaping bucket holds %q with shaping disabled", k)
+	}
+}
+
+// TestPerSourceLimits: two deliverers sending from 127.0.0.1 and 127.0.0.2
+// (deliverer.source_address) with shaping.per_source: each source has its
+// own budget of 2 connections at the site, so the destination sees at most
+// 2 from each address and more than 2 in all, and each deliverer's
+// connections leave from its own address.
+func TestPerSourceLimits(t *testing.T) {
+	e := newEnv(t)
+	srv := countingSMTP(t, 100*time.Millisecond)
+	sources := map[string]string{"d0": "127.0.0.1", "d1": "127.0.0.2"}
+	e.shapedFleet(t, 2, func(s *Settings) {
+		s.Routes = map[string]string{"sourced.test": srv.Addr().String()}
+		s.SourceAddress = sources[s.Instance]
+		s.Shaping.PerSource = true
+		s.Shaping.Default.MaxConnections = 2
+		s.Shaping.Default.InitialConnections = 2
+		s.Shaping.BusyDelay = 50 * time.Millisecond
+	})
+	var jobs []*sluicev1.Job
+	for range 40 {
+		jobs = append(jobs, e.enqueue(t, jobSpec{domain: "sourced.test", rcpts: []string{"x@sourced.test"}}))
+	}
+	for _, r := range e.resultsOf(t, jobs, 60*time.Second) {
+		check(t, r.Recipients[0], delivered)
+	}
+	srv.mu.Lock()
+	maxFrom, maxOpen := maps.Clone(srv.maxFrom), srv.max
+	srv.mu.Unlock()
+	t.Logf("40 messages from two sources limited to 2 connections each: at most %v open per source, %d in all", maxFrom, maxOpen)
+	if len(maxFrom) != 2 || maxFrom["127.0.0.1"] == 0 || maxFrom["127.0.0.2"] == 0 {
+		t.Fatalf("connections came from %v, want 127.0.0.1 and 127.0.0.2", maxFrom)
+	}
+	for from, n := range maxFrom {
+		if n > 2 {
+			t.Errorf("%d connections open at once from %s, limit 2 per source", n, from)
+		}
+	}
+	if maxOpen <= 2 {
+		t.Errorf("at most %d connections in all: the two sources did not have budgets of their own", maxOpen)
 	}
 }
