@@ -228,6 +228,7 @@ func results(job *sluicev1.Job, outcomes []outcome) []*sluicev1.RecipientResult 
 	for i, r := range job.Recipients {
 		rr := &sluicev1.RecipientResult{Address: r.Address, Notify: r.Notify, Orcpt: r.Orcpt}
 		o := outcomes[i]
+		rr.Tls = o.tls
 		if o.err == nil {
 			rr.Outcome = sluicev1.Outcome_OUTCOME_DELIVERED
 			rr.Code, rr.EnhancedCode, rr.Text, rr.RemoteHost = 250, o.enhanced, o.text, o.host
@@ -246,6 +247,8 @@ type outcome struct {
 	enhanced string
 	text     string
 	host     string
+	// tls is the TLS of the session of the transaction.
+	tls *sluicev1.TlsOutcome
 }
 
 func all(n int, e *status.Error) []outcome {
@@ -342,7 +345,7 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route
 				sess.Close()
 				return all(n, e)
 			}
-			out := c.transaction(ctx, sess, h, job, msg, added)
+			out := withTLS(c.transaction(ctx, sess, h, job, msg, added), tlsOut)
 			c.keep(t, sess)
 			return out
 		}
@@ -382,7 +385,7 @@ func (c *Courier) reuse(ctx context.Context, sess *smtpclient.Session, t *Ticket
 		return all(len(job.Recipients), e), true
 	}
 	h := mx.Host{Name: sess.Host(), Port: int(sess.Addr().Port())}
-	out := c.transaction(ctx, sess, h, job, msg, added)
+	out := withTLS(c.transaction(ctx, sess, h, job, msg, added), tlsOut)
 	if sess.BrokeBeforeMail() {
 		// Nothing of the message was read: DATA was never reached.
 		sess.Close()

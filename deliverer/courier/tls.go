@@ -78,7 +78,9 @@ func (c *Courier) choosePolicy(ctx context.Context, route mx.Route) *hostPolicie
 	for _, h := range route.Hosts {
 		r := hp.dec.Host(ctx, h.Name, h.Port)
 		hp.hosts[h.Name] = r
-		span.AddEvent("sluice.tls.host", trace.WithAttributes(append(reqAttrs(r), attribute.String("server.address", h.Name))...))
+		if span.IsRecording() {
+			span.AddEvent("sluice.tls.host", trace.WithAttributes(append(reqAttrs(r), attribute.String("server.address", h.Name))...))
+		}
 	}
 	return hp
 }
@@ -211,7 +213,7 @@ func (c *Courier) startTLS(ctx context.Context, s *smtpclient.Session, r *tlspol
 	}
 	out.state = s.TLS()
 	if out.verifiedBy != "" {
-		s.SetVerified(r.Key())
+		s.SetVerified(r.Key(), out.verifiedBy)
 	}
 	span.SetAttributes(out.attrs()...)
 	if st := s.TLS(); st != nil {
@@ -248,7 +250,7 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 			c.countTLS(r, tlsEncrypted)
 		}
 	} else if s.Verified() != "" && s.Verified() == r.Key() {
-		out.verifiedBy = "session"
+		out.verifiedBy = s.VerifiedBy()
 	}
 	if r.Reported != "" && out.reported == "" {
 		out.reported = r.Reported
@@ -268,6 +270,22 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not support REQUIRETLS"}
 	}
 	return out, nil
+}
+
+// withTLS records the session's TLS in every recipient's outcome, for the
+// result (RecipientResult.tls).
+func withTLS(out []outcome, o tlsOutcome) []outcome {
+	if o.req == nil {
+		return out
+	}
+	t := &sluicev1.TlsOutcome{Policy: o.req.Name(), VerifiedBy: o.verifiedBy, Reported: o.reported}
+	if o.state != nil {
+		t.Version, t.Cipher = tlsVersion(o.state.Version), tls.CipherSuiteName(o.state.CipherSuite)
+	}
+	for i := range out {
+		out[i].tls = t
+	}
+	return out
 }
 
 // recordTLS puts the TLS outcome of the session that carried the

@@ -267,6 +267,14 @@ func TestTLSPolicies(t *testing.T) {
 				if res.Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
 					t.Fatalf("outcome %v %s %s: %s, want delivered", res.Outcome, res.Reason, res.EnhancedCode, res.Text)
 				}
+				wantVersion := map[bool]string{true: "1.3", false: ""}[tc.want == delivered]
+				if res.Tls == nil || res.Tls.Version != wantVersion || res.Tls.VerifiedBy != tc.verifiedBy ||
+					(res.Tls.Cipher != "") != (tc.want == delivered) {
+					t.Errorf("result TLS %v, want version %q verified by %q", res.Tls, wantVersion, tc.verifiedBy)
+				}
+				if strings.Contains(tc.name, "testing/expired") && (res.Tls.Policy != "mta-sts testing" || res.Tls.Reported != "mta-sts testing: mx.example.test certificate expired") {
+					t.Errorf("testing policy: result TLS %v", res.Tls)
+				}
 				msgs := srv.Messages()
 				if len(msgs) != 1 || msgs[0].TLS != (tc.want == delivered) {
 					t.Fatalf("%d messages at the server, TLS %v; want 1, TLS %v", len(msgs), len(msgs) > 0 && msgs[0].TLS, tc.want == delivered)
@@ -324,18 +332,22 @@ func TestTLSPolicyCachedSession(t *testing.T) {
 	c.router = res
 	c.cache = newConnCache(CacheConfig{TTL: 10 * time.Second, MaxUses: 10})
 	defer c.Close()
-	deliver := func(domain string) {
+	deliver := func(domain, policy, verifiedBy string) {
 		t.Helper()
 		j := tlsJob()
 		j.Domain, j.Recipients[0].Address = domain, "bob@"+domain
-		if r := c.Deliver(context.Background(), j, strings.NewReader(message))[0]; r.Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
+		r := c.Deliver(context.Background(), j, strings.NewReader(message))[0]
+		if r.Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
 			t.Fatalf("%s: %v %s", domain, r.Outcome, r.Text)
 		}
+		if r.Tls.GetPolicy() != policy || r.Tls.GetVerifiedBy() != verifiedBy {
+			t.Fatalf("%s: TLS %v, want policy %s verified by %q", domain, r.Tls, policy, verifiedBy)
+		}
 	}
-	deliver("example.test") // none: clear text, session cached
-	deliver("example.test") // reuses it
-	deliver("strict.test")  // verify: a new connection with TLS
-	deliver("strict.test")  // reuses the verified one
+	deliver("example.test", "none", "")        // clear text, session cached
+	deliver("example.test", "none", "")        // reuses it
+	deliver("strict.test", "verify", "webpki") // a new connection with TLS
+	deliver("strict.test", "verify", "webpki") // reuses the verified one
 	msgs := srv.Messages()
 	if len(msgs) != 4 || msgs[0].TLS || msgs[1].TLS || !msgs[2].TLS || !msgs[3].TLS {
 		t.Fatalf("TLS per message: %v", func() (v []bool) {

@@ -145,8 +145,8 @@ type Session struct {
 	brokeAtMail bool
 	// uses counts the transactions started on the session.
 	uses int
-	// verified is what SetVerified recorded.
-	verified string
+	// verified and verifiedBy are what SetVerified recorded.
+	verified, verifiedBy string
 }
 
 // writeBuffer is the size of the buffer commands and content are written
@@ -437,13 +437,16 @@ func (s *Session) StartTLS(ctx context.Context, check func(tls.ConnectionState) 
 	return true, nil
 }
 
-// SetVerified records how the session's certificate was verified (a key
-// of the caller's choosing), so that a later attempt reusing the session
-// can tell whether it satisfies its own policy.
-func (s *Session) SetVerified(key string) { s.verified = key }
+// SetVerified records that the session's certificate passed the check
+// named key (of the caller's choosing) by method, so that a later attempt
+// reusing the session can tell whether it satisfies its own policy.
+func (s *Session) SetVerified(key, method string) { s.verified, s.verifiedBy = key, method }
 
-// Verified is what SetVerified recorded, "" when nothing.
+// Verified is the key SetVerified recorded, "" when none.
 func (s *Session) Verified() string { return s.verified }
+
+// VerifiedBy is the method SetVerified recorded.
+func (s *Session) VerifiedBy() string { return s.verifiedBy }
 
 // Reusable reports whether another transaction may run on the session: the
 // last one ended with the server ready for MAIL (RFC 5321 §4.1.4: after a

@@ -89,11 +89,31 @@ func (e *Engine) sts(ctx context.Context, domain string) *stsState {
 	e.mu.Lock()
 	delete(e.flights, domain)
 	if ctx.Err() == nil {
+		if len(e.memo) >= maxMemo {
+			e.prune(now)
+		}
 		e.memo[domain] = f.state
 	}
 	e.mu.Unlock()
 	close(f.done)
 	return f.state
+}
+
+// maxMemo bounds the domains a deliverer remembers in memory; the shared
+// bucket keeps the policies themselves.
+const maxMemo = 50000
+
+// prune forgets the domains due for a recheck, or all of them if that is
+// not enough. e.mu is held.
+func (e *Engine) prune(now time.Time) {
+	for d, m := range e.memo {
+		if now.Sub(m.checked) >= e.cfg.Recheck {
+			delete(e.memo, d)
+		}
+	}
+	if len(e.memo) >= maxMemo {
+		clear(e.memo)
+	}
 }
 
 type flight struct {

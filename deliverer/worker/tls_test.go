@@ -99,8 +99,10 @@ func TestMTASTSSurvivesRestart(t *testing.T) {
 	job := e.enqueue(t, jobSpec{domain: "sts.test", rcpts: []string{"a@sts.test"}})
 	deferred(e.result(t, job, 10*time.Second).Recipients[0])
 	job = e.enqueue(t, jobSpec{domain: "ok.test", rcpts: []string{"a@ok.test"}})
-	if r := e.result(t, job, 10*time.Second).Recipients[0]; r.Outcome != sluicev1.Outcome_OUTCOME_DELIVERED {
-		t.Fatalf("ok.test: %v %s", r.Outcome, r.Text)
+	// The result the scheduler receives carries the TLS of the delivery.
+	if r := e.result(t, job, 10*time.Second).Recipients[0]; r.Outcome != sluicev1.Outcome_OUTCOME_DELIVERED ||
+		r.Tls.GetPolicy() != "mta-sts enforce" || r.Tls.GetVersion() != "1.3" || r.Tls.GetVerifiedBy() != "webpki" || r.Tls.GetCipher() == "" {
+		t.Fatalf("ok.test: %v %s, TLS %v", r.Outcome, r.Text, r.Tls)
 	}
 	stop(svc)
 	if n := hits.Load(); n != 2 {

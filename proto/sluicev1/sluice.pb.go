@@ -869,8 +869,11 @@ type RecipientResult struct {
 	// The remote host that gave the reply, empty when none did.
 	RemoteHost string `protobuf:"bytes,7,opt,name=remote_host,json=remoteHost,proto3" json:"remote_host,omitempty"`
 	// Bit set of Notify values and ORCPT, copied from the job for the bouncer.
-	Notify        uint32 `protobuf:"varint,8,opt,name=notify,proto3" json:"notify,omitempty"`
-	Orcpt         string `protobuf:"bytes,9,opt,name=orcpt,proto3" json:"orcpt,omitempty"`
+	Notify uint32 `protobuf:"varint,8,opt,name=notify,proto3" json:"notify,omitempty"`
+	Orcpt  string `protobuf:"bytes,9,opt,name=orcpt,proto3" json:"orcpt,omitempty"`
+	// The TLS of the session that carried the transaction, set once a
+	// server was reached with it (delivered, or refused by the server).
+	Tls           *TlsOutcome `protobuf:"bytes,10,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -968,6 +971,96 @@ func (x *RecipientResult) GetOrcpt() string {
 	return ""
 }
 
+func (x *RecipientResult) GetTls() *TlsOutcome {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+// TlsOutcome is what TLS a session had, and under which policy of the
+// deliverer's tls_policy.
+type TlsOutcome struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// none, may, encrypt, verify, dane, "mta-sts enforce", "mta-sts testing".
+	Policy string `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// TLS version ("1.3") and cipher suite; both empty in clear text.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Cipher  string `protobuf:"bytes,3,opt,name=cipher,proto3" json:"cipher,omitempty"`
+	// How the certificate was verified: webpki, dane-ee, dane-ta; empty
+	// when it was not.
+	VerifiedBy string `protobuf:"bytes,4,opt,name=verified_by,json=verifiedBy,proto3" json:"verified_by,omitempty"`
+	// A failure an MTA-STS testing policy let through (RFC 8461 §5).
+	Reported      string `protobuf:"bytes,5,opt,name=reported,proto3" json:"reported,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TlsOutcome) Reset() {
+	*x = TlsOutcome{}
+	mi := &file_sluicev1_sluice_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TlsOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TlsOutcome) ProtoMessage() {}
+
+func (x *TlsOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_sluicev1_sluice_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TlsOutcome.ProtoReflect.Descriptor instead.
+func (*TlsOutcome) Descriptor() ([]byte, []int) {
+	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TlsOutcome) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *TlsOutcome) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *TlsOutcome) GetCipher() string {
+	if x != nil {
+		return x.Cipher
+	}
+	return ""
+}
+
+func (x *TlsOutcome) GetVerifiedBy() string {
+	if x != nil {
+		return x.VerifiedBy
+	}
+	return ""
+}
+
+func (x *TlsOutcome) GetReported() string {
+	if x != nil {
+		return x.Reported
+	}
+	return ""
+}
+
 // Result is a deliverer's report of one attempt, published to SLUICE_RESULTS
 // under sluice.result.<job_id> before the job is acknowledged.
 type Result struct {
@@ -988,7 +1081,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_sluicev1_sluice_proto_msgTypes[4]
+	mi := &file_sluicev1_sluice_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1093,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_sluicev1_sluice_proto_msgTypes[4]
+	mi := &file_sluicev1_sluice_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1106,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{4}
+	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Result) GetSchema() uint32 {
@@ -1081,7 +1174,7 @@ type Bounce struct {
 
 func (x *Bounce) Reset() {
 	*x = Bounce{}
-	mi := &file_sluicev1_sluice_proto_msgTypes[5]
+	mi := &file_sluicev1_sluice_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1186,7 @@ func (x *Bounce) String() string {
 func (*Bounce) ProtoMessage() {}
 
 func (x *Bounce) ProtoReflect() protoreflect.Message {
-	mi := &file_sluicev1_sluice_proto_msgTypes[5]
+	mi := &file_sluicev1_sluice_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1199,7 @@ func (x *Bounce) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bounce.ProtoReflect.Descriptor instead.
 func (*Bounce) Descriptor() ([]byte, []int) {
-	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{5}
+	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Bounce) GetSchema() uint32 {
@@ -1221,7 +1314,7 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\x13scheduled_unix_nano\x18\x17 \x01(\x03R\x11scheduledUnixNano\x12/\n" +
 	"\x14not_before_unix_nano\x18\x18 \x01(\x03R\x11notBeforeUnixNano\x12!\n" +
 	"\fdelay_warned\x18\x19 \x01(\bR\vdelayWarned\x12\x12\n" +
-	"\x04body\x18\x1a \x01(\fR\x04body\"\xa0\x02\n" +
+	"\x04body\x18\x1a \x01(\fR\x04body\"\xc9\x02\n" +
 	"\x0fRecipientResult\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12,\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x12.sluice.v1.OutcomeR\aoutcome\x12)\n" +
@@ -1232,7 +1325,17 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\vremote_host\x18\a \x01(\tR\n" +
 	"remoteHost\x12\x16\n" +
 	"\x06notify\x18\b \x01(\rR\x06notify\x12\x14\n" +
-	"\x05orcpt\x18\t \x01(\tR\x05orcpt\"\xa1\x02\n" +
+	"\x05orcpt\x18\t \x01(\tR\x05orcpt\x12'\n" +
+	"\x03tls\x18\n" +
+	" \x01(\v2\x15.sluice.v1.TlsOutcomeR\x03tls\"\x93\x01\n" +
+	"\n" +
+	"TlsOutcome\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
+	"\x06cipher\x18\x03 \x01(\tR\x06cipher\x12\x1f\n" +
+	"\vverified_by\x18\x04 \x01(\tR\n" +
+	"verifiedBy\x12\x1a\n" +
+	"\breported\x18\x05 \x01(\tR\breported\"\xa1\x02\n" +
 	"\x06Result\x12\x16\n" +
 	"\x06schema\x18\x01 \x01(\rR\x06schema\x12 \n" +
 	"\x03job\x18\x02 \x01(\v2\x0e.sluice.v1.JobR\x03job\x12:\n" +
@@ -1306,7 +1409,7 @@ func file_sluicev1_sluice_proto_rawDescGZIP() []byte {
 }
 
 var file_sluicev1_sluice_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_sluicev1_sluice_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_sluicev1_sluice_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_sluicev1_sluice_proto_goTypes = []any{
 	(Priority)(0),           // 0: sluice.v1.Priority
 	(Notify)(0),             // 1: sluice.v1.Notify
@@ -1317,8 +1420,9 @@ var file_sluicev1_sluice_proto_goTypes = []any{
 	(*Message)(nil),         // 6: sluice.v1.Message
 	(*Job)(nil),             // 7: sluice.v1.Job
 	(*RecipientResult)(nil), // 8: sluice.v1.RecipientResult
-	(*Result)(nil),          // 9: sluice.v1.Result
-	(*Bounce)(nil),          // 10: sluice.v1.Bounce
+	(*TlsOutcome)(nil),      // 9: sluice.v1.TlsOutcome
+	(*Result)(nil),          // 10: sluice.v1.Result
+	(*Bounce)(nil),          // 11: sluice.v1.Bounce
 }
 var file_sluicev1_sluice_proto_depIdxs = []int32{
 	5,  // 0: sluice.v1.Message.recipients:type_name -> sluice.v1.Recipient
@@ -1327,16 +1431,17 @@ var file_sluicev1_sluice_proto_depIdxs = []int32{
 	3,  // 3: sluice.v1.Job.last_reason:type_name -> sluice.v1.Reason
 	2,  // 4: sluice.v1.RecipientResult.outcome:type_name -> sluice.v1.Outcome
 	3,  // 5: sluice.v1.RecipientResult.reason:type_name -> sluice.v1.Reason
-	7,  // 6: sluice.v1.Result.job:type_name -> sluice.v1.Job
-	8,  // 7: sluice.v1.Result.recipients:type_name -> sluice.v1.RecipientResult
-	7,  // 8: sluice.v1.Bounce.job:type_name -> sluice.v1.Job
-	4,  // 9: sluice.v1.Bounce.kind:type_name -> sluice.v1.BounceKind
-	8,  // 10: sluice.v1.Bounce.recipients:type_name -> sluice.v1.RecipientResult
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 6: sluice.v1.RecipientResult.tls:type_name -> sluice.v1.TlsOutcome
+	7,  // 7: sluice.v1.Result.job:type_name -> sluice.v1.Job
+	8,  // 8: sluice.v1.Result.recipients:type_name -> sluice.v1.RecipientResult
+	7,  // 9: sluice.v1.Bounce.job:type_name -> sluice.v1.Job
+	4,  // 10: sluice.v1.Bounce.kind:type_name -> sluice.v1.BounceKind
+	8,  // 11: sluice.v1.Bounce.recipients:type_name -> sluice.v1.RecipientResult
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_sluicev1_sluice_proto_init() }
@@ -1350,7 +1455,7 @@ func file_sluicev1_sluice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluicev1_sluice_proto_rawDesc), len(file_sluicev1_sluice_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
