@@ -114,7 +114,7 @@ func New(cfg Config, js jetstream.JetStream, tracer trace.Tracer, meter metric.M
 	if err != nil {
 		return nil, err
 	}
-	cm, err := consume.NewMetrics(meter)
+	cm, err := consume.NewMetrics(meter, "scheduler")
 	if err != nil {
 		return nil, err
 	}

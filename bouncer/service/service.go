@@ -115,7 +115,7 @@ func New(s Settings, q config.Queue, js jetstream.JetStream, tracer trace.Tracer
 	}
 	// why: publish (SLUICE_MSGS unreachable), full (SLUICE_MSGS over its
 	// limits), body (object store write failed).
-	if svc.consumeMetrics, err = consume.NewMetrics(meter); err != nil {
+	if svc.consumeMetrics, err = consume.NewMetrics(meter, "bouncer"); err != nil {
 		return nil, err
 	}
 	if svc.failures, err = meter.Int64Counter("sluice_bouncer_enqueue_failures_total",

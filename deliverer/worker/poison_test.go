@@ -77,14 +77,14 @@ func TestPoisonJob(t *testing.T) {
 	got := map[string]int64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
-			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && (m.Name == "sluice_consumer_panics_total" || m.Name == "sluice_deliverer_jobs_poisoned_total") {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && (m.Name == "sluice_deliverer_panics_total" || m.Name == "sluice_deliverer_jobs_poisoned_total") {
 				for _, dp := range sum.DataPoints {
 					got[m.Name] += dp.Value
 				}
 			}
 		}
 	}
-	if got["sluice_consumer_panics_total"] != 3 || got["sluice_deliverer_jobs_poisoned_total"] != 1 {
+	if got["sluice_deliverer_panics_total"] != 3 || got["sluice_deliverer_jobs_poisoned_total"] != 1 {
 		t.Errorf("metrics %v, want 3 panics and 1 poisoned job", got)
 	}
 }

@@ -197,7 +197,7 @@ func New(s Settings, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	cm, err := consume.NewMetrics(d.Meter)
+	cm, err := consume.NewMetrics(d.Meter, "deliverer")
 	if err != nil {
 		return nil, err
 	}
@@ -542,7 +542,7 @@ func (s *Service) run(f fetched) {
 	stop := s.keepAlive(f.msg)
 	defer stop()
 	// Every settlement of the job is counted like every other consumer's
-	// (sluice_consumer_settled_total{input="jobs"}).
+	// (sluice_deliverer_inputs_settled_total{input="jobs"}).
 	msg := s.consumeMetrics.Counted("jobs", f.msg)
 	defer func() {
 		// attempt turns panics of a delivery into results; this is the

@@ -38,7 +38,7 @@ func TestLoopOutcomes(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { _ = mp.Shutdown(ctx) })
-	m, err := NewMetrics(mp.Meter("test"))
+	m, err := NewMetrics(mp.Meter("test"), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,10 +136,10 @@ func TestLoopOutcomes(t *testing.T) {
 	// ok, later (2nd), after: ack; later (1st) and boom (4 panics): nak;
 	// bad and boom (5th): term.
 	want := map[string]int64{
-		"sluice_consumer_settled_total/ack":  3,
-		"sluice_consumer_settled_total/nak":  1 + MaxPanics - 1,
-		"sluice_consumer_settled_total/term": 2,
-		"sluice_consumer_panics_total":       MaxPanics,
+		"sluice_test_inputs_settled_total/ack":  3,
+		"sluice_test_inputs_settled_total/nak":  1 + MaxPanics - 1,
+		"sluice_test_inputs_settled_total/term": 2,
+		"sluice_test_panics_total":              MaxPanics,
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -62,26 +62,28 @@ func (o Outcome) Name() string {
 func (o Outcome) Delay() time.Duration { return o.delay }
 func (o Outcome) Reason() string       { return o.reason }
 
-// Metrics are the counters every consumer of every service reports, by
-// input (the consumer's name in the service: "messages", "results",
-// "bounces", "jobs"):
+// Metrics are the counters every consumer of every service reports, named
+// after the service (component) as every Sluice metric is, by input (the
+// consumer's name in the service: "messages", "results", "bounces",
+// "jobs"):
 //
-//	sluice_consumer_settled_total{input, settlement}  ack, nak, term, settled
-//	sluice_consumer_panics_total{input}                handlers' recovered panics
+//	sluice_<component>_inputs_settled_total{input, settlement}  ack, nak, term
+//	sluice_<component>_panics_total{input}                       handlers' recovered panics
 type Metrics struct {
 	settled metric.Int64Counter
 	panics  metric.Int64Counter
 }
 
-// NewMetrics registers the counters with m.
-func NewMetrics(m metric.Meter) (*Metrics, error) {
+// NewMetrics registers the counters of component ("scheduler",
+// "deliverer", "bouncer") with m.
+func NewMetrics(m metric.Meter, component string) (*Metrics, error) {
 	var x Metrics
 	var err error
-	if x.settled, err = m.Int64Counter("sluice_consumer_settled_total",
+	if x.settled, err = m.Int64Counter("sluice_"+component+"_inputs_settled_total",
 		metric.WithDescription("Inputs settled by a consumer, by input and settlement (ack, nak, term, settled).")); err != nil {
 		return nil, err
 	}
-	if x.panics, err = m.Int64Counter("sluice_consumer_panics_total",
+	if x.panics, err = m.Int64Counter("sluice_"+component+"_panics_total",
 		metric.WithDescription("Panics recovered while handling an input, by input; the service keeps running.")); err != nil {
 		return nil, err
 	}
