@@ -675,7 +675,10 @@ func TestFleetConnectionRate(t *testing.T) {
 		c := srv.acceptedBetween(start.Add(time.Duration(i)*per), start.Add(time.Duration(i+1)*per))
 		counts = append(counts, c)
 		total += c
-		if c > n+1 {
+		// As in TestFleetRateLimit: a connection counted at the end of a
+		// period may be accepted at the start of the next, one per
+		// deliverer at most.
+		if c > n+4 {
 			t.Errorf("period %d: %d new connections, want at most %d", i, c, n)
 		}
 	}
