@@ -42,12 +42,14 @@ func BenchmarkClusterEndToEnd(b *testing.B) {
 }
 
 // BenchmarkClusterDeliverers50ms is BenchmarkDeliverersSlowDestination on
-// the three-node R3 cluster: 1, 2 and 4 deliverers of 8 concurrent
+// the three-node R3 cluster: 1, 2 and 4 deliverers of 4 concurrent
 // deliveries each, against a destination that answers each transaction
 // after 50 ms, with the queue filled while the deliverers are stopped
 // (runSlowDestination).
-// Adding deliverers should add throughput until the cluster's CPU is
-// what limits it.
+// Adding deliverers adds throughput until the cluster's CPU is what limits
+// it: on two cores shared by three nodes, four deliverers of 8 (640 msg/s
+// of 50 ms transactions) are past that point, so the deliverers here run 4
+// each (at most 320 msg/s) and what is measured is how they scale.
 func BenchmarkClusterDeliverers50ms(b *testing.B) {
 	// Twice BenchmarkDeliverersSlowDestination's 600: four deliverers
 	// deliver those in under three seconds, too short a window on a
@@ -57,7 +59,7 @@ func BenchmarkClusterDeliverers50ms(b *testing.B) {
 		b.Run(fmt.Sprintf("deliverers=%d", k), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				c := readyCluster(b)
-				rate := runSlowDestination(b, c, k, n)
+				rate := runSlowDestination(b, c, k, 4, n)
 				b.ReportMetric(rate, "msg/s")
 			}
 		})

@@ -26,7 +26,7 @@ func BenchmarkDeliverersSlowDestination(b *testing.B) {
 	for _, k := range []int{1, 2, 4} {
 		b.Run(fmt.Sprintf("deliverers=%d", k), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				rate := runSlowDestination(b, nil, k, n)
+				rate := runSlowDestination(b, nil, k, 8, n)
 				b.ReportMetric(rate, "msg/s")
 			}
 		})
@@ -47,30 +47,31 @@ func BenchmarkShaping(b *testing.B) {
 				shaping["disabled"] = true
 			}
 			for i := 0; i < b.N; i++ {
-				b.ReportMetric(runDelivery(b, nil, 2, n, 0, shaping), "msg/s")
+				b.ReportMetric(runDelivery(b, nil, 2, 8, n, 0, shaping), "msg/s")
 			}
 		})
 	}
 }
 
 // runSlowDestination runs the system on the embedded server, or on c when
-// it is not nil, and returns the delivery rate.
-func runSlowDestination(b *testing.B, c *cluster.Cluster, deliverers, n int) float64 {
+// it is not nil, with deliverers of concurrency deliveries each, and
+// returns the delivery rate.
+func runSlowDestination(b *testing.B, c *cluster.Cluster, deliverers, concurrency, n int) float64 {
 	b.Helper()
 	// The fleet's connection limit per site (deliverer.shaping, 20 by
 	// default, from 5 with slow start) is raised above what four
 	// deliverers of 8 use, so what is measured is the deliverers.
-	return runDelivery(b, c, deliverers, n, 50*time.Millisecond, map[string]any{
+	return runDelivery(b, c, deliverers, concurrency, n, 50*time.Millisecond, map[string]any{
 		"default": map[string]any{"max_connections": 64, "initial_connections": 32}})
 }
 
 // runDelivery queues n messages with the deliverers stopped, starts them and
 // returns the delivery rate, with the destination answering each message
 // after delay and the deliverers' shaping configuration.
-func runDelivery(b *testing.B, c *cluster.Cluster, deliverers, n int, delay time.Duration, shaping map[string]any) float64 {
+func runDelivery(b *testing.B, c *cluster.Cluster, deliverers, concurrency, n int, delay time.Duration, shaping map[string]any) float64 {
 	b.Helper()
 	w := newWorld(b, worldOpts{cluster: c, destDelay: delay, deliverers: deliverers,
-		config: map[string]map[string]any{"deliverer": {"concurrency": 8, "shaping": shaping}}})
+		config: map[string]map[string]any{"deliverer": {"concurrency": concurrency, "shaping": shaping}}})
 	// Fill the queue with the deliverers stopped, so what is timed is
 	// delivery alone, not submission competing with it for the CPU.
 	var procs []*stack.Proc
