@@ -84,8 +84,9 @@ func newInstruments(m metric.Meter) (instruments, error) {
 		return i, err
 	}
 	if i.redelivered, err = m.Int64Counter("sluice_deliverer_jobs_redelivered_total",
-		metric.WithDescription("Jobs handed to a deliverer again for the same attempt: after a deliverer died or "+
-			"missed its acknowledgement, or returned the job to the queue. Each is a possible duplicate delivery.")); err != nil {
+		metric.WithDescription("Jobs that reached the delivery attempt after being handed out before for the same attempt "+
+			"(a deliverer died or missed its acknowledgement, or returned the job): each is a possible duplicate delivery. "+
+			"A job returned before its attempt (a busy or suspended site) counts once, when it is attempted.")); err != nil {
 		return i, err
 	}
 	if i.throttled, err = m.Int64Counter("sluice_deliverer_jobs_throttled_total",

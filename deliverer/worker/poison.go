@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluice-mta/sluice/deliverer/status"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
@@ -64,6 +65,12 @@ func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *slui
 	if err != nil || md.NumDelivered <= 1 {
 		return true
 	}
+	// Handed out before and now at the attempt: a possible duplicate (an
+	// earlier delivery may have reached the attempt too). Jobs handed back
+	// before the attempt on purpose (a busy site) are counted once here,
+	// not at each return.
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Int64("sluice.redelivered", int64(md.NumDelivered-1)))
+	s.m.redelivered.Add(ctx, 1, metric.WithAttributes(attribute.String("priority", wire.ClassName(job.Priority))))
 	n, err := s.strike(ctx, job)
 	if err != nil {
 		log.WarnContext(ctx, "cannot count a strike; job returned to the queue", "err", err)

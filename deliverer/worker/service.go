@@ -610,10 +610,6 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		))
 	defer span.End()
 	log := s.log.With("queue_id", job.QueueId, "job_id", job.JobId, "attempt", job.Attempt, "domain", job.Domain)
-	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
-		span.SetAttributes(attribute.Int64("sluice.redelivered", int64(md.NumDelivered-1)))
-		s.m.redelivered.Add(ctx, 1, metric.WithAttributes(attribute.String("priority", wire.ClassName(job.Priority))))
-	}
 
 	// An operator may have held or deleted the job since it was queued.
 	if s.steer(ctx, msg, job, log) {
