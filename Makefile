@@ -35,7 +35,7 @@ FUZZ := ingress/guard:FuzzScanner ingress/guard:FuzzContentReader \
 	ingress/address:FuzzParse ingress/received:FuzzHeader \
 	ingress/authres:FuzzMessage ingress/smtpconn:FuzzTakePriority \
 	deliverer/mtasts:FuzzParse deliverer/dane:FuzzTLSA \
-	cli/headers:FuzzParseReceived
+	cli/headers:FuzzParseReceived proto/admin:FuzzUnmarshalQueueEvent
 fuzz:
 	@set -e; for t in $(FUZZ); do \
 		echo "== fuzz $${t%%:*} $${t##*:}"; \

@@ -1,7 +1,6 @@
 package scheduler
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -19,7 +18,7 @@ func (h *harness) event(qid, typ string) admin.QueueEvent {
 	h.t.Helper()
 	raw := h.lastMsg(wire.StreamEvents, wire.EventSubject(qid, typ))
 	var ev admin.QueueEvent
-	if err := json.Unmarshal(raw.Data, &ev); err != nil {
+	if err := admin.UnmarshalQueueEvent(raw.Data, &ev); err != nil {
 		h.t.Fatal(err)
 	}
 	return ev

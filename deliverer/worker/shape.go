@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -335,15 +334,12 @@ func (s *Service) recordThrottled(ctx context.Context, job *sluicev1.Job, episod
 	if sc := trace.SpanContextFromContext(ctx); sc.TraceID().IsValid() {
 		ev.TraceID = sc.TraceID().String()
 	}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return
-	}
+	data := admin.MarshalQueueEvent(ev)
 	m := nats.NewMsg(wire.EventSubject(job.QueueId, wire.EventThrottled))
 	m.Data = data
 	m.Header.Set(wire.HeaderJobID, job.JobId)
 	telemetry.Inject(ctx, m.Header)
-	_, err = s.js.PublishMsgAsync(m, jetstream.WithExpectStream(wire.StreamEvents),
+	_, err := s.js.PublishMsgAsync(m, jetstream.WithExpectStream(wire.StreamEvents),
 		jetstream.WithMsgID(job.JobId+"/"+strconv.FormatUint(uint64(job.Attempt), 10)+"/ev/throttled/"+episode))
 	if err != nil {
 		log.DebugContext(ctx, "throttled event not sent", "err", err)

@@ -3,7 +3,6 @@ package worker
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"maps"
@@ -314,7 +313,7 @@ func (e *env) eventsWith(t *testing.T, typ string, each func(admin.QueueEvent)) 
 		for m := range b.Messages() {
 			n++
 			var ev admin.QueueEvent
-			if err := json.Unmarshal(m.Data(), &ev); err != nil {
+			if err := admin.UnmarshalQueueEvent(m.Data(), &ev); err != nil {
 				t.Fatal(err)
 			}
 			out[ev.JobID]++

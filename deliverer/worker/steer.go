@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"strconv"
 	"time"
@@ -103,10 +102,7 @@ func (s *Service) recordAttempt(ctx context.Context, msg jetstream.Msg, job *slu
 	if sc := trace.SpanContextFromContext(ctx); sc.TraceID().IsValid() {
 		ev.TraceID = sc.TraceID().String()
 	}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return nil, err
-	}
+	data := admin.MarshalQueueEvent(ev)
 	n := uint64(1)
 	if md, err := msg.Metadata(); err == nil {
 		n = md.NumDelivered

@@ -82,7 +82,7 @@ func TestSteer(t *testing.T) {
 		t.Fatal("no attempt event:", err)
 	}
 	var ev admin.QueueEvent
-	if err := json.Unmarshal(raw.Data, &ev); err != nil {
+	if err := admin.UnmarshalQueueEvent(raw.Data, &ev); err != nil {
 		t.Fatal(err)
 	}
 	if ev.JobID != okJob.JobId || ev.Attempt != 1 || ev.Instance != "test" || ev.TraceID == "" || ev.State != admin.StateActive {

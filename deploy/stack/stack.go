@@ -402,6 +402,17 @@ func (p *Proc) Done() <-chan struct{} {
 // Log is the path of the process's log file.
 func (p *Proc) Log() string { return p.log }
 
+// Pid is the operating system's id of the running process, or 0 when it
+// runs in this process or is not running.
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.run != nil || p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Kill sends SIGKILL and waits for the process to be gone.
 func (p *Proc) Kill() {
 	p.signal(syscall.SIGKILL, 5*time.Second)

@@ -170,10 +170,12 @@ type QueueStatsResponse struct {
 	ByReason map[string]int  `json:"by_reason"`
 	Delay    QueueDelay      `json:"delivery_delay"`
 	// IndexJobs is the size of the answering scheduler's index; HeapBytes
-	// is that process's live heap as of its last garbage collection.
-	IndexJobs int    `json:"index_jobs"`
-	HeapBytes uint64 `json:"heap_bytes"`
-	Instance  string `json:"instance"`
+	// is that process's live heap as of its last garbage collection, and
+	// IndexBytes what the index holds outside that heap.
+	IndexJobs  int    `json:"index_jobs"`
+	HeapBytes  uint64 `json:"heap_bytes"`
+	IndexBytes int    `json:"index_bytes"`
+	Instance   string `json:"instance"`
 }
 
 // QueueShapeRow is one line of the table: jobs by age bucket.

@@ -1244,6 +1244,422 @@ func (x *Bounce) GetCreatedUnixNano() int64 {
 	return 0
 }
 
+// QueueEvent is one state change of one job, stored in SLUICE_EVENTS under
+// sluice.event.<queue_id>.<type> (wire.EventSubject). It is the binary form
+// of proto/admin.QueueEvent, whose JSON form the events before it used and
+// the admin API still uses; proto/admin encodes and decodes it (with
+// protowire, so that a scheduler rebuilding its index from millions of
+// events allocates nothing per event) and reads either form.
+//
+// schema is written first, always 1: the first byte of every encoded event
+// is then 0x08, where a JSON event starts with '{', which is how a reader
+// tells the two apart. Times are Unix nanoseconds, 0 when unset.
+type QueueEvent struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Schema uint32                 `protobuf:"varint,1,opt,name=schema,proto3" json:"schema,omitempty"`
+	// received, scheduled, attempt, ... (wire.Event*).
+	Type         string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	TimeUnixNano int64  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	QueueId      string `protobuf:"bytes,4,opt,name=queue_id,json=queueId,proto3" json:"queue_id,omitempty"`
+	JobId        string `protobuf:"bytes,5,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// The job's state after the event: ready, active, deferred, held, done.
+	State   string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	Attempt uint32 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// high, normal, bulk.
+	Priority string `protobuf:"bytes,8,opt,name=priority,proto3" json:"priority,omitempty"`
+	TraceId  string `protobuf:"bytes,9,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// The deliverer of an attempt; who asked for an operator's change.
+	Instance string `protobuf:"bytes,10,opt,name=instance,proto3" json:"instance,omitempty"`
+	Actor    string `protobuf:"bytes,11,opt,name=actor,proto3" json:"actor,omitempty"`
+	// Set on received events.
+	Envelope *QueueEnvelope `protobuf:"bytes,12,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	// Outcome events: the first deferral reason and reply, the remote host,
+	// when the attempt started and the next is due, every recipient's result.
+	Reason              string                  `protobuf:"bytes,13,opt,name=reason,proto3" json:"reason,omitempty"`
+	Error               string                  `protobuf:"bytes,14,opt,name=error,proto3" json:"error,omitempty"`
+	RemoteHost          string                  `protobuf:"bytes,15,opt,name=remote_host,json=remoteHost,proto3" json:"remote_host,omitempty"`
+	StartedUnixNano     int64                   `protobuf:"varint,16,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
+	NextAttemptUnixNano int64                   `protobuf:"varint,17,opt,name=next_attempt_unix_nano,json=nextAttemptUnixNano,proto3" json:"next_attempt_unix_nano,omitempty"`
+	Recipients          []*QueueRecipientResult `protobuf:"bytes,18,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	Note                string                  `protobuf:"bytes,19,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *QueueEvent) Reset() {
+	*x = QueueEvent{}
+	mi := &file_sluicev1_sluice_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueEvent) ProtoMessage() {}
+
+func (x *QueueEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_sluicev1_sluice_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueEvent.ProtoReflect.Descriptor instead.
+func (*QueueEvent) Descriptor() ([]byte, []int) {
+	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *QueueEvent) GetSchema() uint32 {
+	if x != nil {
+		return x.Schema
+	}
+	return 0
+}
+
+func (x *QueueEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *QueueEvent) GetQueueId() string {
+	if x != nil {
+		return x.QueueId
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *QueueEvent) GetPriority() string {
+	if x != nil {
+		return x.Priority
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetEnvelope() *QueueEnvelope {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
+}
+
+func (x *QueueEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetRemoteHost() string {
+	if x != nil {
+		return x.RemoteHost
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *QueueEvent) GetNextAttemptUnixNano() int64 {
+	if x != nil {
+		return x.NextAttemptUnixNano
+	}
+	return 0
+}
+
+func (x *QueueEvent) GetRecipients() []*QueueRecipientResult {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
+func (x *QueueEvent) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+// QueueEnvelope is what a received event records about the job.
+type QueueEnvelope struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Sender           string                 `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	Recipients       []string               `protobuf:"bytes,2,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	Domain           string                 `protobuf:"bytes,3,opt,name=domain,proto3" json:"domain,omitempty"`
+	Size             int64                  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	ReceivedUnixNano int64                  `protobuf:"varint,5,opt,name=received_unix_nano,json=receivedUnixNano,proto3" json:"received_unix_nano,omitempty"`
+	ExpiresUnixNano  int64                  `protobuf:"varint,6,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	JobsTotal        uint32                 `protobuf:"varint,7,opt,name=jobs_total,json=jobsTotal,proto3" json:"jobs_total,omitempty"`
+	Envid            string                 `protobuf:"bytes,8,opt,name=envid,proto3" json:"envid,omitempty"`
+	Ret              string                 `protobuf:"bytes,9,opt,name=ret,proto3" json:"ret,omitempty"`
+	RequireTls       bool                   `protobuf:"varint,10,opt,name=require_tls,json=requireTls,proto3" json:"require_tls,omitempty"`
+	Smtputf8         bool                   `protobuf:"varint,11,opt,name=smtputf8,proto3" json:"smtputf8,omitempty"`
+	IsDsn            bool                   `protobuf:"varint,12,opt,name=is_dsn,json=isDsn,proto3" json:"is_dsn,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *QueueEnvelope) Reset() {
+	*x = QueueEnvelope{}
+	mi := &file_sluicev1_sluice_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueEnvelope) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueEnvelope) ProtoMessage() {}
+
+func (x *QueueEnvelope) ProtoReflect() protoreflect.Message {
+	mi := &file_sluicev1_sluice_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueEnvelope.ProtoReflect.Descriptor instead.
+func (*QueueEnvelope) Descriptor() ([]byte, []int) {
+	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *QueueEnvelope) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *QueueEnvelope) GetRecipients() []string {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
+func (x *QueueEnvelope) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *QueueEnvelope) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *QueueEnvelope) GetReceivedUnixNano() int64 {
+	if x != nil {
+		return x.ReceivedUnixNano
+	}
+	return 0
+}
+
+func (x *QueueEnvelope) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *QueueEnvelope) GetJobsTotal() uint32 {
+	if x != nil {
+		return x.JobsTotal
+	}
+	return 0
+}
+
+func (x *QueueEnvelope) GetEnvid() string {
+	if x != nil {
+		return x.Envid
+	}
+	return ""
+}
+
+func (x *QueueEnvelope) GetRet() string {
+	if x != nil {
+		return x.Ret
+	}
+	return ""
+}
+
+func (x *QueueEnvelope) GetRequireTls() bool {
+	if x != nil {
+		return x.RequireTls
+	}
+	return false
+}
+
+func (x *QueueEnvelope) GetSmtputf8() bool {
+	if x != nil {
+		return x.Smtputf8
+	}
+	return false
+}
+
+func (x *QueueEnvelope) GetIsDsn() bool {
+	if x != nil {
+		return x.IsDsn
+	}
+	return false
+}
+
+// QueueRecipientResult is one recipient's result in an outcome event.
+type QueueRecipientResult struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// delivered, deferred, failed.
+	Outcome       string `protobuf:"bytes,2,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reply         string `protobuf:"bytes,4,opt,name=reply,proto3" json:"reply,omitempty"`
+	RemoteHost    string `protobuf:"bytes,5,opt,name=remote_host,json=remoteHost,proto3" json:"remote_host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueRecipientResult) Reset() {
+	*x = QueueRecipientResult{}
+	mi := &file_sluicev1_sluice_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueRecipientResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueRecipientResult) ProtoMessage() {}
+
+func (x *QueueRecipientResult) ProtoReflect() protoreflect.Message {
+	mi := &file_sluicev1_sluice_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueRecipientResult.ProtoReflect.Descriptor instead.
+func (*QueueRecipientResult) Descriptor() ([]byte, []int) {
+	return file_sluicev1_sluice_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *QueueRecipientResult) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *QueueRecipientResult) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *QueueRecipientResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *QueueRecipientResult) GetReply() string {
+	if x != nil {
+		return x.Reply
+	}
+	return ""
+}
+
+func (x *QueueRecipientResult) GetRemoteHost() string {
+	if x != nil {
+		return x.RemoteHost
+	}
+	return ""
+}
+
 var File_sluicev1_sluice_proto protoreflect.FileDescriptor
 
 const file_sluicev1_sluice_proto_rawDesc = "" +
@@ -1354,7 +1770,57 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"recipients\x18\x04 \x03(\v2\x1a.sluice.v1.RecipientResultR\n" +
 	"recipients\x12)\n" +
 	"\x10original_headers\x18\x05 \x01(\fR\x0foriginalHeaders\x12*\n" +
-	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano*_\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\"\xe4\x04\n" +
+	"\n" +
+	"QueueEvent\x12\x16\n" +
+	"\x06schema\x18\x01 \x01(\rR\x06schema\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12$\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\x12\x19\n" +
+	"\bqueue_id\x18\x04 \x01(\tR\aqueueId\x12\x15\n" +
+	"\x06job_id\x18\x05 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12\x18\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\x12\x1a\n" +
+	"\bpriority\x18\b \x01(\tR\bpriority\x12\x19\n" +
+	"\btrace_id\x18\t \x01(\tR\atraceId\x12\x1a\n" +
+	"\binstance\x18\n" +
+	" \x01(\tR\binstance\x12\x14\n" +
+	"\x05actor\x18\v \x01(\tR\x05actor\x124\n" +
+	"\benvelope\x18\f \x01(\v2\x18.sluice.v1.QueueEnvelopeR\benvelope\x12\x16\n" +
+	"\x06reason\x18\r \x01(\tR\x06reason\x12\x14\n" +
+	"\x05error\x18\x0e \x01(\tR\x05error\x12\x1f\n" +
+	"\vremote_host\x18\x0f \x01(\tR\n" +
+	"remoteHost\x12*\n" +
+	"\x11started_unix_nano\x18\x10 \x01(\x03R\x0fstartedUnixNano\x123\n" +
+	"\x16next_attempt_unix_nano\x18\x11 \x01(\x03R\x13nextAttemptUnixNano\x12?\n" +
+	"\n" +
+	"recipients\x18\x12 \x03(\v2\x1f.sluice.v1.QueueRecipientResultR\n" +
+	"recipients\x12\x12\n" +
+	"\x04note\x18\x13 \x01(\tR\x04note\"\xe8\x02\n" +
+	"\rQueueEnvelope\x12\x16\n" +
+	"\x06sender\x18\x01 \x01(\tR\x06sender\x12\x1e\n" +
+	"\n" +
+	"recipients\x18\x02 \x03(\tR\n" +
+	"recipients\x12\x16\n" +
+	"\x06domain\x18\x03 \x01(\tR\x06domain\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12,\n" +
+	"\x12received_unix_nano\x18\x05 \x01(\x03R\x10receivedUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\x06 \x01(\x03R\x0fexpiresUnixNano\x12\x1d\n" +
+	"\n" +
+	"jobs_total\x18\a \x01(\rR\tjobsTotal\x12\x14\n" +
+	"\x05envid\x18\b \x01(\tR\x05envid\x12\x10\n" +
+	"\x03ret\x18\t \x01(\tR\x03ret\x12\x1f\n" +
+	"\vrequire_tls\x18\n" +
+	" \x01(\bR\n" +
+	"requireTls\x12\x1a\n" +
+	"\bsmtputf8\x18\v \x01(\bR\bsmtputf8\x12\x15\n" +
+	"\x06is_dsn\x18\f \x01(\bR\x05isDsn\"\x99\x01\n" +
+	"\x14QueueRecipientResult\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
+	"\aoutcome\x18\x02 \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05reply\x18\x04 \x01(\tR\x05reply\x12\x1f\n" +
+	"\vremote_host\x18\x05 \x01(\tR\n" +
+	"remoteHost*_\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPRIORITY_HIGH\x10\x01\x12\x13\n" +
@@ -1409,20 +1875,23 @@ func file_sluicev1_sluice_proto_rawDescGZIP() []byte {
 }
 
 var file_sluicev1_sluice_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_sluicev1_sluice_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_sluicev1_sluice_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_sluicev1_sluice_proto_goTypes = []any{
-	(Priority)(0),           // 0: sluice.v1.Priority
-	(Notify)(0),             // 1: sluice.v1.Notify
-	(Outcome)(0),            // 2: sluice.v1.Outcome
-	(Reason)(0),             // 3: sluice.v1.Reason
-	(BounceKind)(0),         // 4: sluice.v1.BounceKind
-	(*Recipient)(nil),       // 5: sluice.v1.Recipient
-	(*Message)(nil),         // 6: sluice.v1.Message
-	(*Job)(nil),             // 7: sluice.v1.Job
-	(*RecipientResult)(nil), // 8: sluice.v1.RecipientResult
-	(*TlsOutcome)(nil),      // 9: sluice.v1.TlsOutcome
-	(*Result)(nil),          // 10: sluice.v1.Result
-	(*Bounce)(nil),          // 11: sluice.v1.Bounce
+	(Priority)(0),                // 0: sluice.v1.Priority
+	(Notify)(0),                  // 1: sluice.v1.Notify
+	(Outcome)(0),                 // 2: sluice.v1.Outcome
+	(Reason)(0),                  // 3: sluice.v1.Reason
+	(BounceKind)(0),              // 4: sluice.v1.BounceKind
+	(*Recipient)(nil),            // 5: sluice.v1.Recipient
+	(*Message)(nil),              // 6: sluice.v1.Message
+	(*Job)(nil),                  // 7: sluice.v1.Job
+	(*RecipientResult)(nil),      // 8: sluice.v1.RecipientResult
+	(*TlsOutcome)(nil),           // 9: sluice.v1.TlsOutcome
+	(*Result)(nil),               // 10: sluice.v1.Result
+	(*Bounce)(nil),               // 11: sluice.v1.Bounce
+	(*QueueEvent)(nil),           // 12: sluice.v1.QueueEvent
+	(*QueueEnvelope)(nil),        // 13: sluice.v1.QueueEnvelope
+	(*QueueRecipientResult)(nil), // 14: sluice.v1.QueueRecipientResult
 }
 var file_sluicev1_sluice_proto_depIdxs = []int32{
 	5,  // 0: sluice.v1.Message.recipients:type_name -> sluice.v1.Recipient
@@ -1437,11 +1906,13 @@ var file_sluicev1_sluice_proto_depIdxs = []int32{
 	7,  // 9: sluice.v1.Bounce.job:type_name -> sluice.v1.Job
 	4,  // 10: sluice.v1.Bounce.kind:type_name -> sluice.v1.BounceKind
 	8,  // 11: sluice.v1.Bounce.recipients:type_name -> sluice.v1.RecipientResult
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	13, // 12: sluice.v1.QueueEvent.envelope:type_name -> sluice.v1.QueueEnvelope
+	14, // 13: sluice.v1.QueueEvent.recipients:type_name -> sluice.v1.QueueRecipientResult
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_sluicev1_sluice_proto_init() }
@@ -1455,7 +1926,7 @@ func file_sluicev1_sluice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluicev1_sluice_proto_rawDesc), len(file_sluicev1_sluice_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -8,8 +8,9 @@ import "strings"
 //	SLUICE_JOBS                           sluice.held.<job_id>            jobs on hold (no consumer reads them)
 //	sluice_held     key-value             <job_id>                        hold and delete marks deliverers obey
 //
-// Events are JSON (proto/admin.QueueEvent) so that `nats stream view` is
-// readable. They are the history `sluice queue log` prints and the source
+// Events are protobuf (sluice.v1.QueueEvent, written and read by
+// proto/admin; events of earlier versions are JSON, which readers still
+// take). They are the history `sluice queue log` prints and the source
 // from which every scheduler instance builds its in-memory queue index, so
 // the stream must keep them at least as long as a job can live.
 const (

@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -67,7 +66,7 @@ func (s *Server) readEvents(ctx context.Context, qid, jobID string) ([]api.Queue
 			n++
 			pending--
 			var ev api.QueueEvent
-			if json.Unmarshal(msg.Data(), &ev) != nil {
+			if api.UnmarshalQueueEvent(msg.Data(), &ev) != nil {
 				continue
 			}
 			if jobID == "" || ev.JobID == jobID {

@@ -339,7 +339,7 @@ func (s *Server) stats(ctx context.Context, req micro.Request) (any, error) {
 	resp := &api.QueueStatsResponse{
 		Buckets: index.QshapeBuckets, Total: shape.Total, Domains: shape.Domains, Jobs: shape.Jobs,
 		ByState: shape.ByState, ByClass: shape.ByClass, ByReason: shape.ByReason,
-		Delay: s.d.Index.Delays(now), IndexJobs: s.d.Index.Len(), HeapBytes: heap, Instance: s.d.Instance,
+		Delay: s.d.Index.Delays(now), IndexJobs: s.d.Index.Len(), HeapBytes: heap, IndexBytes: s.d.Index.StorageBytes(), Instance: s.d.Instance,
 	}
 	resp.Delay.Elapsed = time.Since(start).String()
 	return resp, nil

@@ -1,5 +1,6 @@
-// Package events records queue events: one JSON admin.QueueEvent per state
-// change of a job in SLUICE_EVENTS, under wire.EventSubject(queue id, type).
+// Package events records queue events: one admin.QueueEvent per state
+// change of a job in SLUICE_EVENTS, under wire.EventSubject(queue id, type),
+// in its stored form (protobuf sluice.v1.QueueEvent, admin.MarshalQueueEvent).
 // The scheduler's index is a fold of these events and `sluice queue log`
 // prints them, so every state change the scheduler makes is published
 // together with the change itself (its PubAck is awaited before the input
@@ -9,7 +10,6 @@ package events
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -36,11 +36,7 @@ func NewPublisher(js jetstream.JetStream) *Publisher { return &Publisher{js: js}
 // Msg is the NATS message of ev, with the message id JetStream
 // deduplicates on and ctx's trace context.
 func Msg(ctx context.Context, ev *admin.QueueEvent, msgID string) (*nats.Msg, error) {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("events: encode %s event: %w", ev.Type, err)
-	}
-	m := &nats.Msg{Subject: wire.EventSubject(ev.QueueID, ev.Type), Header: make(nats.Header, 4), Data: data}
+	m := &nats.Msg{Subject: wire.EventSubject(ev.QueueID, ev.Type), Header: make(nats.Header, 4), Data: admin.MarshalQueueEvent(ev)}
 	m.Header.Set(jetstream.MsgIDHeader, msgID)
 	m.Header.Set(wire.HeaderJobID, ev.JobID)
 	telemetry.Inject(ctx, m.Header)
@@ -65,10 +61,10 @@ func (p *Publisher) Publish(ctx context.Context, ev *admin.QueueEvent, msgID str
 	return p.js.PublishMsg(ctx, m, jetstream.WithExpectStream(wire.StreamEvents))
 }
 
-// Decode parses an event.
+// Decode parses a stored event: protobuf, or the JSON of older events.
 func Decode(data []byte) (*admin.QueueEvent, error) {
 	var ev admin.QueueEvent
-	if err := json.Unmarshal(data, &ev); err != nil {
+	if err := admin.UnmarshalQueueEvent(data, &ev); err != nil {
 		return nil, fmt.Errorf("events: decode: %w", err)
 	}
 	return &ev, nil

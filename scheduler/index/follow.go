@@ -2,10 +2,10 @@ package index
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,9 +19,16 @@ import (
 // Follower keeps an index up to date with SLUICE_EVENTS: an ordered
 // consumer (ephemeral, in memory, nothing for JetStream to persist) reads
 // every event from the start of the stream and then follows it.
+//
+// A restart reads every event, two or more per job, so each costs as little
+// as it can: the consumer pulls large batches and hands each message to a
+// callback (its iterator arms a timer per message), the stream sequence is
+// read from the reply subject without allocating, and the event is decoded
+// without allocating (admin.EventReader) into the index, which copies what
+// it keeps.
 type Follower struct {
 	x        *Index
-	it       jetstream.MessagesContext
+	cc       jetstream.ConsumeContext
 	log      *slog.Logger
 	target   uint64
 	loaded   atomic.Bool
@@ -31,10 +38,19 @@ type Follower struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	once     sync.Once
+
+	// mu serialises handle (an ordered consumer that resets itself could
+	// overlap two deliveries) and guards r and stopped.
+	mu      sync.Mutex
+	r       admin.EventReader
+	stopped bool
 }
 
 // pruneEvery is how often jobs long past their expiry are dropped.
 const pruneEvery = 10 * time.Minute
+
+// pullBatch is how many events the consumer asks for at once (a few MB).
+const pullBatch = 20000
 
 // Follow starts feeding x from the events stream. Jobs more than grace past
 // their expiry are pruned now and then (see Index.Prune).
@@ -49,54 +65,81 @@ func Follow(ctx context.Context, js jetstream.JetStream, x *Index, grace time.Du
 	if err != nil {
 		return nil, fmt.Errorf("index: consumer on %s: %w", wire.StreamEvents, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(10000), jetstream.PullThresholdMessages(8000))
-	if err != nil {
-		return nil, fmt.Errorf("index: consume %s: %w", wire.StreamEvents, err)
-	}
-	f := &Follower{x: x, it: it, log: log, target: str.CachedInfo().State.LastSeq, started: time.Now(), stop: make(chan struct{})}
+	f := &Follower{x: x, log: log, target: str.CachedInfo().State.LastSeq, started: time.Now(), stop: make(chan struct{})}
 	if f.target == 0 {
 		f.markLoaded()
 	}
-	f.wg.Add(2)
-	go f.run()
+	f.cc, err = cons.Consume(f.handle, jetstream.PullMaxMessages(pullBatch),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			f.log.Warn("queue index: events consumer", "err", err)
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("index: consume %s: %w", wire.StreamEvents, err)
+	}
+	f.wg.Add(1)
 	go f.prune(grace)
 	return f, nil
 }
 
-func (f *Follower) run() {
-	defer f.wg.Done()
-	for {
-		msg, err := f.it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
-		}
-		if err != nil {
-			f.log.Warn("queue index: events consumer", "err", err)
-			select {
-			case <-f.stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
-		}
+// handle applies one event.
+func (f *Follower) handle(msg jetstream.Msg) {
+	seq, ok := streamSeq(msg.Reply())
+	if !ok {
 		md, err := msg.Metadata()
 		if err != nil {
-			continue
+			return
 		}
-		var ev admin.QueueEvent
-		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
-			// An event we cannot read changes nothing; count it so an
-			// operator can see the index may be off.
-			if f.bad.Add(1) == 1 {
-				f.log.Error("queue index: undecodable event", "subject", msg.Subject(), "seq", md.Sequence.Stream, "err", err)
-			}
-			ev = admin.QueueEvent{}
-		}
-		f.x.Apply(&ev, md.Sequence.Stream)
-		if !f.loaded.Load() && md.Sequence.Stream >= f.target {
-			f.markLoaded()
-		}
+		seq = md.Sequence.Stream
 	}
+	f.mu.Lock()
+	if f.stopped {
+		f.mu.Unlock()
+		return
+	}
+	// The event shares the message's memory, which nothing else uses.
+	ev, err := f.r.Read(msg.Data())
+	if err != nil {
+		// An event we cannot read changes nothing; count it so an
+		// operator can see the index may be off.
+		if f.bad.Add(1) == 1 {
+			f.log.Error("queue index: undecodable event", "subject", msg.Subject(), "seq", seq, "err", err)
+		}
+		ev = &admin.QueueEvent{}
+	}
+	f.x.Apply(ev, seq)
+	f.mu.Unlock()
+	if !f.loaded.Load() && seq >= f.target {
+		f.markLoaded()
+	}
+}
+
+// streamSeq reads the stream sequence of a JetStream delivery from its
+// reply subject, as jetstream.Msg.Metadata does but without allocating:
+// $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>,
+// or with <domain>.<account hash> after $JS.ACK (and a random token at
+// the end) from servers that add them.
+func streamSeq(reply string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
+	if !ok {
+		return 0, false
+	}
+	var pos int
+	switch n := strings.Count(rest, ".") + 1; {
+	case n == 7:
+		pos = 3
+	case n >= 9:
+		pos = 5
+	default:
+		return 0, false
+	}
+	for range pos {
+		rest = rest[strings.IndexByte(rest, '.')+1:]
+	}
+	if i := strings.IndexByte(rest, '.'); i >= 0 {
+		rest = rest[:i]
+	}
+	seq, err := strconv.ParseUint(rest, 10, 64)
+	return seq, err == nil
 }
 
 func (f *Follower) markLoaded() {
@@ -133,11 +176,15 @@ func (f *Follower) LoadTime() time.Duration { return time.Duration(f.loadTime.Lo
 // Undecodable counts events that could not be read.
 func (f *Follower) Undecodable() int64 { return f.bad.Load() }
 
-// Stop stops following and waits for the goroutines. Safe to call twice.
+// Stop stops following and waits for the goroutines; no event is applied
+// once it returns. Safe to call twice.
 func (f *Follower) Stop() {
 	f.once.Do(func() {
 		close(f.stop)
-		f.it.Stop()
+		f.cc.Stop()
+		f.mu.Lock()
+		f.stopped = true
+		f.mu.Unlock()
 		f.wg.Wait()
 	})
 }

@@ -9,20 +9,26 @@
 // of the stream when it starts (an ordered consumer), so the index survives
 // restarts and every instance can answer.
 //
-// Memory: a million jobs must fit in well under a kilobyte each. Entries are
-// fixed-size structs in one slice (no pointer per job besides two strings),
-// destination domains, senders and deferral replies are interned with
-// reference counts, and recipients are one string per job. Only what list,
-// filters and stats need is kept; `sluice queue show` reads the job's
-// events instead.
+// Memory: a job costs about 100 bytes, outside the Go heap (see storage).
+// Entries are fixed-size structs without pointers (48 bytes: times in
+// seconds, except the arrival, which delivery delays need to the
+// nanosecond; enums in bytes); destination domains, senders and deferral
+// replies are interned with reference counts; a job's id and recipients are
+// one record in a byte arena; a hash table of 4-byte cells finds a job by
+// id. Only what list, filters and stats need is kept; `sluice queue show`
+// reads the job's events instead.
 package index
 
 import (
 	"context"
+	"hash/maphash"
+	"math"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
@@ -59,34 +65,36 @@ func ParseState(s string) (State, bool) {
 	return 0, false
 }
 
-// entry is one live job. Times are Unix nanoseconds; strings of the
-// interners are referred to by id. Keep it small: it is multiplied by a
-// million.
+// entry is one live job; strings of the interners are referred to by id.
+// Keep it small and free of pointers: it is multiplied by a million, and
+// lives outside the Go heap.
 type entry struct {
-	id       string // job id; shares its bytes with the map key
-	rcpts    string // addresses, separated by "\n"
-	received int64
-	next     int64 // next attempt, 0 when not deferred
-	expires  int64
-	size     int64
+	received int64  // Unix nanoseconds
+	ref      uint32 // arena position of the id and recipients
+	n        uint32 // their length; 0 in a free slot
+	next     uint32 // next attempt, Unix seconds; 0 when not deferred
+	expires  uint32 // Unix seconds
+	size     uint32 // bytes, at most 4 GiB - 1
 	domain   uint32
 	sender   uint32
 	lastErr  uint32
-	gen      uint32 // bumped when the slot is reused
 	attempts uint16
 	jobs     uint16 // jobs of the message
 	state    State
 	prev     State // the state a held job was in
-	class    sluicev1.Priority
-	reason   sluicev1.Reason
+	class    uint8 // sluicev1.Priority
+	reason   uint8 // sluicev1.Reason
 }
+
+// The size the comment above promises; the build fails when it grows.
+var _ [48 - unsafe.Sizeof(entry{})]struct{}
 
 // Index is the queue index. It is safe for concurrent use.
 type Index struct {
 	mu      sync.RWMutex
-	slots   slab
+	st      *storage
 	free    []int32
-	byID    map[string]int32
+	scratch []byte
 	domains *interner
 	senders *interner
 	errs    *interner
@@ -98,21 +106,37 @@ type Index struct {
 
 // New returns an empty index keeping delivery delays for window.
 func New(window time.Duration) *Index {
-	return &Index{
-		byID:    map[string]int32{},
+	x := &Index{
+		st:      &storage{table: table{seed: maphash.MakeSeed()}},
 		domains: newInterner(),
 		senders: newInterner(),
 		errs:    newInterner(),
 		changed: make(chan struct{}),
 		delays:  newReservoir(1<<16, window),
 	}
+	// The storage is outside the heap: give it back when the index is
+	// garbage (tests make many).
+	runtime.AddCleanup(x, func(st *storage) { st.free() }, x.st)
+	return x
 }
 
 // Len is the number of live jobs.
 func (x *Index) Len() int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return len(x.byID)
+	return x.st.table.n
+}
+
+// StorageBytes is the memory the index holds outside the Go heap (see
+// storage): its entries, records and table, used or not.
+func (x *Index) StorageBytes() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	n := len(x.st.slab.chunks)*int(unsafe.Sizeof(entry{}))<<chunkBits + len(x.st.table.cells)*4
+	for _, c := range x.st.arena.chunks {
+		n += cap(c)
+	}
+	return n
 }
 
 // Seq is the stream sequence of the last event applied.
@@ -180,14 +204,14 @@ func (x *Index) Apply(ev *admin.QueueEvent, seq uint64) {
 	default:
 		// An operator's event about a job the index does not know is
 		// late news about a finished job: it must not bring it back.
-		if _, ok := x.byID[ev.JobID]; !ok {
+		if _, ok := x.st.lookup(ev.JobID); !ok {
 			return
 		}
 	}
 	i, created := x.slot(ev.JobID)
-	e := x.slots.at(i)
+	e := x.st.slab.at(i)
 	if p, err := wire.ParseClass(ev.Priority); err == nil && ev.Priority != "" {
-		e.class = p
+		e.class = uint8(p)
 	}
 	if ev.Attempt > 0 && ev.Type != wire.EventReceived {
 		n := uint16(ev.Attempt)
@@ -210,19 +234,23 @@ func (x *Index) Apply(ev *admin.QueueEvent, seq uint64) {
 		e.next = 0
 	case wire.EventDeferred:
 		e.state = stateOr(ev.State, Deferred)
-		e.next = unixNano(ev.NextAttempt)
+		e.next = unixSec(ev.NextAttempt)
 		e.lastErr = x.errs.replace(e.lastErr, ev.Error)
 		e.reason = parseReason(ev.Reason)
 		if len(ev.Recipients) > 0 {
 			// Only the deferred recipients are left.
-			var left []string
+			left := x.scratch[:0]
 			for _, r := range ev.Recipients {
 				if r.Outcome == "deferred" {
-					left = append(left, r.Address)
+					if len(left) > 0 {
+						left = append(left, '\n')
+					}
+					left = append(left, r.Address...)
 				}
 			}
+			x.scratch = left
 			if len(left) > 0 {
-				e.rcpts = strings.Join(left, "\n")
+				x.st.setRcpts(e, left)
 			}
 		}
 	case wire.EventHeld:
@@ -235,10 +263,10 @@ func (x *Index) Apply(ev *admin.QueueEvent, seq uint64) {
 		if e.state == Held || e.state == 0 {
 			e.state = Ready
 		}
-		e.next = unixNano(ev.NextAttempt)
+		e.next = unixSec(ev.NextAttempt)
 	case wire.EventScheduled:
 		e.state = stateOr(ev.State, Ready)
-		e.next = unixNano(ev.NextAttempt)
+		e.next = unixSec(ev.NextAttempt)
 	case wire.EventReprioritised:
 		// The class was set above.
 	case wire.EventThrottled:
@@ -247,7 +275,7 @@ func (x *Index) Apply(ev *admin.QueueEvent, seq uint64) {
 		// the time it comes back); a short wait leaves the job as it was.
 		if ev.State != "" {
 			e.state = stateOr(ev.State, e.state)
-			e.next = unixNano(ev.NextAttempt)
+			e.next = unixSec(ev.NextAttempt)
 			e.reason = parseReason(ev.Reason)
 		}
 	}
@@ -267,6 +295,15 @@ func unixNano(t time.Time) int64 {
 	return t.UnixNano()
 }
 
+// unixSec is t in Unix seconds for an entry: 0 for the zero time, and
+// within 1 (1970) and 2106 otherwise.
+func unixSec(t time.Time) uint32 {
+	if t.IsZero() {
+		return 0
+	}
+	return uint32(min(max(t.Unix(), 1), math.MaxUint32))
+}
+
 var reasonByName = func() map[string]sluicev1.Reason {
 	m := map[string]sluicev1.Reason{}
 	for v, n := range sluicev1.Reason_name {
@@ -275,7 +312,7 @@ var reasonByName = func() map[string]sluicev1.Reason {
 	return m
 }()
 
-func parseReason(s string) sluicev1.Reason { return reasonByName[s] }
+func parseReason(s string) uint8 { return uint8(reasonByName[s]) }
 
 func reasonName(r sluicev1.Reason) string {
 	if r == sluicev1.Reason_REASON_UNSPECIFIED {
@@ -287,58 +324,71 @@ func reasonName(r sluicev1.Reason) string {
 func (x *Index) fill(e *entry, env *admin.QueueEnvelope) {
 	e.domain = x.domains.replace(e.domain, strings.ToLower(env.Domain))
 	e.sender = x.senders.replace(e.sender, env.Sender)
-	if e.rcpts == "" {
-		e.rcpts = strings.Join(env.Recipients, "\n")
+	if x.st.rcptsOf(e) == "" && len(env.Recipients) > 0 {
+		b := x.scratch[:0]
+		for i, r := range env.Recipients {
+			if i > 0 {
+				b = append(b, '\n')
+			}
+			b = append(b, r...)
+		}
+		x.scratch = b
+		x.st.setRcpts(e, b)
 	}
 	e.received = unixNano(env.Received)
-	e.expires = unixNano(env.Expires)
-	e.size = env.Size
+	e.expires = unixSec(env.Expires)
+	e.size = uint32(min(max(env.Size, 0), math.MaxUint32))
 	e.jobs = uint16(min(env.JobsTotal, 65535))
 }
 
 // slot returns the slot of id, creating an entry when there is none.
 func (x *Index) slot(id string) (int32, bool) {
-	if i, ok := x.byID[id]; ok {
+	if i, ok := x.st.lookup(id); ok {
 		return i, false
 	}
 	var i int32
 	if n := len(x.free); n > 0 {
 		i = x.free[n-1]
 		x.free = x.free[:n-1]
-		gen := x.slots.at(i).gen + 1
-		*x.slots.at(i) = entry{gen: gen}
 	} else {
-		i = x.slots.grow()
+		i = x.st.slab.grow()
 	}
-	// Keep our own copy of the id: the event's strings are garbage soon.
-	id = strings.Clone(id)
-	x.slots.at(i).id = id
-	x.byID[id] = i
+	// The record copies the id: the event's strings are gone soon.
+	e := x.st.slab.at(i)
+	*e = entry{}
+	x.st.setRecord(e, id, nil)
+	x.st.insert(i)
 	return i, true
 }
 
 func (x *Index) remove(id string) {
-	i, ok := x.byID[id]
-	if !ok {
-		return
+	if i, ok := x.st.lookup(id); ok {
+		x.removeSlot(i)
 	}
-	e := x.slots.at(i)
+}
+
+func (x *Index) removeSlot(i int32) {
+	e := x.st.slab.at(i)
 	x.domains.release(e.domain)
 	x.senders.release(e.sender)
 	x.errs.release(e.lastErr)
-	delete(x.byID, id)
-	*e = entry{gen: e.gen}
+	x.st.delete(x.st.idOf(e))
+	x.st.arena.dead(e.n)
+	*e = entry{}
 	x.free = append(x.free, i)
+	if x.st.arena.wasteful() {
+		x.st.compact()
+	}
 }
 
 // recordDelays adds the accept-to-delivery time of every recipient an
 // outcome event reports delivered to the delay reservoir.
 func (x *Index) recordDelays(ev *admin.QueueEvent) {
-	i, ok := x.byID[ev.JobID]
-	if !ok || x.slots.at(i).received == 0 {
+	i, ok := x.st.lookup(ev.JobID)
+	if !ok || x.st.slab.at(i).received == 0 {
 		return
 	}
-	d := ev.Time.UnixNano() - x.slots.at(i).received
+	d := ev.Time.UnixNano() - x.st.slab.at(i).received
 	for _, r := range ev.Recipients {
 		if r.Outcome == "delivered" {
 			x.delays.add(ev.Time.UnixNano(), d)
@@ -353,16 +403,16 @@ func (x *Index) recordDelays(ev *admin.QueueEvent) {
 func (x *Index) Prune(now time.Time, grace time.Duration) int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	limit := now.Add(-grace).UnixNano()
-	var gone []string
-	for i := range x.slots.n {
-		e := x.slots.at(i)
-		if e.id != "" && e.expires != 0 && e.expires < limit {
-			gone = append(gone, e.id)
+	limit := now.Add(-grace).Unix()
+	var gone []int32
+	for i := range x.st.slab.n {
+		e := x.st.slab.at(i)
+		if e.n != 0 && e.expires != 0 && int64(e.expires) < limit {
+			gone = append(gone, i)
 		}
 	}
-	for _, id := range gone {
-		x.remove(id)
+	for _, i := range gone {
+		x.removeSlot(i)
 	}
 	return len(gone)
 }
@@ -388,27 +438,27 @@ type Job struct {
 func (x *Index) Get(id string) (Job, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	i, ok := x.byID[id]
+	i, ok := x.st.lookup(id)
 	if !ok {
 		return Job{}, false
 	}
-	return x.job(x.slots.at(i)), true
+	return x.job(x.st.slab.at(i)), true
 }
 
 func (x *Index) job(e *entry) Job {
 	j := Job{
-		ID: e.id, State: e.state, Prev: e.prev, Class: e.class, Domain: x.domains.str(e.domain),
-		Sender: x.senders.str(e.sender), Attempts: int(e.attempts), Reason: e.reason,
-		LastError: x.errs.str(e.lastErr), Jobs: int(e.jobs),
+		ID: strings.Clone(x.st.idOf(e)), State: e.state, Prev: e.prev, Class: sluicev1.Priority(e.class),
+		Domain: x.domains.str(e.domain), Sender: x.senders.str(e.sender), Attempts: int(e.attempts),
+		Reason: sluicev1.Reason(e.reason), LastError: x.errs.str(e.lastErr), Jobs: int(e.jobs),
 	}
-	if e.rcpts != "" {
-		j.Recipients = strings.Split(e.rcpts, "\n")
+	if r := x.st.rcptsOf(e); r != "" {
+		j.Recipients = strings.Split(strings.Clone(r), "\n")
 	}
 	if e.received != 0 {
 		j.Received = time.Unix(0, e.received)
 	}
 	if e.next != 0 {
-		j.NextAttempt = time.Unix(0, e.next)
+		j.NextAttempt = time.Unix(int64(e.next), 0)
 	}
 	return j
 }
@@ -423,15 +473,15 @@ const maxJobsPerMessage = 4096
 func (x *Index) Resolve(id string) []string {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if _, ok := x.byID[id]; ok {
+	if _, ok := x.st.lookup(id); ok {
 		return []string{id}
 	}
 	var out []string
 	for n := 0; n < maxJobsPerMessage; n++ {
 		jid := wire.JobID(id, n)
-		if i, ok := x.byID[jid]; ok {
+		if i, ok := x.st.lookup(jid); ok {
 			out = append(out, jid)
-			if t := int(x.slots.at(i).jobs); t > 0 && n+1 >= t {
+			if t := int(x.st.slab.at(i).jobs); t > 0 && n+1 >= t {
 				break
 			}
 		}
@@ -439,13 +489,12 @@ func (x *Index) Resolve(id string) []string {
 	return out
 }
 
-// Ref points at a job matched by Select; the generation detects a slot
-// reused since.
+// Ref points at a job matched by Select; its id detects a slot reused
+// since.
 type Ref struct {
 	Received int64
 	ID       string
 	slot     int32
-	gen      uint32
 }
 
 // Less orders refs by arrival, then id: the order of `sluice queue list`.
@@ -470,15 +519,20 @@ func cmpRef(a, b Ref) int {
 func (x *Index) Select(m *Matcher) []Ref {
 	x.mu.RLock()
 	var out []Ref
+	var ids idCopier
 	m.prepare(x)
-	for i := range x.slots.n {
-		e := x.slots.at(i)
-		if e.id == "" || !m.match(x, e) {
+	for i := range x.st.slab.n {
+		e := x.st.slab.at(i)
+		if e.n == 0 || !m.match(x, e) {
 			continue
 		}
-		out = append(out, Ref{Received: e.received, ID: e.id, slot: int32(i), gen: e.gen})
+		ids.add(x.st.idOf(e))
+		out = append(out, Ref{Received: e.received, slot: i})
 	}
 	x.mu.RUnlock()
+	for i := range out {
+		out[i].ID = ids.id(i)
+	}
 	slices.SortFunc(out, cmpRef)
 	return out
 }
@@ -486,16 +540,41 @@ func (x *Index) Select(m *Matcher) []Ref {
 // Matching returns the ids of the jobs m matches, in no particular order.
 func (x *Index) Matching(m *Matcher) []string {
 	x.mu.RLock()
-	defer x.mu.RUnlock()
+	var ids idCopier
 	m.prepare(x)
-	var out []string
-	for i := range x.slots.n {
-		e := x.slots.at(i)
-		if e.id != "" && m.match(x, e) {
-			out = append(out, e.id)
+	for i := range x.st.slab.n {
+		e := x.st.slab.at(i)
+		if e.n != 0 && m.match(x, e) {
+			ids.add(x.st.idOf(e))
 		}
 	}
+	x.mu.RUnlock()
+	out := make([]string, len(ids.ends))
+	for i := range out {
+		out[i] = ids.id(i)
+	}
 	return out
+}
+
+// idCopier copies many ids out of the index into one allocation (a string
+// per id would be a million allocations for a million matches).
+type idCopier struct {
+	buf  []byte
+	ends []int
+}
+
+func (c *idCopier) add(id string) {
+	c.buf = append(c.buf, id...)
+	c.ends = append(c.ends, len(c.buf))
+}
+
+// id is the i-th id; the buffer is complete, and never written again.
+func (c *idCopier) id(i int) string {
+	start := 0
+	if i > 0 {
+		start = c.ends[i-1]
+	}
+	return view(c.buf[start:c.ends[i]])
 }
 
 // maxRowRecipients bounds the recipients listed in one row; `show` has
@@ -508,29 +587,30 @@ func (x *Index) Rows(refs []Ref) []admin.QueueRow {
 	defer x.mu.RUnlock()
 	rows := make([]admin.QueueRow, 0, len(refs))
 	for _, r := range refs {
-		if r.slot >= x.slots.n {
+		if r.slot >= x.st.slab.n {
 			continue
 		}
-		e := x.slots.at(r.slot)
-		if e.gen != r.gen || e.id != r.ID {
+		e := x.st.slab.at(r.slot)
+		if e.n == 0 || x.st.idOf(e) != r.ID {
 			continue
 		}
-		rows = append(rows, x.row(e))
+		rows = append(rows, x.row(e, r.ID))
 	}
 	return rows
 }
 
-func (x *Index) row(e *entry) admin.QueueRow {
+// row renders e, whose id (a string of the caller's) is id.
+func (x *Index) row(e *entry, id string) admin.QueueRow {
 	row := admin.QueueRow{
-		QueueName: e.state.String(), QueueID: wire.QueueIDOf(e.id), JobID: e.id,
-		ArrivalTime: e.received / 1e9, MessageSize: e.size, Sender: x.senders.str(e.sender),
-		Domain: x.domains.str(e.domain), Priority: wire.ClassName(e.class), Attempts: int(e.attempts),
-		Reason: reasonName(e.reason), LastError: x.errs.str(e.lastErr),
+		QueueName: e.state.String(), QueueID: wire.QueueIDOf(id), JobID: id,
+		ArrivalTime: e.received / 1e9, MessageSize: int64(e.size), Sender: x.senders.str(e.sender),
+		Domain: x.domains.str(e.domain), Priority: wire.ClassName(sluicev1.Priority(e.class)), Attempts: int(e.attempts),
+		Reason: reasonName(sluicev1.Reason(e.reason)), LastError: x.errs.str(e.lastErr),
 	}
 	if e.next != 0 {
-		row.NextAttempt = e.next / 1e9
+		row.NextAttempt = int64(e.next)
 	}
-	rest := e.rcpts
+	rest := strings.Clone(x.st.rcptsOf(e))
 	for rest != "" {
 		var a string
 		a, rest, _ = strings.Cut(rest, "\n")
@@ -562,7 +642,7 @@ func (x *Index) Stats(m *Matcher, now time.Time, top int) Shape {
 	nb := len(QshapeBuckets) + 1
 	var states [len(stateNames)]int
 	var classes [4]int
-	reasons := map[sluicev1.Reason]int{}
+	var reasons [256]int
 
 	x.mu.RLock()
 	m.prepare(x)
@@ -574,9 +654,9 @@ func (x *Index) Stats(m *Matcher, now time.Time, top int) Shape {
 	}
 	nowNs := now.UnixNano()
 	jobs := 0
-	for i := range x.slots.n {
-		e := x.slots.at(i)
-		if e.id == "" || !m.match(x, e) {
+	for i := range x.st.slab.n {
+		e := x.st.slab.at(i)
+		if e.n == 0 || !m.match(x, e) {
 			continue
 		}
 		jobs++
@@ -618,7 +698,10 @@ func (x *Index) Stats(m *Matcher, now time.Time, top int) Shape {
 		}
 	}
 	for r, n := range reasons {
-		name := reasonName(r)
+		if n == 0 {
+			continue
+		}
+		name := reasonName(sluicev1.Reason(r))
 		if name == "" {
 			name = "unspecified"
 		}
@@ -659,26 +742,6 @@ func (x *Index) Delays(now time.Time) admin.QueueDelay {
 	return x.delays.percentiles(now.UnixNano())
 }
 
-// slab stores entries in fixed-size chunks: growing never copies the
-// entries already there (a million of them would be copied, and held twice,
-// at every doubling of one big slice).
-type slab struct {
-	chunks [][]entry
-	n      int32
-}
-
-const chunkBits = 12
-
-func (s *slab) at(i int32) *entry { return &s.chunks[i>>chunkBits][i&(1<<chunkBits-1)] }
-
-func (s *slab) grow() int32 {
-	if int(s.n)>>chunkBits == len(s.chunks) {
-		s.chunks = append(s.chunks, make([]entry, 1<<chunkBits))
-	}
-	s.n++
-	return s.n - 1
-}
-
 // Depth counts the live jobs by priority class and state, for the
 // sluice_scheduler_queue_depth gauge: Depth()[class][state], with class a
 // sluicev1.Priority and state a State.
@@ -686,9 +749,9 @@ func (x *Index) Depth() [4][len(stateNames)]int {
 	var d [4][len(stateNames)]int
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	for i := range x.slots.n {
-		e := x.slots.at(i)
-		if e.id == "" {
+	for i := range x.st.slab.n {
+		e := x.st.slab.at(i)
+		if e.n == 0 {
 			continue
 		}
 		if int(e.class) < len(d) && int(e.state) < len(stateNames) {

@@ -1,5 +1,7 @@
 package index
 
+import "strings"
+
 // interner stores each distinct string once and names it by a small id, so
 // that a million jobs for a thousand domains hold a thousand domain strings.
 // Ids are reference counted and reused, because deferral replies and
@@ -26,6 +28,8 @@ func (in *interner) add(s string) uint32 {
 		in.refs[id]++
 		return id
 	}
+	// Keep our own copy: s may share the memory of an event being read.
+	s = strings.Clone(s)
 	var id uint32
 	if n := len(in.free); n > 0 {
 		id = in.free[n-1]

@@ -132,7 +132,7 @@ func (m *Matcher) match(x *Index, e *entry) bool {
 		return false
 	}
 	if m.rcpt != "" {
-		rest, found := e.rcpts, false
+		rest, found := x.st.rcptsOf(e), false
 		for rest != "" && !found {
 			var a string
 			a, rest, _ = strings.Cut(rest, "\n")

@@ -12,11 +12,14 @@
 //     same index code fed the same events, measured with runtime.MemStats
 //     after a collection; and the scheduler process's live heap as it
 //     reports it;
-//   - how long a restarted scheduler takes to rebuild its index.
+//   - how long a restarted scheduler takes to rebuild its index (restarted
+//     -restarts times: the wall time until it answers with every job, and
+//     the load time it logs), and the resident memory of the scheduler
+//     process with the rebuilt index, per job.
 //
 // To build that state quickly it publishes the jobs' events straight to
-// SLUICE_EVENTS following the contract (proto/admin.QueueEvent under
-// wire.EventSubject): a received and a deferred event per job, which is
+// SLUICE_EVENTS following the contract (proto/admin.QueueEvent in its stored
+// form, admin.MarshalQueueEvent, under wire.EventSubject): a received and a deferred event per job, which is
 // exactly what the scheduler's index is made of. The jobs themselves are not
 // in SLUICE_JOBS, so this measures the queue views, not delivery.
 package main
@@ -29,11 +32,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,14 +58,16 @@ func main() {
 	domains := flag.Int("domains", 1000, "destination domains")
 	runs := flag.Int("runs", 5, "measurements of each command")
 	keep := flag.Bool("keep", false, "keep the data directory")
+	restarts := flag.Int("restarts", 3, "scheduler restarts, each timing the index rebuild")
+	heapProfile := flag.String("heap-profile", "", "write the scheduler's heap profile after the last rebuild to this file")
 	flag.Parse()
-	if err := run(*bin, *jobs, *domains, *runs, *keep); err != nil {
+	if err := run(*bin, *jobs, *domains, *runs, *restarts, *heapProfile, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-queue:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin string, jobs, domains, runs int, keep bool) error {
+func run(bin string, jobs, domains, runs, restarts int, heapProfile string, keep bool) error {
 	bin, _ = filepath.Abs(bin)
 	cli := filepath.Join(bin, "sluice")
 	if _, err := os.Stat(cli); err != nil {
@@ -142,6 +150,7 @@ func run(bin string, jobs, domains, runs int, keep bool) error {
 		listTimes = append(listTimes, total)
 	}
 	heapPerJob := float64(full.HeapBytes-base.HeapBytes) / float64(full.IndexJobs)
+	fullRSS := rss(st.Proc("scheduler").Pid())
 
 	// One message's history, read from the events stream of the million.
 	out, err := exec.Command(cli, "queue", "list", "-json", "-limit", "1", "-domain", "d0001.example", "-server", url).Output()
@@ -162,16 +171,33 @@ func run(bin string, jobs, domains, runs int, keep bool) error {
 	}
 
 	// Restart the scheduler: it rebuilds the index from the events.
-	p := st.Proc("scheduler")
-	p.Stop(10 * time.Second)
-	restart := time.Now()
-	if err := p.Start(); err != nil {
-		return err
+	var rebuilds, loads []time.Duration
+	var rssPerJob, livePerJob []float64
+	for i := 0; i < restarts; i++ {
+		p := st.Proc("scheduler")
+		p.Stop(10 * time.Second)
+		restart := time.Now()
+		if err := p.Start(); err != nil {
+			return err
+		}
+		r, err := waitStats(cli, url, jobs, 10*time.Minute)
+		if err != nil {
+			return err
+		}
+		rebuilds = append(rebuilds, time.Since(restart))
+		loads = append(loads, loadTime(p.Log()))
+		// The whole process: its resident memory with the index of the
+		// million and nothing else to do, over the jobs.
+		rssPerJob = append(rssPerJob, float64(rss(p.Pid()))/float64(jobs))
+		livePerJob = append(livePerJob, float64(r.HeapBytes)/float64(jobs))
+		fmt.Printf("restart %d: answers with every job after %s, index loaded in %s; RSS %.0f bytes per job, live heap %.0f\n",
+			i+1, rebuilds[i].Round(time.Millisecond), loads[i], rssPerJob[i], livePerJob[i])
 	}
-	if _, err := waitStats(cli, url, jobs, 10*time.Minute); err != nil {
-		return err
+	if heapProfile != "" {
+		if err := saveHeapProfile(st.Metrics["scheduler"], heapProfile); err != nil {
+			return err
+		}
 	}
-	rebuild := time.Since(restart)
 
 	fmt.Println()
 	fmt.Printf("%-48s %s\n", "figure", "result (target)")
@@ -179,14 +205,76 @@ func run(bin string, jobs, domains, runs int, keep bool) error {
 	fmt.Printf("%-48s median %s, max %s (< 1s)\n", "sluice queue list -domain D, first row", median(firstRows), slices.Max(firstRows))
 	fmt.Printf("%-48s median %s\n", fmt.Sprintf("sluice queue list -domain D, all %d rows", jobs/domains), median(listTimes))
 	fmt.Printf("%-48s median %s\n", "sluice queue show ID (history from events)", median(showTimes))
-	fmt.Printf("%-48s %.0f bytes (< 1024)\n", "index memory per job (MemStats, same code)", perJob)
+	fmt.Printf("%-48s %.0f bytes (< 1024)\n", "index memory per job (heap + outside, same code)", perJob)
 	fmt.Printf("%-48s %.0f bytes\n", "scheduler live heap growth per job", heapPerJob)
-	fmt.Printf("%-48s %s\n", "index rebuild after a scheduler restart", rebuild.Round(time.Millisecond))
+	fmt.Printf("%-48s %.0f bytes\n", "scheduler RSS per job after the fill", float64(fullRSS)/float64(jobs))
+	if restarts > 0 {
+		fmt.Printf("%-48s median %s (%s-%s)\n", "index rebuild after a restart, until it answers", median(rebuilds), slices.Min(rebuilds).Round(time.Millisecond), slices.Max(rebuilds).Round(time.Millisecond))
+		fmt.Printf("%-48s median %s (%s-%s)\n", "index rebuild, load time the scheduler logs", median(loads), slices.Min(loads), slices.Max(loads))
+		fmt.Printf("%-48s median %.0f (%.0f-%.0f) bytes\n", "scheduler RSS per job after a restart", medianF(rssPerJob), slices.Min(rssPerJob), slices.Max(rssPerJob))
+		fmt.Printf("%-48s median %.0f (%.0f-%.0f) bytes\n", "scheduler live heap per job after a restart", medianF(livePerJob), slices.Min(livePerJob), slices.Max(livePerJob))
+	}
 	return nil
 }
 
+// rss is the resident set size of process pid in bytes (0 when unknown).
+func rss(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil || pid == 0 {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+var loadedLine = regexp.MustCompile(`queue index loaded.*duration_ms[=":]+\s*(\d+)`)
+
+// loadTime is the duration of the last index load the scheduler logged.
+func loadTime(logFile string) time.Duration {
+	b, _ := os.ReadFile(logFile)
+	m := loadedLine.FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return 0
+	}
+	ms, _ := strconv.Atoi(string(m[len(m)-1][1]))
+	return time.Duration(ms) * time.Millisecond
+}
+
+// saveHeapProfile writes the heap profile of the service whose metrics
+// endpoint (which serves /debug/pprof) is at addr.
+func saveHeapProfile(addr, file string) error {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func medianF(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
 // localIndexMemory builds an index of the benchmark's jobs in this process
-// and returns its heap per job.
+// and returns its memory per job: its heap, and what it holds outside.
 func localIndexMemory(jobs, domains int, now time.Time) float64 {
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -200,8 +288,7 @@ func localIndexMemory(jobs, domains int, now time.Time) float64 {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	n := x.Len()
-	runtime.KeepAlive(x)
-	return float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+	return float64(int64(after.HeapAlloc-before.HeapAlloc)+int64(x.StorageBytes())) / float64(n)
 }
 
 // events are the received and deferred events of the i-th job: arrivals
@@ -233,11 +320,7 @@ func events(i, domains int, now time.Time) (*admin.QueueEvent, *admin.QueueEvent
 // fill publishes the received and deferred event of every job.
 func fill(js jetstream.JetStream, jobs, domains int, now time.Time) error {
 	publish := func(ev *admin.QueueEvent) error {
-		data, err := json.Marshal(ev)
-		if err != nil {
-			return err
-		}
-		_, err = js.PublishAsync(wire.EventSubject(ev.QueueID, ev.Type), data)
+		_, err := js.PublishAsync(wire.EventSubject(ev.QueueID, ev.Type), admin.MarshalQueueEvent(ev))
 		return err
 	}
 	wait := func() error {
