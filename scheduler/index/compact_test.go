@@ -196,3 +196,39 @@ func modelSelect(jobs map[string]*model, f admin.QueueFilter, now time.Time) []s
 	slices.Sort(out)
 	return out
 }
+
+// TestTableChurn fills the id table to its limit again and again, with
+// deletions in between (backward shifts across the end of the table
+// included), and checks it against a map.
+func TestTableChurn(t *testing.T) {
+	x := New(time.Hour)
+	rng := rand.New(rand.NewPCG(3, 4))
+	want := map[string]int32{}
+	for step := 0; step < 60000; step++ {
+		id := fmt.Sprintf("job-%d", rng.IntN(3000))
+		x.mu.Lock()
+		if _, ok := want[id]; ok && rng.IntN(2) == 0 {
+			x.remove(id)
+			delete(want, id)
+		} else if !ok {
+			i, created := x.slot(id)
+			if !created {
+				t.Fatalf("%s: found before it was added", id)
+			}
+			want[id] = i
+		}
+		x.mu.Unlock()
+		if step%5000 == 0 || step == 59999 {
+			for n := 0; n < 3000; n++ {
+				id := fmt.Sprintf("job-%d", n)
+				i, ok := x.st.lookup(id)
+				if w, exp := want[id]; ok != exp || (ok && i != w) {
+					t.Fatalf("step %d: %s found %v at %d, want %v at %d", step, id, ok, i, exp, w)
+				}
+			}
+			if x.Len() != len(want) {
+				t.Fatalf("Len %d, want %d", x.Len(), len(want))
+			}
+		}
+	}
+}

@@ -14,7 +14,7 @@
 // seconds, except the arrival, which delivery delays need to the
 // nanosecond; enums in bytes); destination domains, senders and deferral
 // replies are interned with reference counts; a job's id and recipients are
-// one record in a byte arena; a hash table of 4-byte cells finds a job by
+// one record in a byte arena; a hash table of 8-byte cells finds a job by
 // id. Only what list, filters and stats need is kept; `sluice queue show`
 // reads the job's events instead.
 package index
@@ -132,7 +132,7 @@ func (x *Index) Len() int {
 func (x *Index) StorageBytes() int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	n := len(x.st.slab.chunks)*int(unsafe.Sizeof(entry{}))<<chunkBits + len(x.st.table.cells)*4
+	n := len(x.st.slab.chunks)*int(unsafe.Sizeof(entry{}))<<chunkBits + len(x.st.table.cells)*8
 	for _, c := range x.st.arena.chunks {
 		n += cap(c)
 	}
@@ -343,10 +343,10 @@ func (x *Index) fill(e *entry, env *admin.QueueEnvelope) {
 
 // slot returns the slot of id, creating an entry when there is none.
 func (x *Index) slot(id string) (int32, bool) {
-	if i, ok := x.st.lookup(id); ok {
+	i, ok, tag := x.st.find(id)
+	if ok {
 		return i, false
 	}
-	var i int32
 	if n := len(x.free); n > 0 {
 		i = x.free[n-1]
 		x.free = x.free[:n-1]
@@ -357,7 +357,7 @@ func (x *Index) slot(id string) (int32, bool) {
 	e := x.st.slab.at(i)
 	*e = entry{}
 	x.st.setRecord(e, id, nil)
-	x.st.insert(i)
+	x.st.insert(i, tag)
 	return i, true
 }
 
@@ -372,7 +372,7 @@ func (x *Index) removeSlot(i int32) {
 	x.domains.release(e.domain)
 	x.senders.release(e.sender)
 	x.errs.release(e.lastErr)
-	x.st.delete(x.st.idOf(e))
+	x.st.delete(i)
 	x.st.arena.dead(e.n)
 	*e = entry{}
 	x.free = append(x.free, i)

@@ -9,10 +9,11 @@ import (
 // storage holds the index's per-job data: the entries, the bytes of job
 // ids and recipients (the arena) and the table from job id to entry. None
 // of it contains a pointer, and all of it lives outside the Go heap
-// (sysAlloc: mmap). Why: a million jobs take about 100 MB here, and on the
-// heap the collector lets the heap grow to twice what is live before it
-// collects (GOGC=100), so the process would need twice that, and the
-// garbage of reading a million events on top while the index is rebuilt.
+// (sysAlloc: mmap). Why: a million jobs take about 110 MB here, and on the
+// heap the collector lets the heap grow well beyond what is live before it
+// collects (by GOGC percent), so the process would need two or three times
+// that, with the garbage of reading millions of events on top while the
+// index is rebuilt.
 // Outside the heap the index costs what it holds; the collector neither
 // scans it nor counts it. The price is freeing by hand: chunks are
 // released only by Index methods under the write lock, or when the index is
@@ -164,12 +165,14 @@ func view(b []byte) string {
 	return unsafe.String(&b[0], len(b))
 }
 
-// table maps job ids to entries: open addressing with linear probing, each
-// cell the entry's slot plus one (0 is empty), the ids themselves read
-// from the arena. At most three quarters full, so a lookup probes about
-// two cells; 4 bytes a cell is about 8 bytes a job.
+// table maps job ids to entries: open addressing with linear probing, at
+// most three quarters full. A cell holds the entry's slot plus one (0 is
+// empty) and, in its upper half, the upper half of the id's hash (its
+// tag), which is also where probing starts (tag & mask): a probe compares
+// ids in the arena only when the tags agree, and growing or deleting needs
+// no id at all. 8 bytes a cell is about 17 bytes a job.
 type table struct {
-	cells []int32
+	cells []uint64
 	n     int
 	seed  maphash.Seed
 }
@@ -178,79 +181,88 @@ func (t *table) bytes() []byte {
 	if t.cells == nil {
 		return nil
 	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(t.cells))), len(t.cells)*4)
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(t.cells))), len(t.cells)*8)
 }
 
-func newCells(n int) []int32 {
-	b := sysAlloc(n * 4)
-	return unsafe.Slice((*int32)(unsafe.Pointer(unsafe.SliceData(b))), n)
+func newCells(n int) []uint64 {
+	b := sysAlloc(n * 8)
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(b))), n)
+}
+
+func (t *table) tag(id string) uint32 { return uint32(maphash.String(t.seed, id) >> 32) }
+
+// find returns the slot of the entry with id, and id's tag.
+func (s *storage) find(id string) (int32, bool, uint32) {
+	tag := s.table.tag(id)
+	cells := s.table.cells
+	if len(cells) == 0 {
+		return 0, false, tag
+	}
+	mask := uint32(len(cells) - 1)
+	for i := tag & mask; ; i = (i + 1) & mask {
+		c := cells[i]
+		if c == 0 {
+			return 0, false, tag
+		}
+		if uint32(c>>32) == tag && s.idOf(s.slab.at(int32(uint32(c))-1)) == id {
+			return int32(uint32(c)) - 1, true, tag
+		}
+	}
 }
 
 // lookup returns the slot of the entry with id.
 func (s *storage) lookup(id string) (int32, bool) {
-	if len(s.table.cells) == 0 {
-		return 0, false
-	}
-	mask := uint64(len(s.table.cells) - 1)
-	for h := maphash.String(s.table.seed, id) & mask; ; h = (h + 1) & mask {
-		c := s.table.cells[h]
-		if c == 0 {
-			return 0, false
-		}
-		if s.idOf(s.slab.at(c-1)) == id {
-			return c - 1, true
-		}
-	}
+	slot, ok, _ := s.find(id)
+	return slot, ok
 }
 
-// insert adds slot, whose entry has its id, to the table (it is not there).
-func (s *storage) insert(slot int32) {
+// insert adds slot, whose id has tag, to the table (it is not there).
+func (s *storage) insert(slot int32, tag uint32) {
 	t := &s.table
 	if (t.n+1)*4 > len(t.cells)*3 {
 		s.rehash(max(1024, 2*len(t.cells)))
 	}
-	s.place(slot)
+	t.place(uint64(tag)<<32 | uint64(slot+1))
 	t.n++
 }
 
-func (s *storage) place(slot int32) {
-	t := &s.table
-	mask := uint64(len(t.cells) - 1)
-	h := maphash.String(t.seed, s.idOf(s.slab.at(slot))) & mask
-	for t.cells[h] != 0 {
-		h = (h + 1) & mask
+func (t *table) place(c uint64) {
+	mask := uint32(len(t.cells) - 1)
+	i := uint32(c>>32) & mask
+	for t.cells[i] != 0 {
+		i = (i + 1) & mask
 	}
-	t.cells[h] = slot + 1
+	t.cells[i] = c
 }
 
-// rehash moves every live entry into a table of n cells (a power of two).
+// rehash moves every cell into a table of n cells (a power of two).
 func (s *storage) rehash(n int) {
-	old := s.table.bytes()
+	old := s.table.cells
 	s.table.cells = newCells(n)
-	for i := range s.slab.n {
-		if s.slab.at(i).n != 0 {
-			s.place(i)
+	for _, c := range old {
+		if c != 0 {
+			s.table.place(c)
 		}
 	}
-	sysFree(old)
+	sysFree(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(old))), len(old)*8))
 }
 
-// delete removes the slot with id from the table, moving back the cells
-// after it that probing would no longer reach (backward shift deletion,
-// so the table needs no tombstones).
-func (s *storage) delete(id string) {
+// delete removes slot from the table, moving back the cells after it that
+// probing would no longer reach (backward shift deletion, so the table
+// needs no tombstones).
+func (s *storage) delete(slot int32) {
 	t := &s.table
 	if len(t.cells) == 0 {
 		return
 	}
-	mask := uint64(len(t.cells) - 1)
-	i := maphash.String(t.seed, id) & mask
+	mask := uint32(len(t.cells) - 1)
+	i := t.tag(s.idOf(s.slab.at(slot))) & mask
 	for {
 		c := t.cells[i]
 		if c == 0 {
 			return
 		}
-		if s.idOf(s.slab.at(c-1)) == id {
+		if int32(uint32(c))-1 == slot {
 			break
 		}
 		i = (i + 1) & mask
@@ -260,7 +272,7 @@ func (s *storage) delete(id string) {
 		if c == 0 {
 			break
 		}
-		home := maphash.String(t.seed, s.idOf(s.slab.at(c-1))) & mask
+		home := uint32(c>>32) & mask
 		// The cell at j may move to the hole at i when its home is not
 		// in the cyclic range (i, j].
 		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {

@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,14 +61,15 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the data directory")
 	restarts := flag.Int("restarts", 3, "scheduler restarts, each timing the index rebuild")
 	heapProfile := flag.String("heap-profile", "", "write the scheduler's heap profile after the last rebuild to this file")
+	cpuProfile := flag.String("cpu-profile", "", "profile the last rebuild: the scheduler to FILE.scheduler, this process (the NATS server) to FILE.nats")
 	flag.Parse()
-	if err := run(*bin, *jobs, *domains, *runs, *restarts, *heapProfile, *keep); err != nil {
+	if err := run(*bin, *jobs, *domains, *runs, *restarts, *heapProfile, *cpuProfile, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-queue:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin string, jobs, domains, runs, restarts int, heapProfile string, keep bool) error {
+func run(bin string, jobs, domains, runs, restarts int, heapProfile, cpuProfile string, keep bool) error {
 	bin, _ = filepath.Abs(bin)
 	cli := filepath.Join(bin, "sluice")
 	if _, err := os.Stat(cli); err != nil {
@@ -180,11 +182,22 @@ func run(bin string, jobs, domains, runs, restarts int, heapProfile string, keep
 		if err := p.Start(); err != nil {
 			return err
 		}
+		var stopProfiles func() error
+		if cpuProfile != "" && i == restarts-1 {
+			if stopProfiles, err = startCPUProfiles(st.Metrics["scheduler"], cpuProfile); err != nil {
+				return err
+			}
+		}
 		r, err := waitStats(cli, url, jobs, 10*time.Minute)
 		if err != nil {
 			return err
 		}
 		rebuilds = append(rebuilds, time.Since(restart))
+		if stopProfiles != nil {
+			if err := stopProfiles(); err != nil {
+				return err
+			}
+		}
 		loads = append(loads, loadTime(p.Log()))
 		// The whole process: its resident memory with the index of the
 		// million and nothing else to do, over the jobs.
@@ -265,6 +278,47 @@ func saveHeapProfile(addr, file string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// startCPUProfiles profiles this process (the embedded NATS server) until
+// the returned function is called, and the service whose metrics endpoint
+// is at addr for the next 15 seconds (the returned function waits for it).
+func startCPUProfiles(addr, prefix string) (func() error, error) {
+	f, err := os.Create(prefix + ".nats")
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() {
+		// The service's endpoint comes up with it.
+		var resp *http.Response
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			resp, err = http.Get("http://" + addr + "/debug/pprof/profile?seconds=15")
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			done <- fmt.Errorf("cpu profile: %w", err)
+			return
+		}
+		defer resp.Body.Close()
+		out, err := os.Create(prefix + ".scheduler")
+		if err == nil {
+			_, err = io.Copy(out, resp.Body)
+			out.Close()
+		}
+		done <- err
+	}()
+	return func() error {
+		pprof.StopCPUProfile()
+		f.Close()
+		return <-done
+	}, nil
 }
 
 func medianF(v []float64) float64 {
