@@ -18,9 +18,11 @@
 //     fails a required check, is left for the next host and never sent
 //     anything in clear text. These failures are temporary, with reason
 //     REASON_TLS and a text naming the policy and the cause.
-//   - a job with require_tls (RFC 8689) at a server without STARTTLS, or
-//     without REQUIRETLS after it: the next host; 550 5.7.10 / 5.7.30 if none
-//     qualifies.
+//   - a job with require_tls (RFC 8689) needs TLS with a certificate
+//     verified by DANE or by webpki against the MX host name, whatever the
+//     destination's policy, and a server that offers REQUIRETLS: at any
+//     other server, the next host; 550 5.7.30 "REQUIRETLS support
+//     required: <host> <cause>" if none qualifies.
 //   - once MAIL FROM was sent, the replies are the answer of the destination
 //     and the attempt ends with them.
 //
@@ -287,7 +289,7 @@ func (c *Courier) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route
 		}
 	}()
 	attemptSpan := trace.SpanFromContext(ctx)
-	policies := c.choosePolicy(ctx, route)
+	policies := c.choosePolicy(ctx, route, job)
 	if sess := t.idle; sess != nil {
 		t.idle = nil
 		if out, ok := c.reuse(ctx, sess, t, job, message, policies); ok {

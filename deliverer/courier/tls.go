@@ -57,6 +57,9 @@ const (
 type hostPolicies struct {
 	dec   *tlspolicy.Decision
 	hosts map[string]*tlspolicy.Requirement
+	// requireTLS: the job was sent with REQUIRETLS (RFC 8689), which
+	// raises every host's requirement to verified TLS.
+	requireTLS bool
 }
 
 // may is the requirement without a policy engine: today's opportunistic TLS.
@@ -64,20 +67,20 @@ func may(host string) *tlspolicy.Requirement {
 	return &tlspolicy.Requirement{Policy: "may", Host: host, StartTLS: true}
 }
 
-// choosePolicy decides the TLS requirement of every host of route, in a
-// tls.policy span.
-func (c *Courier) choosePolicy(ctx context.Context, route mx.Route) *hostPolicies {
-	hp := &hostPolicies{hosts: map[string]*tlspolicy.Requirement{}}
+// choosePolicy decides the TLS requirement of every host of route for
+// job, in a tls.policy span.
+func (c *Courier) choosePolicy(ctx context.Context, route mx.Route, job *sluicev1.Job) *hostPolicies {
+	hp := &hostPolicies{hosts: map[string]*tlspolicy.Requirement{}, requireTLS: job.RequireTls}
 	if c.policy == nil {
 		return hp
 	}
-	ctx, span := c.tracer.Start(ctx, "tls.policy", trace.WithAttributes(attribute.String("sluice.destination_domain", route.Domain)))
+	ctx, span := c.tracer.Start(ctx, "tls.policy", trace.WithAttributes(attribute.String("sluice.destination_domain", route.Domain),
+		attribute.Bool("sluice.requiretls", job.RequireTls)))
 	defer span.End()
 	hp.dec = c.policy.Decide(ctx, route.Domain, route.Static)
 	span.SetAttributes(attribute.String("sluice.tls.mode", string(hp.dec.Mode)))
 	for _, h := range route.Hosts {
-		r := hp.dec.Host(ctx, h.Name, h.Port)
-		hp.hosts[h.Name] = r
+		r := hp.For(ctx, h.Name, h.Port)
 		if span.IsRecording() {
 			span.AddEvent("sluice.tls.host", trace.WithAttributes(append(reqAttrs(r), attribute.String("server.address", h.Name))...))
 		}
@@ -91,10 +94,17 @@ func (hp *hostPolicies) For(ctx context.Context, host string, port int) *tlspoli
 	if r, ok := hp.hosts[host]; ok {
 		return r
 	}
-	if hp.dec == nil {
+	var r *tlspolicy.Requirement
+	switch {
+	case hp.dec == nil && hp.requireTLS:
+		r = tlspolicy.RequireTLS(may(host))
+	case hp.dec == nil:
 		return may(host)
+	case hp.requireTLS:
+		r = hp.dec.RequireTLS(hp.dec.Host(ctx, host, port))
+	default:
+		r = hp.dec.Host(ctx, host, port)
 	}
-	r := hp.dec.Host(ctx, host, port)
 	hp.hosts[host] = r
 	return r
 }
@@ -102,6 +112,9 @@ func (hp *hostPolicies) For(ctx context.Context, host string, port int) *tlspoli
 func reqAttrs(r *tlspolicy.Requirement) []attribute.KeyValue {
 	a := []attribute.KeyValue{attribute.String("sluice.tls.policy", r.Name()), attribute.Bool("sluice.tls.required", r.Required),
 		attribute.Bool("sluice.tls.verify", r.Verifies())}
+	if r.RequireTLS {
+		a = append(a, attribute.Bool("sluice.tls.requiretls", true))
+	}
 	if r.Refused != "" {
 		a = append(a, attribute.String("sluice.tls.refused", r.Refused))
 	}
@@ -168,6 +181,8 @@ func fits(s *smtpclient.Session, r *tlspolicy.Requirement, job *sluicev1.Job) bo
 	if s.TLS() == nil {
 		return !r.Required && !job.RequireTls && !(r.StartTLS && s.Offers("STARTTLS"))
 	}
+	// A REQUIRETLS job's requirement is Required and verifies, so only a
+	// session verified the same way carries it.
 	return !r.Required || !r.Verifies() || s.Verified() == r.Key()
 }
 
@@ -198,7 +213,13 @@ func (c *Courier) startTLS(ctx context.Context, s *smtpclient.Session, r *tlspol
 	if err != nil {
 		e := status.Classify(err, sluicev1.Reason_REASON_TLS, s.RemoteHost())
 		var f *tlspolicy.Failure
-		if r.Required && !errors.As(err, &f) {
+		if r.RequireTLS {
+			cause := r.Host + " TLS failed: " + e.Text
+			if errors.As(err, &f) {
+				cause = f.Cause
+			}
+			e = requireTLSFailure(s, cause)
+		} else if r.Required && !errors.As(err, &f) {
 			// A handshake or STARTTLS failure under a policy that
 			// requires TLS: say which policy keeps us from sending in
 			// clear text instead.
@@ -226,12 +247,14 @@ func (c *Courier) startTLS(ctx context.Context, s *smtpclient.Session, r *tlspol
 	return out, nil
 }
 
-// secure applies requirement r to a new session, and REQUIRETLS (RFC 8689)
-// to any session.
+// secure applies requirement r to a session, new (fresh) or cached, and
+// REQUIRETLS (RFC 8689) when the job asks for it: r then comes from
+// Decision.RequireTLS (see hostPolicies.For), so the session has verified
+// TLS or secure has failed, and the server must offer REQUIRETLS.
 func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluicev1.Job, r *tlspolicy.Requirement, fresh bool) (tlsOutcome, *status.Error) {
 	out := tlsOutcome{req: r, state: s.TLS()}
 	if fresh {
-		if (r.StartTLS || job.RequireTls) && s.Offers("STARTTLS") {
+		if r.StartTLS && s.Offers("STARTTLS") {
 			var e *status.Error
 			if out, e = c.startTLS(ctx, s, r); e != nil {
 				return out, e
@@ -240,6 +263,9 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 		switch {
 		case s.TLS() == nil && r.Required:
 			c.countTLS(r, tlsFailed)
+			if r.RequireTLS {
+				return out, requireTLSFailure(s, r.Host+" does not offer STARTTLS")
+			}
 			return out, &status.Error{Code: 451, Enhanced: "4.7.4", Reason: sluicev1.Reason_REASON_TLS, RemoteHost: s.RemoteHost(),
 				Text: fmt.Sprintf("%s: %s does not offer STARTTLS; TLS is required", r.Name(), r.Host)}
 		case s.TLS() == nil:
@@ -258,18 +284,28 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 	if !job.RequireTls {
 		return out, nil
 	}
-	if s.TLS() == nil {
-		// RFC 8689 §4.2.1: a REQUIRETLS message must not travel in the clear.
-		return out, &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.10", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
-			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not offer STARTTLS"}
-	}
-	if !s.Offers("REQUIRETLS") {
-		// RFC 8689 §4.2.1: the next hop must promise to keep requiring
-		// TLS (5.7.30 "REQUIRETLS support required").
-		return out, &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.30", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
-			RemoteHost: s.RemoteHost(), Text: "REQUIRETLS: the server does not support REQUIRETLS"}
+	switch {
+	case s.TLS() == nil:
+		return out, requireTLSFailure(s, r.Host+" does not offer STARTTLS")
+	case out.verifiedBy == "":
+		// Not reached with a requirement from Decision.RequireTLS, whose
+		// check fails the handshake instead; kept so that no path sends
+		// a REQUIRETLS message over an unverified connection.
+		return out, requireTLSFailure(s, r.Host+" certificate not verified")
+	case !s.Offers("REQUIRETLS"):
+		return out, requireTLSFailure(s, r.Host+" does not offer REQUIRETLS")
 	}
 	return out, nil
+}
+
+// requireTLSFailure is the failure of a REQUIRETLS message at a server
+// that cannot take it: RFC 8689 §4.2.1 forbids sending it there (another
+// MX host may still be tried), and §5 returns it to the sender with
+// 5.7.30 "REQUIRETLS support required" when no host can. It is permanent,
+// like the bounce the RFC asks for: a retry would meet the same server.
+func requireTLSFailure(s *smtpclient.Session, cause string) *status.Error {
+	return &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.30", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
+		RemoteHost: s.RemoteHost(), Text: "REQUIRETLS support required: " + cause}
 }
 
 // withTLS records the session's TLS in every recipient's outcome, for the

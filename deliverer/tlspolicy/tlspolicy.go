@@ -168,6 +168,10 @@ type Requirement struct {
 	// Note explains the choice, for the span: a TLSA answer ignored, a
 	// policy not found.
 	Note string
+	// RequireTLS marks the requirement of a message sent with REQUIRETLS
+	// (RFC 8689), made by Decision.RequireTLS: TLS required and the
+	// certificate verified, whatever Policy alone would accept.
+	RequireTLS bool
 	// check verifies the certificate; nil means it is not verified.
 	check func(tls.ConnectionState) (string, error)
 	key   string
@@ -197,6 +201,9 @@ func (r *Requirement) Key() string { return r.key }
 type Failure struct {
 	// Text is the precise message: "<policy>: <host> <cause>".
 	Text string
+	// Cause is the text without the policy: "<host> <cause>", or the
+	// DANE mismatch ("TLSA mismatch for <host> (...)").
+	Cause string
 	// Err is the verification error, if any.
 	Err error
 }
@@ -299,7 +306,7 @@ func (d *Decision) dane(ctx context.Context, host string, port int) (*Requiremen
 	r.check = func(cs tls.ConnectionState) (string, error) {
 		m, err := dane.Verify(usable, cs.PeerCertificates, host, d.e.now())
 		if err != nil {
-			return "", &Failure{Text: "dane: " + err.Error(), Err: err}
+			return "", &Failure{Text: "dane: " + err.Error(), Cause: err.Error(), Err: err}
 		}
 		if m.Record.Usage == dane.UsageDANETA {
 			return "dane-ta", nil
@@ -335,22 +342,52 @@ func (d *Decision) sts(ctx context.Context, host string) *Requirement {
 // webPKI verifies the certificate chain to the roots, valid now for the
 // requirement's host (RFC 8461 §4.2; Postfix's verify).
 func (e *Engine) webPKI(r *Requirement) func(tls.ConnectionState) (string, error) {
+	return webPKI(r, e.roots, e.now)
+}
+
+// webPKI verifies against roots (nil: the system roots) at now().
+func webPKI(r *Requirement, roots *x509.CertPool, now func() time.Time) func(tls.ConnectionState) (string, error) {
 	return func(cs tls.ConnectionState) (string, error) {
 		if len(cs.PeerCertificates) == 0 {
-			return "", &Failure{Text: fmt.Sprintf("%s: %s sent no certificate", r.Name(), r.Host)}
+			cause := r.Host + " sent no certificate"
+			return "", &Failure{Text: r.Name() + ": " + cause, Cause: cause}
 		}
 		leaf := cs.PeerCertificates[0]
 		inter := x509.NewCertPool()
 		for _, c := range cs.PeerCertificates[1:] {
 			inter.AddCert(c)
 		}
-		now := e.now()
-		_, err := leaf.Verify(x509.VerifyOptions{DNSName: r.Host, Roots: e.roots, Intermediates: inter, CurrentTime: now})
+		t := now()
+		_, err := leaf.Verify(x509.VerifyOptions{DNSName: r.Host, Roots: roots, Intermediates: inter, CurrentTime: t})
 		if err != nil {
-			return "", &Failure{Text: fmt.Sprintf("%s: %s %s", r.Name(), r.Host, certCause(err, leaf, now)), Err: err}
+			cause := r.Host + " " + certCause(err, leaf, t)
+			return "", &Failure{Text: r.Name() + ": " + cause, Cause: cause, Err: err}
 		}
 		return "webpki", nil
 	}
+}
+
+// RequireTLS returns the requirement of r's host for a message sent with
+// REQUIRETLS (RFC 8689 §4.2.1): STARTTLS required, and the certificate
+// verified by the policy's own check (DANE, or webpki under verify and
+// MTA-STS, a testing policy's included) or else by webpki against the MX
+// host name, whatever r alone would accept (none, may, encrypt, TLSA
+// records none of which is usable). A host r refuses stays refused.
+func (d *Decision) RequireTLS(r *Requirement) *Requirement {
+	return requireTLS(r, d.e.roots, d.e.now)
+}
+
+// RequireTLS is Decision.RequireTLS without a policy engine: webpki
+// against the system roots.
+func RequireTLS(r *Requirement) *Requirement { return requireTLS(r, nil, time.Now) }
+
+func requireTLS(r *Requirement, roots *x509.CertPool, now func() time.Time) *Requirement {
+	u := *r
+	u.RequireTLS, u.StartTLS, u.Required = true, true, true
+	if u.check == nil {
+		u.check, u.key = webPKI(&u, roots, now), "webpki "+u.Host
+	}
+	return &u
 }
 
 // certCause says in a few words why a certificate did not verify.

@@ -80,18 +80,28 @@ func testSettings(e *env) Settings {
 // (sub)test ends.
 func (e *env) service(t *testing.T, mod func(*Settings)) *Service {
 	t.Helper()
+	return e.serviceWith(t, mod, nil)
+}
+
+// serviceWith is service with dependencies changed by dmod (nil: none).
+func (e *env) serviceWith(t *testing.T, mod func(*Settings), dmod func(*Deps)) *Service {
+	t.Helper()
 	s := testSettings(e)
 	if mod != nil {
 		mod(&s)
 	}
 	_, js := e.ns.Connect(t)
-	svc, err := New(s, Deps{
+	d := Deps{
 		JS:      js,
 		Tracer:  e.tp.Tracer("test"),
 		Meter:   noop.NewMeterProvider().Meter(""),
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Shuffle: func(int, func(i, j int)) {},
-	})
+	}
+	if dmod != nil {
+		dmod(&d)
+	}
+	svc, err := New(s, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,6 +239,9 @@ func (e *env) result(t *testing.T, job *sluicev1.Job, timeout time.Duration) *sl
 // certificate made for the test, and records whether mail came over TLS.
 type tlsServer struct {
 	Addr string
+	// Cert is the server's self-signed certificate, for mx.tls.test and
+	// 127.0.0.1 (the host of a configured route).
+	Cert *x509.Certificate
 	mu   sync.Mutex
 	got  []tlsMsg
 }
@@ -249,7 +262,8 @@ func startTLSServer(t *testing.T, requireTLS bool) *tlsServer {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.tls.test"}, DNSNames: []string{"mx.tls.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -259,7 +273,11 @@ func startTLSServer(t *testing.T, requireTLS bool) *tlsServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &tlsServer{Addr: ln.Addr().String()}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &tlsServer{Addr: ln.Addr().String(), Cert: cert}
 	srv := smtp.NewServer(ts)
 	srv.Domain = "mx.tls.test"
 	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}

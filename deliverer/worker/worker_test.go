@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"net"
 	"strings"
 	"testing"
@@ -207,7 +208,7 @@ func TestDelivery(t *testing.T) {
 		before := c.Count()
 		job := e.enqueue(t, jobSpec{domain: "mx.test", rcpts: []string{"a@mx.test"}, requireTLS: true})
 		r := e.result(t, job, 10*time.Second)
-		check(t, r.Recipients[0], want{sluicev1.Outcome_OUTCOME_PERMANENT, sluicev1.Reason_REASON_REQUIRE_TLS, 550, "5.7.10"})
+		check(t, r.Recipients[0], want{sluicev1.Outcome_OUTCOME_PERMANENT, sluicev1.Reason_REASON_REQUIRE_TLS, 550, "5.7.30"})
 		if c.Count() != before {
 			t.Error("message was sent in the clear")
 		}
@@ -341,9 +342,14 @@ func TestStartTLS(t *testing.T) {
 	e := newEnv(t)
 	plain := startTLSServer(t, false)
 	strict := startTLSServer(t, true)
-	e.service(t, func(s *Settings) {
+	// A REQUIRETLS message needs a verified certificate (RFC 8689): the
+	// deliverer trusts the servers' own.
+	roots := x509.NewCertPool()
+	roots.AddCert(plain.Cert)
+	roots.AddCert(strict.Cert)
+	e.serviceWith(t, func(s *Settings) {
 		s.Routes = map[string]string{"tls.test": plain.Addr, "strict.test": strict.Addr}
-	})
+	}, func(d *Deps) { d.TLSPolicy.RootCAs = roots })
 
 	job := e.enqueue(t, jobSpec{domain: "tls.test", rcpts: []string{"a@tls.test", "b@tls.test"}})
 	r := e.result(t, job, 10*time.Second)
@@ -357,6 +363,9 @@ func TestStartTLS(t *testing.T) {
 	job = e.enqueue(t, jobSpec{domain: "tls.test", rcpts: []string{"a@tls.test"}, requireTLS: true})
 	r = e.result(t, job, 10*time.Second)
 	check(t, r.Recipients[0], want{sluicev1.Outcome_OUTCOME_PERMANENT, sluicev1.Reason_REASON_REQUIRE_TLS, 550, "5.7.30"})
+	if want := "REQUIRETLS support required: 127.0.0.1 does not offer REQUIRETLS"; r.Recipients[0].Text != want {
+		t.Errorf("text %q, want %q", r.Recipients[0].Text, want)
+	}
 
 	job = e.enqueue(t, jobSpec{domain: "strict.test", rcpts: []string{"a@strict.test"}, requireTLS: true})
 	r = e.result(t, job, 10*time.Second)

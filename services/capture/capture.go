@@ -32,6 +32,8 @@ type Message struct {
 	Data     []byte
 	Received time.Time
 	TLS      bool
+	// RequireTLS: MAIL FROM carried REQUIRETLS (RFC 8689).
+	RequireTLS bool
 }
 
 // RcptFunc decides the reply to one RCPT TO; nil accepts. It is called with
@@ -56,6 +58,9 @@ type Options struct {
 	// TLS, when set, makes the server offer STARTTLS with it; tests of
 	// the deliverer's TLS policies give it the certificate to present.
 	TLS *tls.Config
+	// RequireTLS makes the server offer REQUIRETLS (RFC 8689) after
+	// STARTTLS.
+	RequireTLS bool
 }
 
 // Server is a running capture server.
@@ -110,6 +115,7 @@ func Listen(addr string, o Options) (*Server, error) {
 	s.srv.EnableSMTPUTF8 = true
 	s.srv.EnableDSN = true
 	s.srv.TLSConfig = o.TLS
+	s.srv.EnableREQUIRETLS = o.RequireTLS
 	go s.srv.Serve(ln)
 	return s, nil
 }
@@ -161,6 +167,7 @@ type session struct {
 	from string
 	to   []string
 	tls  bool
+	req  bool
 	conn *smtp.Conn
 }
 
@@ -194,8 +201,8 @@ func (se *session) envelope(m Message, file string) Envelope {
 }
 
 func (se *session) AuthMechanisms() []string { return nil }
-func (se *session) Mail(from string, _ *smtp.MailOptions) error {
-	se.from = from
+func (se *session) Mail(from string, o *smtp.MailOptions) error {
+	se.from, se.req = from, o != nil && o.RequireTLS
 	return nil
 }
 
@@ -221,7 +228,7 @@ func (se *session) Data(r io.Reader) error {
 	if se.s.opts.Delay > 0 {
 		time.Sleep(se.s.opts.Delay)
 	}
-	m := Message{From: se.from, To: append([]string(nil), se.to...), Data: data, Received: time.Now(), TLS: se.tls}
+	m := Message{From: se.from, To: append([]string(nil), se.to...), Data: data, Received: time.Now(), TLS: se.tls, RequireTLS: se.req}
 	if dir := se.s.opts.Dir; dir != "" {
 		sum := sha256.Sum256(data)
 		base := fmt.Sprintf("%d-%s", m.Received.UnixNano(), hex.EncodeToString(sum[:6]))
@@ -249,7 +256,7 @@ func (se *session) Data(r io.Reader) error {
 	return nil
 }
 
-func (se *session) Reset()        { se.from, se.to = "", nil }
+func (se *session) Reset()        { se.from, se.to, se.req = "", nil, false }
 func (se *session) Logout() error { return nil }
 
 // ErrNotFound is returned by Find when no message matches.
