@@ -85,6 +85,8 @@ type Courier struct {
 	// policy decides TLS requirements (see tls.go); nil is "may".
 	policy      TLSPolicy
 	tlsSessions metric.Int64Counter
+	// reports counts TLS sessions for TLS-RPT; nil counts nothing.
+	reports TLSReporter
 }
 
 // Option configures a Courier.

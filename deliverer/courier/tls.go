@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -14,6 +15,7 @@ import (
 	"github.com/sluice-mta/sluice/deliverer/smtpclient"
 	"github.com/sluice-mta/sluice/deliverer/status"
 	"github.com/sluice-mta/sluice/deliverer/tlspolicy"
+	"github.com/sluice-mta/sluice/deliverer/tlsrpt"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 )
 
@@ -28,6 +30,43 @@ type TLSPolicy interface {
 }
 
 var _ TLSPolicy = (*tlspolicy.Engine)(nil)
+
+// TLSReporter counts TLS sessions for TLS reports (RFC 8460);
+// *tlsrpt.Recorder implements it.
+type TLSReporter interface {
+	Record(ctx context.Context, s tlsrpt.Session) error
+}
+
+var _ TLSReporter = (*tlsrpt.Recorder)(nil)
+
+// WithTLSReports makes the courier count every TLS session, and every host
+// its policy refused, with rep. Nothing is counted under policy none, which
+// does not try TLS.
+func WithTLSReports(rep TLSReporter) Option {
+	return func(c *Courier) { c.reports = rep }
+}
+
+// reportTimeout bounds the recording of one session: a slow store delays
+// the attempt by this much at most, and loses the count.
+const reportTimeout = 2 * time.Second
+
+// report counts a session to ip under r; result is "" for a success or an
+// RFC 8460 result type.
+func (c *Courier) report(ctx context.Context, r *tlspolicy.Requirement, ip, result, detail string) {
+	if c.reports == nil || r.Policy == "none" || r.Domain == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reportTimeout)
+	defer cancel()
+	err := c.reports.Record(ctx, tlsrpt.Session{Domain: r.Domain, PolicyType: r.ReportType(), PolicyString: r.PolicyString,
+		MXHosts: r.MXPatterns, MXHost: r.Host, IP: ip, Result: result, Detail: detail})
+	if err != nil {
+		trace.SpanFromContext(ctx).AddEvent("sluice.tlsrpt_not_counted", trace.WithAttributes(attribute.String("error", err.Error())))
+	}
+}
+
+// peerIP is the address of the session's server.
+func peerIP(s *smtpclient.Session) string { return s.Addr().Addr().String() }
 
 // WithTLSPolicy makes the courier apply p to every attempt and count TLS
 // sessions in m's sluice_deliverer_tls_sessions_total. Without it every
@@ -130,6 +169,7 @@ func reqAttrs(r *tlspolicy.Requirement) []attribute.KeyValue {
 // refused is the failure of a host the policy does not let us use.
 func (c *Courier) refused(ctx context.Context, r *tlspolicy.Requirement) *status.Error {
 	c.countTLS(r, tlsRefused)
+	c.report(ctx, r, "", r.RefusedType(), r.Refused)
 	trace.SpanFromContext(ctx).AddEvent("sluice.tls_refused", trace.WithAttributes(
 		attribute.String("server.address", r.Host), attribute.String("sluice.tls.refused", r.Refused)))
 	return &status.Error{Code: 451, Enhanced: "4.7.5", Reason: sluicev1.Reason_REASON_TLS, RemoteHost: r.Host, Text: r.Refused}
@@ -147,8 +187,10 @@ type tlsOutcome struct {
 	req        *tlspolicy.Requirement
 	state      *tls.ConnectionState
 	verifiedBy string
-	// reported is a failure a testing policy let through.
-	reported string
+	// reported is a failure a testing policy let through, and
+	// reportedErr its error.
+	reported    string
+	reportedErr error
 }
 
 func (o tlsOutcome) attrs() []attribute.KeyValue {
@@ -203,7 +245,7 @@ func (c *Courier) startTLS(ctx context.Context, s *smtpclient.Session, r *tlspol
 			}
 			if !r.Required {
 				// MTA-STS testing (RFC 8461 §5): deliver and report.
-				out.reported = err.Error()
+				out.reported, out.reportedErr = err.Error(), err
 				return nil
 			}
 			return &status.Error{Code: 451, Enhanced: "4.7.5", Reason: sluicev1.Reason_REASON_TLS, Text: err.Error(), Err: err}
@@ -228,6 +270,7 @@ func (c *Courier) startTLS(ctx context.Context, s *smtpclient.Session, r *tlspol
 			e = &e2
 		}
 		c.countTLS(r, tlsFailed)
+		c.report(ctx, r, peerIP(s), r.ResultType(err), e.Text)
 		span.SetAttributes(reqAttrs(r)...)
 		fail(span, e)
 		return out, e
@@ -263,6 +306,7 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 		switch {
 		case s.TLS() == nil && r.Required:
 			c.countTLS(r, tlsFailed)
+			c.report(ctx, r, peerIP(s), "starttls-not-supported", r.Host+" does not offer STARTTLS")
 			if r.RequireTLS {
 				return out, requireTLSFailure(s, r.Host+" does not offer STARTTLS")
 			}
@@ -270,10 +314,18 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 				Text: fmt.Sprintf("%s: %s does not offer STARTTLS; TLS is required", r.Name(), r.Host)}
 		case s.TLS() == nil:
 			c.countTLS(r, tlsPlain)
+			c.report(ctx, r, peerIP(s), "starttls-not-supported", r.Host+" does not offer STARTTLS")
 		case out.verifiedBy != "":
 			c.countTLS(r, tlsVerified)
+			c.report(ctx, r, peerIP(s), "", "")
+		case out.reportedErr != nil:
+			// An MTA-STS testing policy's failure, delivered anyway: the
+			// report is how the domain learns of it (RFC 8461 §5).
+			c.countTLS(r, tlsEncrypted)
+			c.report(ctx, r, peerIP(s), r.ResultType(out.reportedErr), out.reported)
 		default:
 			c.countTLS(r, tlsEncrypted)
+			c.report(ctx, r, peerIP(s), "", "")
 		}
 	} else if s.Verified() != "" && s.Verified() == r.Key() {
 		out.verifiedBy = s.VerifiedBy()

@@ -168,6 +168,14 @@ type Requirement struct {
 	// Note explains the choice, for the span: a TLSA answer ignored, a
 	// policy not found.
 	Note string
+	// Domain is the policy domain (the recipient domain), for TLS
+	// reports; empty without a Decision.
+	Domain string
+	// PolicyString is the policy as a TLS report shows it (RFC 8460
+	// §4.4): the MTA-STS policy's lines, or the usable TLSA records.
+	PolicyString []string
+	// MXPatterns are the MTA-STS policy's mx patterns.
+	MXPatterns []string
 	// RequireTLS marks the requirement of a message sent with REQUIRETLS
 	// (RFC 8689), made by Decision.RequireTLS: TLS required and the
 	// certificate verified, whatever Policy alone would accept.
@@ -224,6 +232,12 @@ func (r *Requirement) Check(cs tls.ConnectionState) (string, error) {
 // Host returns the requirement for MX host (the name the MX record gives)
 // at port.
 func (d *Decision) Host(ctx context.Context, host string, port int) *Requirement {
+	r := d.host(ctx, host, port)
+	r.Domain = d.Domain
+	return r
+}
+
+func (d *Decision) host(ctx context.Context, host string, port int) *Requirement {
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
 	switch d.Mode {
 	case ModeNone:
@@ -303,6 +317,7 @@ func (d *Decision) dane(ctx context.Context, host string, port int) (*Requiremen
 		keys = append(keys, u.String())
 	}
 	r.key = "dane " + host + " " + strings.Join(keys, ",")
+	r.PolicyString = keys
 	r.check = func(cs tls.ConnectionState) (string, error) {
 		m, err := dane.Verify(usable, cs.PeerCertificates, host, d.e.now())
 		if err != nil {
@@ -324,6 +339,9 @@ func (d *Decision) sts(ctx context.Context, host string) *Requirement {
 		return &Requirement{Policy: "may", Host: host, StartTLS: true, Note: "mta-sts: " + note}
 	}
 	r := &Requirement{Policy: "mta-sts", STSMode: p.Mode, Host: host, StartTLS: true, Note: "mta-sts: " + note}
+	r.PolicyString = append([]string{"version: STSv1", "mode: " + string(p.Mode)}, prefixed("mx: ", p.MX)...)
+	r.PolicyString = append(r.PolicyString, fmt.Sprintf("max_age: %d", p.MaxAge))
+	r.MXPatterns = p.MX
 	r.check, r.key = d.e.webPKI(r), "webpki "+host
 	if p.Mode == mtasts.Enforce {
 		r.Required = true

@@ -77,6 +77,7 @@ import (
 	"github.com/sluice-mta/sluice/deliverer/smtpclient"
 	"github.com/sluice-mta/sluice/deliverer/status"
 	"github.com/sluice-mta/sluice/deliverer/tlspolicy"
+	"github.com/sluice-mta/sluice/deliverer/tlsrpt"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/consume"
@@ -146,6 +147,8 @@ type Service struct {
 	siteMetrics metric.Registration
 	// tlsPolicy decides each destination's TLS (see tls.go).
 	tlsPolicy *tlspolicy.Engine
+	// tlsReports counts TLS sessions for TLS-RPT (see tls.go).
+	tlsReports *tlsrpt.Recorder
 
 	slots      chan struct{}
 	work       chan fetched
@@ -221,6 +224,7 @@ func New(s Settings, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsReports := tlsrpt.NewRecorder(d.TLSPolicy.Now)
 	return &Service{
 		steered: steered,
 		cfg:     s,
@@ -229,8 +233,9 @@ func New(s Settings, d Deps) (*Service, error) {
 		log:     d.Logger.With("instance", s.Instance),
 		courier: courier.New(res, dialer, d.Tracer, courier.WithSigner(signer),
 			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency}),
-			courier.WithTLSPolicy(tlsPolicy, d.Meter)),
+			courier.WithTLSPolicy(tlsPolicy, d.Meter), courier.WithTLSReports(tlsReports)),
 		tlsPolicy:      tlsPolicy,
+		tlsReports:     tlsReports,
 		m:              m,
 		consumeMetrics: cm,
 		parkAfter:      parkAfter,

@@ -16,12 +16,18 @@ func newTLSPolicy(s Settings, o tlspolicy.Options) (*tlspolicy.Engine, error) {
 }
 
 // startTLSPolicy gives the engine the fleet's MTA-STS cache
-// (wire.BucketMTASTS, provisioned with the streams).
+// (wire.BucketMTASTS), and the TLS-RPT recorder the fleet's counts
+// (wire.BucketTLSRPT), both provisioned with the streams.
 func (s *Service) startTLSPolicy(ctx context.Context) error {
 	kv, err := s.js.KeyValue(ctx, wire.BucketMTASTS)
 	if err != nil {
 		return fmt.Errorf("key-value %s: %w", wire.BucketMTASTS, err)
 	}
 	s.tlsPolicy.UseStore(kv)
+	rpt, err := s.js.KeyValue(ctx, wire.BucketTLSRPT)
+	if err != nil {
+		return fmt.Errorf("key-value %s: %w", wire.BucketTLSRPT, err)
+	}
+	s.tlsReports.UseStore(rpt)
 	return nil
 }

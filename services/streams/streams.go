@@ -167,6 +167,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 	if _, err := Strikes(ctx, js, q); err != nil {
 		return err
 	}
+	if _, err := TLSRPT(ctx, js, q); err != nil {
+		return err
+	}
 	return nil
 }
 
