@@ -6,11 +6,14 @@ package daemon
 import (
 	"context"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/sluice-mta/sluice/bouncer/service"
+	"github.com/sluice-mta/sluice/bouncer/tlsrpt"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/lifecycle"
+	"github.com/sluice-mta/sluice/services/streams"
 )
 
 // stopGrace bounds how long shutdown waits for in-flight requests.
@@ -59,10 +62,45 @@ func Run(ctx context.Context, cfg service.Config, host lifecycle.Host) error {
 	log.Info("started", "metrics_listen", p.MetricsAddr(), "nats", p.NC.ConnectedUrlRedacted(),
 		"hostname", cfg.Bouncer.Hostname, "consumer", service.ConsumerConfig().Durable)
 
+	var reports sync.WaitGroup
+	if tr := cfg.Bouncer.TLSReports; tr.Enabled {
+		reports.Go(func() { runTLSReports(ctx, p, cfg) })
+	}
+
 	<-ctx.Done()
 	log.Info("stopping")
+	reports.Wait()
 	sctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 	defer cancel()
 	p.Stop(svc.Close(sctx))
 	return nil
+}
+
+// runTLSReports sends the TLS-RPT report of each finished day until ctx
+// ends (bouncer.tls_reports); every instance runs it, and the claims in
+// the bucket make each report go once.
+func runTLSReports(ctx context.Context, p *lifecycle.Process, cfg service.Config) {
+	tr := cfg.Bouncer.TLSReports
+	var rep *tlsrpt.Reporter
+	err := p.Retry(ctx, "open the TLS report counts", func(ctx context.Context) error {
+		kv, err := streams.TLSRPT(ctx, p.JS, cfg.Queue)
+		if err != nil {
+			return err
+		}
+		rep = tlsrpt.NewReporter(tlsrpt.Config{
+			Params: tlsrpt.Params{Organization: tr.Organization, Contact: tr.Contact,
+				Submitter: tr.SubmitterDomain(cfg.Bouncer.Hostname)},
+			Hostname: cfg.Bouncer.Hostname, From: tr.From, DNSServer: tr.DNSServer,
+		}, kv, p.JS, p.Log.With("part", "tls_reports"))
+		return nil
+	})
+	if err != nil {
+		return // ctx ended
+	}
+	interval := tr.Interval
+	if interval == 0 {
+		interval = time.Hour
+	}
+	p.Log.Info("tls reports", "submitter", tr.SubmitterDomain(cfg.Bouncer.Hostname), "interval", interval)
+	rep.Run(ctx, time.Now, interval)
 }

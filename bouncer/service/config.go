@@ -3,7 +3,9 @@ package service
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"time"
 
 	"github.com/sluice-mta/sluice/services/config"
 )
@@ -21,8 +23,78 @@ type Settings struct {
 	// a NOTIFY parameter (RFC 3461 §4.1 leaves this to the MTA; see
 	// notify.Policy). Default true.
 	NotifyDelayByDefault bool `yaml:"notify_delay_by_default" env:"SLUICE_BOUNCER_NOTIFY_DELAY_BY_DEFAULT"`
+	// TLSReports sends the daily TLS aggregate reports of RFC 8460.
+	TLSReports TLSReports `yaml:"tls_reports"`
 
 	config.Telemetry `yaml:",inline"`
+}
+
+// TLSReports is bouncer.tls_reports: the daily TLS-RPT reports (RFC 8460)
+// built from the TLS sessions every deliverer counts, sent by mail to the
+// rua addresses of each policy domain's _smtp._tls record. Off by
+// default: a report names this organisation to the receiving domains.
+type TLSReports struct {
+	Enabled bool `yaml:"enabled" env:"SLUICE_BOUNCER_TLS_REPORTS_ENABLED"`
+	// Organization is the report's organization-name.
+	Organization string `yaml:"organization" env:"SLUICE_BOUNCER_TLS_REPORTS_ORGANIZATION"`
+	// Contact is the report's contact-info: an address or a URL.
+	Contact string `yaml:"contact" env:"SLUICE_BOUNCER_TLS_REPORTS_CONTACT"`
+	// Submitter is the domain that submits the reports
+	// (TLS-Report-Submitter); "" is the hostname's parent domain.
+	Submitter string `yaml:"submitter" env:"SLUICE_BOUNCER_TLS_REPORTS_SUBMITTER"`
+	// From is the reports' From address; "" is tls-reports@<submitter>.
+	From string `yaml:"from" env:"SLUICE_BOUNCER_TLS_REPORTS_FROM"`
+	// DNSServer (host:port) answers the _smtp._tls TXT lookups; "" is the
+	// system's resolver.
+	DNSServer string `yaml:"dns_server" env:"SLUICE_BOUNCER_TLS_REPORTS_DNS_SERVER"`
+	// Interval is how often a finished day is looked at (default 1h; each
+	// report is sent once whatever the number of instances).
+	Interval time.Duration `yaml:"interval" env:"SLUICE_BOUNCER_TLS_REPORTS_INTERVAL"`
+}
+
+// SubmitterDomain is Submitter, or the parent domain of hostname.
+func (t TLSReports) SubmitterDomain(hostname string) string {
+	if t.Submitter != "" {
+		return t.Submitter
+	}
+	if _, parent, ok := strings.Cut(hostname, "."); ok && strings.Contains(parent, ".") {
+		return parent
+	}
+	return hostname
+}
+
+// Validate reports the first bad field, by its YAML path.
+func (t TLSReports) Validate() error {
+	if !t.Enabled {
+		return nil
+	}
+	if strings.TrimSpace(t.Organization) == "" {
+		return errors.New("bouncer.tls_reports.organization: must be set when tls_reports.enabled (the organization-name of each report)")
+	}
+	if strings.TrimSpace(t.Contact) == "" {
+		return errors.New("bouncer.tls_reports.contact: must be set when tls_reports.enabled (an address or URL for the receivers)")
+	}
+	if strings.ContainsAny(t.Organization+t.Contact, "\r\n") {
+		return errors.New("bouncer.tls_reports: organization and contact must be one line each")
+	}
+	if t.Submitter != "" && !isDomain(t.Submitter) {
+		return fmt.Errorf("bouncer.tls_reports.submitter: %q is not a domain name", t.Submitter)
+	}
+	if t.From != "" {
+		local, domain, ok := strings.Cut(t.From, "@")
+		if !ok || local == "" || !isDomain(domain) || strings.ContainsAny(local, " \t\r\n<>@") {
+			return fmt.Errorf("bouncer.tls_reports.from: %q: want an address like tls-reports@example.com", t.From)
+		}
+	}
+	if t.DNSServer != "" {
+		if _, _, err := net.SplitHostPort(t.DNSServer); err != nil {
+			return fmt.Errorf("bouncer.tls_reports.dns_server: %q: want host:port", t.DNSServer)
+		}
+	}
+	if t.Interval < 0 || t.Interval > 0 && t.Interval < time.Second {
+		return fmt.Errorf("bouncer.tls_reports.interval: %s: want at least 1s", t.Interval)
+	}
+	return nil
 }
 
 // Config is everything sluice-bouncer reads from the shared file.
@@ -69,6 +141,9 @@ func (s Settings) Validate() error {
 		if !ok || local == "" || !isDomain(domain) || strings.ContainsAny(local, " \t\r\n<>@") {
 			return fmt.Errorf("bouncer.postmaster: %q: want an address like postmaster@example.com", s.Postmaster)
 		}
+	}
+	if err := s.TLSReports.Validate(); err != nil {
+		return err
 	}
 	if err := s.Telemetry.Validate(); err != nil {
 		return fmt.Errorf("bouncer.%w", err)

@@ -113,12 +113,15 @@ func (r *Reporter) sendDomain(ctx context.Context, day, domain string, counts []
 	if err != nil || len(rua) == 0 {
 		return nil, err
 	}
-	// Claim the report: the first instance to create the key sends it.
+	// A report is sent once: the claim sent.<day>.<domain> records it.
+	// It is written after the publish, so that an instance dying between
+	// the two leaves a report sent twice (receivers tell them apart by
+	// report-id) rather than none; instances racing publish under the
+	// same message id, which the stream deduplicates.
 	claim := wire.TLSRPTSentKey(day, domain)
-	if _, err := r.kv.Create(ctx, claim, []byte(r.cfg.Hostname)); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, nil
-		}
+	if _, err := r.kv.Get(ctx, claim); err == nil {
+		return nil, nil
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, err
 	}
 	rep, err := Build(r.cfg.Params, day, domain, counts)
@@ -149,10 +152,15 @@ func (r *Reporter) sendDomain(ctx context.Context, day, domain string, counts []
 	out := nats.NewMsg(wire.MessageSubject(qid))
 	out.Data = data
 	out.Header.Set(wire.HeaderQueueID, qid)
-	if _, err := r.js.PublishMsg(ctx, out, jetstream.WithMsgID("tlsrpt-"+day+"-"+domain), jetstream.WithExpectStream(wire.StreamMessages)); err != nil {
-		// Give the claim back so that a later run sends the report.
-		_ = r.kv.Delete(ctx, claim)
-		return nil, err
+	pa, err := r.js.PublishMsg(ctx, out, jetstream.WithMsgID("tlsrpt-"+day+"-"+domain), jetstream.WithExpectStream(wire.StreamMessages))
+	if err != nil {
+		return nil, err // no claim: a later run sends it
+	}
+	if _, err := r.kv.Create(ctx, claim, []byte(r.cfg.Hostname)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, fmt.Errorf("report enqueued as %s, but not recorded as sent: %w", qid, err)
+	}
+	if pa.Duplicate {
+		return nil, nil // another instance's publish of the same report
 	}
 	r.log.InfoContext(ctx, "tls report enqueued", "domain", domain, "day", day, "queue_id", qid, "rua", strings.Join(rua, ","))
 	return &Sent{Domain: domain, QueueID: qid, To: rua}, nil
