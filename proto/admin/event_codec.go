@@ -70,6 +70,13 @@ const (
 	rrReason     = 3
 	rrReply      = 4
 	rrRemoteHost = 5
+	rrTLS        = 6
+
+	tlsPolicy     = 1
+	tlsVersion    = 2
+	tlsCipher     = 3
+	tlsVerifiedBy = 4
+	tlsReported   = 5
 )
 
 // MarshalQueueEvent encodes ev in its stored form, a sluice.v1.QueueEvent.
@@ -110,6 +117,15 @@ func AppendQueueEvent(b []byte, ev *QueueEvent) []byte {
 		b = appendString(b, rrReason, r.Reason)
 		b = appendString(b, rrReply, r.Reply)
 		b = appendString(b, rrRemoteHost, r.RemoteHost)
+		if r.TLS != (QueueTLS{}) {
+			b = protowire.AppendTag(b, rrTLS, protowire.BytesType)
+			b = protowire.AppendVarint(b, uint64(sizeTLS(&r.TLS)))
+			b = appendString(b, tlsPolicy, r.TLS.Policy)
+			b = appendString(b, tlsVersion, r.TLS.Version)
+			b = appendString(b, tlsCipher, r.TLS.Cipher)
+			b = appendString(b, tlsVerifiedBy, r.TLS.VerifiedBy)
+			b = appendString(b, tlsReported, r.TLS.Reported)
+		}
 	}
 	b = appendString(b, evNote, ev.Note)
 	return b
@@ -207,8 +223,17 @@ func sizeEnvelope(env *QueueEnvelope) int {
 }
 
 func sizeRecipient(r *QueueRecipientResult) int {
-	return sizeString(rrAddress, r.Address) + sizeString(rrOutcome, r.Outcome) + sizeString(rrReason, r.Reason) +
+	n := sizeString(rrAddress, r.Address) + sizeString(rrOutcome, r.Outcome) + sizeString(rrReason, r.Reason) +
 		sizeString(rrReply, r.Reply) + sizeString(rrRemoteHost, r.RemoteHost)
+	if r.TLS != (QueueTLS{}) {
+		n += protowire.SizeTag(rrTLS) + protowire.SizeBytes(sizeTLS(&r.TLS))
+	}
+	return n
+}
+
+func sizeTLS(t *QueueTLS) int {
+	return sizeString(tlsPolicy, t.Policy) + sizeString(tlsVersion, t.Version) + sizeString(tlsCipher, t.Cipher) +
+		sizeString(tlsVerifiedBy, t.VerifiedBy) + sizeString(tlsReported, t.Reported)
 }
 
 func sizeEvent(ev *QueueEvent) int {
@@ -252,6 +277,9 @@ type EventReader struct {
 // and only while data is neither modified nor reused; whatever the caller
 // keeps of it, it must copy (strings.Clone).
 func (r *EventReader) Read(data []byte) (*QueueEvent, error) {
+	// encoding/json decodes into the reused elements in place, keeping
+	// the fields an event leaves out: clear them first.
+	clear(r.ev.Recipients[:cap(r.ev.Recipients)])
 	r.ev = QueueEvent{Recipients: r.ev.Recipients[:0]}
 	r.env = QueueEnvelope{Recipients: r.env.Recipients[:0]}
 	d := decoder{shared: true, env: &r.env}
@@ -481,6 +509,36 @@ func (d *decoder) recipient(data []byte, r *QueueRecipientResult) error {
 			r.Reply = d.str(f.b)
 		case rrRemoteHost:
 			r.RemoteHost = d.str(f.b)
+		case rrTLS:
+			if err := d.tls(f.b, &r.TLS); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (d *decoder) tls(data []byte, t *QueueTLS) error {
+	for len(data) > 0 {
+		f, rest, err := next(data)
+		if err != nil {
+			return err
+		}
+		data = rest
+		if f.typ != protowire.BytesType {
+			continue
+		}
+		switch f.num {
+		case tlsPolicy:
+			t.Policy = d.enum(f.b)
+		case tlsVersion:
+			t.Version = d.enum(f.b)
+		case tlsCipher:
+			t.Cipher = d.enum(f.b)
+		case tlsVerifiedBy:
+			t.VerifiedBy = d.enum(f.b)
+		case tlsReported:
+			t.Reported = d.str(f.b)
 		}
 	}
 	return nil
@@ -497,6 +555,12 @@ var knownStrings = func() map[string]string {
 		"high", "normal", "bulk", "failed",
 		"dns", "connect", "tls", "remote", "timeout", "protocol", "null_mx", "no_domain", "internal", "require_tls",
 		"FULL", "HDRS",
+		"none", "may", "encrypt", "verify", "dane", "mta-sts enforce", "mta-sts testing",
+		"1.2", "1.3", "webpki", "dane-ee", "dane-ta",
+		"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+		"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+		"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+		"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
 	} {
 		m[s] = s
 	}

@@ -28,7 +28,10 @@ func fullEvent() *QueueEvent {
 			RequireTLS: true, SMTPUTF8: true, IsDSN: true,
 		},
 		Recipients: []QueueRecipientResult{
-			{Address: "x@dest.test", Outcome: "delivered", RemoteHost: "mx1.dest.test"},
+			{Address: "x@dest.test", Outcome: "delivered", RemoteHost: "mx1.dest.test", TLS: QueueTLS{
+				Policy: "mta-sts testing", Version: "1.3", Cipher: "TLS_AES_128_GCM_SHA256", VerifiedBy: "webpki",
+				Reported: "mx1.dest.test: certificate expired",
+			}},
 			{Address: "Y@Dest.Test", Outcome: "deferred", Reason: "remote", Reply: "451 4.7.1 greylisted", RemoteHost: "mx1.dest.test"},
 		},
 	}
@@ -90,6 +93,10 @@ func TestQueueEventMatchesSchema(t *testing.T) {
 		pb.GetStartedUnixNano() != ev.Started.UnixNano() || pb.GetNextAttemptUnixNano() != ev.NextAttempt.UnixNano() ||
 		pb.GetNote() != ev.Note || len(pb.GetRecipients()) != 2 ||
 		pb.GetRecipients()[1].GetReply() != ev.Recipients[1].Reply || pb.GetRecipients()[0].GetOutcome() != "delivered" ||
+		pb.GetRecipients()[0].GetTls().GetPolicy() != "mta-sts testing" || pb.GetRecipients()[0].GetTls().GetVersion() != "1.3" ||
+		pb.GetRecipients()[0].GetTls().GetCipher() != "TLS_AES_128_GCM_SHA256" ||
+		pb.GetRecipients()[0].GetTls().GetVerifiedBy() != "webpki" ||
+		pb.GetRecipients()[0].GetTls().GetReported() != ev.Recipients[0].TLS.Reported || pb.GetRecipients()[1].GetTls() != nil ||
 		env.GetSender() != ev.Envelope.Sender || !reflect.DeepEqual(env.GetRecipients(), ev.Envelope.Recipients) ||
 		env.GetDomain() != ev.Envelope.Domain || env.GetSize() != ev.Envelope.Size ||
 		env.GetReceivedUnixNano() != ev.Envelope.Received.UnixNano() || env.GetExpiresUnixNano() != ev.Envelope.Expires.UnixNano() ||

@@ -143,6 +143,8 @@ type QueueAttempt struct {
 	Result string `json:"result,omitempty"`
 	Reason string `json:"reason,omitempty"`
 	Reply  string `json:"reply,omitempty"`
+	// TLS is the session's TLS, when the attempt reached a server.
+	TLS QueueTLS `json:"tls,omitzero"`
 }
 
 // QueueLogResponse is the history of a message or job, oldest first.
@@ -285,6 +287,23 @@ type QueueRecipientResult struct {
 	Reason     string `json:"reason,omitempty"`
 	Reply      string `json:"reply,omitempty"`
 	RemoteHost string `json:"remote_host,omitempty"`
+	// TLS is how the attempt used TLS; zero when no session was made.
+	TLS QueueTLS `json:"tls,omitzero"`
+}
+
+// QueueTLS is the TLS of one delivery attempt (sluice.v1.TlsOutcome).
+type QueueTLS struct {
+	// Policy is the policy that applied: none, may, encrypt, verify, dane,
+	// "mta-sts enforce", "mta-sts testing".
+	Policy string `json:"policy,omitempty"`
+	// Version ("1.3") and Cipher are empty for a clear-text session.
+	Version string `json:"version,omitempty"`
+	Cipher  string `json:"cipher,omitempty"`
+	// VerifiedBy is webpki, dane-ee or dane-ta; empty when the
+	// certificate was not verified.
+	VerifiedBy string `json:"verified_by,omitempty"`
+	// Reported is a failure an MTA-STS testing policy let through.
+	Reported string `json:"reported,omitempty"`
 }
 
 // Marks in the wire.BucketHeld bucket, keyed by job id. Deliverers read the

@@ -1587,10 +1587,12 @@ type QueueRecipientResult struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// delivered, deferred, failed.
-	Outcome       string `protobuf:"bytes,2,opt,name=outcome,proto3" json:"outcome,omitempty"`
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Reply         string `protobuf:"bytes,4,opt,name=reply,proto3" json:"reply,omitempty"`
-	RemoteHost    string `protobuf:"bytes,5,opt,name=remote_host,json=remoteHost,proto3" json:"remote_host,omitempty"`
+	Outcome    string `protobuf:"bytes,2,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Reason     string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reply      string `protobuf:"bytes,4,opt,name=reply,proto3" json:"reply,omitempty"`
+	RemoteHost string `protobuf:"bytes,5,opt,name=remote_host,json=remoteHost,proto3" json:"remote_host,omitempty"`
+	// How the attempt used TLS (absent when no connection was made).
+	Tls           *TlsOutcome `protobuf:"bytes,6,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1658,6 +1660,13 @@ func (x *QueueRecipientResult) GetRemoteHost() string {
 		return x.RemoteHost
 	}
 	return ""
+}
+
+func (x *QueueRecipientResult) GetTls() *TlsOutcome {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
 }
 
 var File_sluicev1_sluice_proto protoreflect.FileDescriptor
@@ -1813,14 +1822,15 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	" \x01(\bR\n" +
 	"requireTls\x12\x1a\n" +
 	"\bsmtputf8\x18\v \x01(\bR\bsmtputf8\x12\x15\n" +
-	"\x06is_dsn\x18\f \x01(\bR\x05isDsn\"\x99\x01\n" +
+	"\x06is_dsn\x18\f \x01(\bR\x05isDsn\"\xc2\x01\n" +
 	"\x14QueueRecipientResult\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
 	"\aoutcome\x18\x02 \x01(\tR\aoutcome\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05reply\x18\x04 \x01(\tR\x05reply\x12\x1f\n" +
 	"\vremote_host\x18\x05 \x01(\tR\n" +
-	"remoteHost*_\n" +
+	"remoteHost\x12'\n" +
+	"\x03tls\x18\x06 \x01(\v2\x15.sluice.v1.TlsOutcomeR\x03tls*_\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPRIORITY_HIGH\x10\x01\x12\x13\n" +
@@ -1908,11 +1918,12 @@ var file_sluicev1_sluice_proto_depIdxs = []int32{
 	8,  // 11: sluice.v1.Bounce.recipients:type_name -> sluice.v1.RecipientResult
 	13, // 12: sluice.v1.QueueEvent.envelope:type_name -> sluice.v1.QueueEnvelope
 	14, // 13: sluice.v1.QueueEvent.recipients:type_name -> sluice.v1.QueueRecipientResult
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	9,  // 14: sluice.v1.QueueRecipientResult.tls:type_name -> sluice.v1.TlsOutcome
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_sluicev1_sluice_proto_init() }

@@ -162,6 +162,12 @@ func apply(j *api.QueueJob, ev *api.QueueEvent) {
 				}
 			}
 		}
+		for _, r := range ev.Recipients {
+			if r.TLS != (api.QueueTLS{}) {
+				a.TLS = r.TLS // one session carried every recipient of a job
+				break
+			}
+		}
 		j.NextAttempt = ev.NextAttempt
 		if ev.Type != wire.EventDeferred {
 			j.Outcome = ev.Type

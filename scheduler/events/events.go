@@ -165,6 +165,12 @@ func Recipients(rrs []*sluicev1.RecipientResult) []admin.QueueRecipientResult {
 			Address: rr.GetAddress(), Outcome: OutcomeName(rr.GetOutcome()), Reason: ReasonName(rr.GetReason()),
 			Reply: Reply(rr), RemoteHost: rr.GetRemoteHost(),
 		}
+		if t := rr.GetTls(); t != nil {
+			out[i].TLS = admin.QueueTLS{
+				Policy: t.GetPolicy(), Version: t.GetVersion(), Cipher: t.GetCipher(),
+				VerifiedBy: t.GetVerifiedBy(), Reported: t.GetReported(),
+			}
+		}
 	}
 	return out
 }

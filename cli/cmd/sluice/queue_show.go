@@ -119,7 +119,7 @@ func printJob(w io.Writer, j *api.QueueJob, paint painter, now time.Time) {
 		return
 	}
 	tw = newTable(w)
-	fmt.Fprintln(tw, "    #\tSTARTED\tDURATION\tDELIVERER\tREMOTE HOST\tRESULT\tREASON\tREPLY")
+	fmt.Fprintln(tw, "    #\tSTARTED\tDURATION\tDELIVERER\tREMOTE HOST\tTLS\tRESULT\tREASON\tREPLY")
 	for _, a := range j.Attempts {
 		started, took := "-", "-"
 		if !a.Started.IsZero() {
@@ -132,10 +132,34 @@ func printJob(w io.Writer, j *api.QueueJob, paint painter, now time.Time) {
 		if result == "" {
 			result = "running"
 		}
-		fmt.Fprintf(tw, "    %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Attempt, started, took, orDash(a.Deliverer),
-			orDash(a.RemoteHost), paint.state(result), orDash(a.Reason), cell(a.Reply, 100))
+		fmt.Fprintf(tw, "    %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Attempt, started, took, orDash(a.Deliverer),
+			orDash(a.RemoteHost), orDash(tlsSummary(a.TLS)), paint.state(result), orDash(a.Reason), cell(a.Reply, 100))
 	}
 	tw.Flush()
+}
+
+// tlsSummary is an attempt's TLS in a few words: "TLSv1.3 verified by
+// dane-ee (policy dane)", "clear text (policy may)".
+func tlsSummary(t api.QueueTLS) string {
+	if t == (api.QueueTLS{}) {
+		return ""
+	}
+	s := "clear text"
+	if t.Version != "" {
+		s = "TLSv" + t.Version
+		if t.VerifiedBy != "" {
+			s += " verified by " + t.VerifiedBy
+		} else {
+			s += " unverified"
+		}
+	}
+	if t.Policy != "" {
+		s += " (policy " + t.Policy + ")"
+	}
+	if t.Reported != "" {
+		s += "; reported: " + t.Reported
+	}
+	return s
 }
 
 func queueLog(args []string, stdout, stderr io.Writer) error {
