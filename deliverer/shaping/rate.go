@@ -59,6 +59,14 @@ func (r Rate) window(now time.Time) (idx int64, quota int, end time.Time) {
 	return idx, quota, time.Unix(0, (idx+1)*w)
 }
 
+// retryAfter is how long a job waits for the window that ends at end,
+// spread over the next window. It is positive even when the window ended
+// while the bucket answered (a loaded machine): a zero wait means
+// "counted, go", and a job let through that way was never counted.
+func (r Rate) retryAfter(end, now time.Time) time.Duration {
+	return max(end.Sub(now), 0) + time.Millisecond + rand.N(time.Duration(int64(r.Per)/int64(min(10, r.N))))
+}
+
 // Take counts one message to the site against its rate, and returns 0, or
 // how long to wait when the rate is used up for now.
 func (s *Shaper) Take(ctx context.Context, site Site) (time.Duration, error) {
@@ -79,10 +87,7 @@ func (s *Shaper) take(ctx context.Context, site Site, r Rate, prefix string, hin
 	}
 	now := time.Now()
 	idx, quota, end := r.window(now)
-	wait := func() time.Duration {
-		// Spread the waiting jobs over the next window.
-		return time.Until(end) + rand.N(time.Duration(int64(r.Per)/int64(min(10, r.N)))+1)
-	}
+	wait := func() time.Duration { return r.retryAfter(end, time.Now()) }
 	s.mu.Lock()
 	st := s.state(site.Key)
 	spent := *hint(st) == idx

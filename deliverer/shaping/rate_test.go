@@ -86,3 +86,20 @@ func TestTakeAcrossDeliverers(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryAfterEndedWindow: a job told to wait for a window that ended
+// while the bucket answered still waits; a zero wait would let it through
+// uncounted (seen as 24 connections in 2 s against a rate of 10/2s on a
+// loaded machine).
+func TestRetryAfterEndedWindow(t *testing.T) {
+	r := Rate{N: 10, Per: 2 * time.Second}
+	now := time.Now()
+	for _, end := range []time.Time{now.Add(-time.Second), now.Add(-time.Millisecond), now, now.Add(150 * time.Millisecond)} {
+		for range 1000 {
+			d := r.retryAfter(end, now)
+			if d <= 0 || d < end.Sub(now) || d > max(end.Sub(now), 0)+time.Millisecond+r.Per/10 {
+				t.Fatalf("window ending %s from now: wait %s, want positive, past the window's end, within one window after it", end.Sub(now), d)
+			}
+		}
+	}
+}
