@@ -42,6 +42,17 @@ func TestRequireTLS(t *testing.T) {
 	stsTesting := func(t *testing.T, w *tlsWorld, _ tls.Certificate, _ int) {
 		w.publishSTS(t, "v1", "testing", "mx.example.test")
 	}
+	// The MX answer is DNSSEC-validated unless a case's dns says otherwise
+	// (RFC 8689 §4.2.1 step 1).
+	secureMX := func(t *testing.T, w *tlsWorld, _ tls.Certificate, _ int) { w.dns.Secure("example.test", true) }
+	insecureMX := func(*testing.T, *tlsWorld, tls.Certificate, int) {}
+	stsEnforce := func(t *testing.T, w *tlsWorld, _ tls.Certificate, _ int) {
+		w.publishSTS(t, "v1", "enforce", "*.example.test")
+	}
+	stsOther := func(t *testing.T, w *tlsWorld, _ tls.Certificate, _ int) {
+		w.publishSTS(t, "v1", "testing", "mx.elsewhere.test")
+	}
+	const insecure = "REQUIRETLS support required: the MX records of example.test are not DNSSEC-validated and no MTA-STS policy lists mx.example.test"
 	const delivered = "delivered"
 	for _, tc := range []struct {
 		name       string
@@ -70,6 +81,18 @@ func TestRequireTLS(t *testing.T) {
 		{"may/no REQUIRETLS", tlspolicy.ModeMay, valid, false, nil, "REQUIRETLS support required: mx.example.test does not offer REQUIRETLS", ""},
 		{"may/clear text", tlspolicy.ModeMay, noTLS, false, nil, "REQUIRETLS support required: mx.example.test does not offer STARTTLS", ""},
 		{"none/clear text", tlspolicy.ModeNone, noTLS, false, nil, "REQUIRETLS support required: mx.example.test does not offer STARTTLS", ""},
+		// Without a validated MX answer, only an MTA-STS policy that lists
+		// the MX host makes it trustworthy.
+		{"may/insecure MX", tlspolicy.ModeMay, valid, true, insecureMX, insecure, ""},
+		{"verify/insecure MX", tlspolicy.ModeVerify, valid, true, insecureMX, insecure, ""},
+		{"mta-sts enforce/insecure MX", tlspolicy.ModeMTASTS, valid, true, stsEnforce, delivered, "webpki"},
+		{"mta-sts testing/insecure MX", tlspolicy.ModeMTASTS, valid, true, stsTesting, delivered, "webpki"},
+		{"mta-sts testing, host not listed/insecure MX", tlspolicy.ModeMTASTS, valid, true, stsOther, insecure, ""},
+		{"mta-sts without policy/insecure MX", tlspolicy.ModeMTASTS, valid, true, insecureMX, insecure, ""},
+		{"mta-sts without policy/secure MX", tlspolicy.ModeMTASTS, valid, true, secureMX, delivered, "webpki"},
+		// Under may, a policy the domain publishes still vouches for the host.
+		{"may with an MTA-STS policy/insecure MX", tlspolicy.ModeMay, valid, true, stsEnforce, delivered, "webpki"},
+		{"may with another MTA-STS policy/insecure MX", tlspolicy.ModeMay, valid, true, stsOther, insecure, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newTLSWorld(t)
@@ -93,9 +116,10 @@ func TestRequireTLS(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { srv.Close() })
-			if tc.dns != nil {
-				tc.dns(t, w, cert, port(t, srv.Addr))
+			if tc.dns == nil {
+				tc.dns = secureMX
 			}
+			tc.dns(t, w, cert, port(t, srv.Addr))
 			c := w.courier(t, srv, policy(tc.mode), tracetest.NewSpanRecorder())
 			job := tlsJob()
 			job.RequireTls = true
@@ -136,6 +160,7 @@ func TestRequireTLSCachedSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	w.dns.Secure("example.test", true)
 	c := w.courier(t, srv, policy(tlspolicy.ModeMay), tracetest.NewSpanRecorder())
 	c.cache = newConnCache(CacheConfig{TTL: 10e9, MaxUses: 10})
 	defer c.Close()

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -140,7 +141,7 @@ func (hp *hostPolicies) For(ctx context.Context, host string, port int) *tlspoli
 	case hp.dec == nil:
 		return may(host)
 	case hp.requireTLS:
-		r = hp.dec.RequireTLS(hp.dec.Host(ctx, host, port))
+		r = hp.dec.RequireTLS(ctx, hp.dec.Host(ctx, host, port))
 	default:
 		r = hp.dec.Host(ctx, host, port)
 	}
@@ -169,9 +170,18 @@ func reqAttrs(r *tlspolicy.Requirement) []attribute.KeyValue {
 // refused is the failure of a host the policy does not let us use.
 func (c *Courier) refused(ctx context.Context, r *tlspolicy.Requirement) *status.Error {
 	c.countTLS(r, tlsRefused)
-	c.report(ctx, r, "", r.RefusedType(), r.Refused)
+	if !r.NotSecure {
+		// A REQUIRETLS message refused for want of a secure MX answer is
+		// the message's requirement, not the domain's policy failing: no
+		// TLS report.
+		c.report(ctx, r, "", r.RefusedType(), r.Refused)
+	}
 	trace.SpanFromContext(ctx).AddEvent("sluice.tls_refused", trace.WithAttributes(
 		attribute.String("server.address", r.Host), attribute.String("sluice.tls.refused", r.Refused)))
+	if r.NotSecure {
+		return &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.30", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
+			RemoteHost: r.Host, Text: "REQUIRETLS support required: " + strings.TrimPrefix(r.Refused, "REQUIRETLS: ")}
+	}
 	return &status.Error{Code: 451, Enhanced: "4.7.5", Reason: sluicev1.Reason_REASON_TLS, RemoteHost: r.Host, Text: r.Refused}
 }
 

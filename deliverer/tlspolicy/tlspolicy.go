@@ -123,6 +123,7 @@ type Decision struct {
 	// (mode dane only).
 	mxSecure bool
 	mxErr    error
+	mxOnce   sync.Once // asks for mxSecure outside mode dane, for REQUIRETLS
 	stsOnce  sync.Once
 	stsState *stsState
 }
@@ -180,6 +181,10 @@ type Requirement struct {
 	// (RFC 8689), made by Decision.RequireTLS: TLS required and the
 	// certificate verified, whatever Policy alone would accept.
 	RequireTLS bool
+	// NotSecure marks a REQUIRETLS refusal for want of a validated MX
+	// answer or an MTA-STS policy: a property of the domain, not a fault
+	// that passes, so the message is returned (5.7.30) rather than kept.
+	NotSecure bool
 	// check verifies the certificate; nil means it is not verified.
 	check func(tls.ConnectionState) (string, error)
 	key   string
@@ -391,8 +396,46 @@ func webPKI(r *Requirement, roots *x509.CertPool, now func() time.Time) func(tls
 // MTA-STS, a testing policy's included) or else by webpki against the MX
 // host name, whatever r alone would accept (none, may, encrypt, TLSA
 // records none of which is usable). A host r refuses stays refused.
-func (d *Decision) RequireTLS(r *Requirement) *Requirement {
-	return requireTLS(r, d.e.roots, d.e.now)
+//
+// The MX host name itself must be trustworthy, or a forged MX record
+// would lead to an attacker's server with a valid certificate for its own
+// name: the domain's MX answer must be DNSSEC-validated (the AD bit of
+// the validating resolver), or the host must match the domain's MTA-STS
+// policy (§4.2.1 step 1). Otherwise the host is refused, for good
+// (NotSecure), naming why. A configured route (static) is trusted as
+// configured.
+func (d *Decision) RequireTLS(ctx context.Context, r *Requirement) *Requirement {
+	u := requireTLS(r, d.e.roots, d.e.now)
+	if u.Refused != "" || d.static {
+		return u
+	}
+	if u.Policy == "mta-sts" && u.Reported == "" {
+		return u // the host matches the policy's mx patterns
+	}
+	if u.Policy == "dane" {
+		return u // DANE applies only under a validated MX answer
+	}
+	d.mxOnce.Do(func() {
+		if d.Mode != ModeDANE {
+			d.mxSecure, d.mxErr = d.e.res.mxSecure(ctx, d.Domain)
+		}
+	})
+	if d.mxErr == nil && !d.mxSecure && u.Policy != "mta-sts" {
+		// Whatever the mode, the domain's MTA-STS policy can vouch for
+		// the host.
+		if p, _ := d.STS(ctx); p != nil && p.Matches(u.Host) {
+			return u
+		}
+	}
+	switch {
+	case d.mxErr != nil:
+		u.Refused = fmt.Sprintf("REQUIRETLS: the MX records of %s could not be validated: %v", d.Domain, d.mxErr)
+	case !d.mxSecure:
+		u.Refused = fmt.Sprintf("REQUIRETLS: the MX records of %s are not DNSSEC-validated and no MTA-STS policy lists %s",
+			d.Domain, u.Host)
+		u.NotSecure = true
+	}
+	return u
 }
 
 // RequireTLS is Decision.RequireTLS without a policy engine: webpki
