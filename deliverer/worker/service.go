@@ -807,6 +807,14 @@ func (s *Service) attempt(ctx context.Context, job *sluicev1.Job, route mx.Route
 // (a first attempt of a small message), else inline in the Message at
 // job.msg_seq, or streamed from the object store. A body that is gone is a
 // permanent failure (*status.Error); other errors are infrastructure trouble.
+// bodyReadTime bounds the read of a body object of size bytes as it is
+// sent to a destination: 5 minutes, plus a minute per 4 MiB (a destination
+// that takes 64 KiB/s), as generous as the SMTP timeouts that bound each
+// step of the transfer.
+func bodyReadTime(size int64) time.Duration {
+	return 5*time.Minute + time.Duration(size/(4<<20))*time.Minute
+}
+
 func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, func(), error) {
 	if len(job.Body) > 0 {
 		return bytesReader(job.Body), func() {}, nil
@@ -816,7 +824,23 @@ func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, f
 			fmt.Sprintf("message content is no longer in the queue (%s); it was deleted before delivery", what))
 	}
 	if job.BodyObject != "" {
-		obj, err := s.bodies.Get(ctx, job.BodyObject)
+		// Without a deadline of its own, nats.go bounds the whole read by
+		// the JetStream default timeout (5 s), and a large message to a
+		// slow destination would fail every attempt half-way through
+		// DATA: the read gets the time a transfer may take. The object's
+		// metadata is asked first under the usual bound, so that a lost
+		// request (a leader election) fails in seconds, not minutes.
+		ictx, icancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := s.bodies.GetInfo(ictx, job.BodyObject)
+		icancel()
+		if err == nil {
+			gctx, cancel := context.WithTimeout(ctx, bodyReadTime(job.BodySize))
+			var obj jetstream.ObjectResult
+			if obj, err = s.bodies.Get(gctx, job.BodyObject); err == nil {
+				return obj, func() { obj.Close(); cancel() }, nil
+			}
+			cancel()
+		}
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			// A replica that has not caught up may say so: only the
 			// stream's leader may declare the content lost.
@@ -829,10 +853,7 @@ func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, f
 			}
 			return nil, nil, fmt.Errorf("read body object %s: a replica says it is missing: %w", job.BodyObject, gerr)
 		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("read body object %s: %w", job.BodyObject, err)
-		}
-		return obj, func() { obj.Close() }, nil
+		return nil, nil, fmt.Errorf("read body object %s: %w", job.BodyObject, err)
 	}
 	raw, err := s.msgs.GetMsg(ctx, job.MsgSeq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
