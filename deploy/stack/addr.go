@@ -15,7 +15,10 @@ var (
 // FreeAddr returns a loopback address whose port was free a moment ago. Ports
 // come from below Linux's ephemeral range (32768+), so the port cannot be
 // taken meanwhile by an outgoing connection of another test; each call in a
-// process returns a new port.
+// process returns a new port, and no other process that uses FreeAddr gets
+// it while this one runs (reservePort): test binaries of several packages
+// run at once and would otherwise pick the same free port and race to bind
+// it.
 func FreeAddr() (string, error) {
 	portMu.Lock()
 	defer portMu.Unlock()
@@ -24,6 +27,9 @@ func FreeAddr() (string, error) {
 		nextPort++
 		if nextPort >= 32000 {
 			nextPort = 20000
+		}
+		if !reservePort(p) {
+			continue // another test process has it
 		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 )
 
@@ -27,7 +29,7 @@ func (s *Stack) Ready(ctx context.Context) error {
 			last = why
 			select {
 			case <-p.Done():
-				return fmt.Errorf("%s exited (code %d) before it was ready; see %s", p.Name, p.ExitCode(), p.Log())
+				return fmt.Errorf("%s exited (code %d) before it was ready; see %s, which ends:\n%s", p.Name, p.ExitCode(), p.Log(), logTail(p.Log(), 10))
 			case <-ctx.Done():
 				return fmt.Errorf("%s not ready: %w (last answer: %s); see %s", p.Name, ctx.Err(), last, p.Log())
 			case <-time.After(100 * time.Millisecond):
@@ -35,6 +37,17 @@ func (s *Stack) Ready(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// logTail is the last n lines of the log file at path (a test's temporary
+// directory is gone by the time anyone reads a CI log).
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // ready asks one service's /readyz (or, where it has none, /healthz).
