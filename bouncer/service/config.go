@@ -30,8 +30,9 @@ type Settings struct {
 }
 
 // TLSReports is bouncer.tls_reports: the daily TLS-RPT reports (RFC 8460)
-// built from the TLS sessions every deliverer counts, sent by mail to the
-// rua addresses of each policy domain's _smtp._tls record. Off by
+// built from the TLS sessions every deliverer counts, sent to the rua URIs
+// of each policy domain's _smtp._tls record: by mail to the mailto
+// addresses, by HTTPS POST to the https URLs (see package tlsrpt). Off by
 // default: a report names this organisation to the receiving domains.
 type TLSReports struct {
 	Enabled bool `yaml:"enabled" env:"SLUICE_BOUNCER_TLS_REPORTS_ENABLED"`

@@ -2,13 +2,19 @@
 // 8460 from the TLS session counts the deliverers keep in the key-value
 // bucket wire.BucketTLSRPT: for each policy domain with sessions on a
 // finished UTC day and a TLS-RPT record (_smtp._tls.<domain> TXT
-// "v=TLSRPTv1; rua=mailto:..."), one report in JSON, gzipped, by mail to
-// the rua addresses (§5.3), enqueued on SLUICE_MSGS like the bouncer's
-// DSNs so that it is scheduled, delivered and traced like any mail.
+// "v=TLSRPTv1; rua=mailto:...,https://..."), one report in JSON, gzipped,
+// sent to every rua URI the record names (§3):
+//
+//   - mailto: by mail (§5.3), enqueued on SLUICE_MSGS like the bouncer's
+//     DSNs so that it is scheduled, delivered and traced like any mail;
+//   - https: by an HTTP POST of the gzipped JSON as
+//     application/tlsrpt+gzip (§5.4, §6.4), over a verified TLS connection;
+//     any 2xx answer is an acceptance. Plain http URIs, and any other
+//     scheme, are ignored.
 //
 // One instance sends each report: the first to create the key
-// sent.<day>.<domain> in the bucket. https rua addresses are not served
-// (yet); mailto is what every receiver supports.
+// sent.<day>.<domain> in the bucket, which it does once at least one
+// destination took the report (see Reporter.SendDay).
 package tlsrpt
 
 import (
@@ -17,6 +23,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -115,11 +123,9 @@ type Message struct {
 	Boundary        string
 }
 
-// Write returns the mail that carries report r for domain: a
-// multipart/report (report-type="tlsrpt") with a short text and the
-// gzipped JSON as application/tlsrpt+gzip, named as §5.1 asks:
-// submitter!policy-domain!begin!end!unique-id.json.gz.
-func Write(p Params, m Message, domain string, r Report) ([]byte, error) {
+// Encode returns report r as gzipped JSON: the application/tlsrpt+gzip
+// body of both the mail's attachment and the https POST.
+func Encode(r Report) ([]byte, error) {
 	js, err := json.Marshal(r)
 	if err != nil {
 		return nil, err
@@ -130,6 +136,18 @@ func Write(p Params, m Message, domain string, r Report) ([]byte, error) {
 		return nil, err
 	}
 	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return gz.Bytes(), nil
+}
+
+// Write returns the mail that carries report r for domain: a
+// multipart/report (report-type="tlsrpt") with a short text and the
+// gzipped JSON as application/tlsrpt+gzip, named as §5.1 asks:
+// submitter!policy-domain!begin!end!unique-id.json.gz.
+func Write(p Params, m Message, domain string, r Report) ([]byte, error) {
+	gz, err := Encode(r)
+	if err != nil {
 		return nil, err
 	}
 	start, _ := time.Parse(time.RFC3339, r.DateRange.Start)
@@ -155,7 +173,7 @@ func Write(p Params, m Message, domain string, r Report) ([]byte, error) {
 	h("Content-Disposition", `attachment; filename="`+name+`"`)
 	h("Content-Transfer-Encoding", "base64")
 	b.WriteString("\r\n")
-	enc := base64.StdEncoding.EncodeToString(gz.Bytes())
+	enc := base64.StdEncoding.EncodeToString(gz)
 	for len(enc) > 76 {
 		b.WriteString(enc[:76] + "\r\n")
 		enc = enc[76:]
@@ -166,12 +184,15 @@ func Write(p Params, m Message, domain string, r Report) ([]byte, error) {
 }
 
 // ParseRecord reads a TLS-RPT record (§3): "v=TLSRPTv1; rua=..." with its
-// comma-separated rua URIs, and returns the mailto addresses. ok is false
-// when the text is not a TLSRPTv1 record.
-func ParseRecord(txt string) (mailto []string, ok bool) {
+// comma-separated rua URIs, and returns the mailto addresses and the https
+// URLs, each in the record's order (a repeated https URL once). URIs of
+// any other scheme, plain http included, are left out: reports go only
+// over TLS. ok is false when the text is not a TLSRPTv1 record; a record
+// with neither kind of URI is ok with both lists empty.
+func ParseRecord(txt string) (mailto, https []string, ok bool) {
 	fields := strings.Split(txt, ";")
 	if strings.TrimSpace(fields[0]) != "v=TLSRPTv1" {
-		return nil, false
+		return nil, nil, false
 	}
 	for _, f := range fields[1:] {
 		k, v, found := strings.Cut(strings.TrimSpace(f), "=")
@@ -180,7 +201,8 @@ func ParseRecord(txt string) (mailto []string, ok bool) {
 		}
 		for _, u := range strings.Split(v, ",") {
 			u = strings.TrimSpace(u)
-			if len(u) > 7 && strings.EqualFold(u[:7], "mailto:") {
+			switch {
+			case len(u) > 7 && strings.EqualFold(u[:7], "mailto:"):
 				addr := u[7:]
 				if i := strings.IndexByte(addr, '?'); i >= 0 {
 					addr = addr[:i]
@@ -188,8 +210,24 @@ func ParseRecord(txt string) (mailto []string, ok bool) {
 				if strings.Count(addr, "@") == 1 && !strings.ContainsAny(addr, " <>\r\n") {
 					mailto = append(mailto, addr)
 				}
+			case len(u) > 8 && strings.EqualFold(u[:8], "https://"):
+				if h, ok := httpsURL(u); ok && !slices.Contains(https, h) {
+					https = append(https, h)
+				}
 			}
 		}
 	}
-	return mailto, true
+	return mailto, https, true
+}
+
+// httpsURL returns u, an https URL with a host, in its canonical form.
+func httpsURL(u string) (string, bool) {
+	if strings.ContainsAny(u, " \t\r\n") {
+		return "", false
+	}
+	pu, err := url.Parse(u)
+	if err != nil || pu.Scheme != "https" || pu.Host == "" || pu.Hostname() == "" {
+		return "", false
+	}
+	return pu.String(), true
 }
