@@ -46,6 +46,11 @@ func TestTLSReportCounts(t *testing.T) {
 		for range 2 {
 			rec := tlsrpt.NewRecorder(func() time.Time { return day })
 			rec.UseStore(kv)
+			defer func() {
+				if err := rec.Flush(ctx); err != nil {
+					t.Error(err)
+				}
+			}()
 			c := w.courier(t, srv, policy(tlspolicy.ModeMTASTS), tracetest.NewSpanRecorder())
 			WithTLSReports(rec)(c)
 			wg.Go(func() {
@@ -59,6 +64,8 @@ func TestTLSReportCounts(t *testing.T) {
 		}
 		wg.Wait()
 	}
+	// Two deliverers each run: their counts meet in the bucket when they
+	// flush.
 	run(false)
 	run(true)
 

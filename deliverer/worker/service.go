@@ -149,6 +149,10 @@ type Service struct {
 	tlsPolicy *tlspolicy.Engine
 	// tlsReports counts TLS sessions for TLS-RPT (see tls.go).
 	tlsReports *tlsrpt.Recorder
+	// stopTLSFlush ends the recorder's flushes, the last of which has
+	// happened when tlsFlushed is closed.
+	stopTLSFlush context.CancelFunc
+	tlsFlushed   chan struct{}
 
 	slots      chan struct{}
 	work       chan fetched
@@ -313,6 +317,13 @@ func (s *Service) Start(ctx context.Context) error {
 		s.marks.Stop()
 		return err
 	}
+	// TLS-RPT counts are written every tlsrpt.FlushInterval and at Close.
+	flushCtx, stopFlush := context.WithCancel(context.Background())
+	s.stopTLSFlush, s.tlsFlushed = stopFlush, make(chan struct{})
+	go func() {
+		defer close(s.tlsFlushed)
+		s.tlsReports.Run(flushCtx, tlsrpt.FlushInterval, s.log)
+	}()
 	s.workCtx, s.cancelWork = context.WithCancel(context.Background())
 	s.work = make(chan fetched)
 	for range s.cfg.Concurrency {
@@ -355,6 +366,9 @@ func (s *Service) Close(ctx context.Context) error {
 		// the shaper stops renewing them.
 		s.courier.Close()
 		s.tlsPolicy.Close()
+		// Every session has ended: the last counts are written.
+		s.stopTLSFlush()
+		<-s.tlsFlushed
 		_ = s.siteMetrics.Unregister()
 		s.shaper.Stop()
 		if s.marks != nil {
