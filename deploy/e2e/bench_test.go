@@ -110,11 +110,13 @@ func runDelivery(b *testing.B, c *cluster.Cluster, deliverers, concurrency, n in
 			b.Fatal(err)
 		}
 	}
+	cpu := cpuSnapshot(w.st, c)
 	ms, err := w.dest.Wait(n, 5*time.Minute)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.StopTimer()
+	cpu.report(b, n)
 	// Throughput between the first and the last arrival, so the deliverer
 	// processes' start-up is not counted.
 	first, last := ms[0].Received, ms[0].Received
