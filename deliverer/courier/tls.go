@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -35,7 +34,7 @@ var _ TLSPolicy = (*tlspolicy.Engine)(nil)
 // TLSReporter counts TLS sessions for TLS reports (RFC 8460);
 // *tlsrpt.Recorder implements it.
 type TLSReporter interface {
-	Record(ctx context.Context, s tlsrpt.Session) error
+	Record(s tlsrpt.Session)
 }
 
 var _ TLSReporter = (*tlsrpt.Recorder)(nil)
@@ -47,23 +46,14 @@ func WithTLSReports(rep TLSReporter) Option {
 	return func(c *Courier) { c.reports = rep }
 }
 
-// reportTimeout bounds the recording of one session: a slow store delays
-// the attempt by this much at most, and loses the count.
-const reportTimeout = 2 * time.Second
-
 // report counts a session to ip under r; result is "" for a success or an
 // RFC 8460 result type.
-func (c *Courier) report(ctx context.Context, r *tlspolicy.Requirement, ip, result, detail string) {
+func (c *Courier) report(r *tlspolicy.Requirement, ip, result, detail string) {
 	if c.reports == nil || r.Policy == "none" || r.Domain == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reportTimeout)
-	defer cancel()
-	err := c.reports.Record(ctx, tlsrpt.Session{Domain: r.Domain, PolicyType: r.ReportType(), PolicyString: r.PolicyString,
+	c.reports.Record(tlsrpt.Session{Domain: r.Domain, PolicyType: r.ReportType(), PolicyString: r.PolicyString,
 		MXHosts: r.MXPatterns, MXHost: r.Host, IP: ip, Result: result, Detail: detail})
-	if err != nil {
-		trace.SpanFromContext(ctx).AddEvent("sluice.tlsrpt_not_counted", trace.WithAttributes(attribute.String("error", err.Error())))
-	}
 }
 
 // peerIP is the address of the session's server.
@@ -174,7 +164,7 @@ func (c *Courier) refused(ctx context.Context, r *tlspolicy.Requirement) *status
 		// A REQUIRETLS message refused for want of a secure MX answer is
 		// the message's requirement, not the domain's policy failing: no
 		// TLS report.
-		c.report(ctx, r, "", r.RefusedType(), r.Refused)
+		c.report(r, "", r.RefusedType(), r.Refused)
 	}
 	trace.SpanFromContext(ctx).AddEvent("sluice.tls_refused", trace.WithAttributes(
 		attribute.String("server.address", r.Host), attribute.String("sluice.tls.refused", r.Refused)))
@@ -280,7 +270,7 @@ func (c *Courier) startTLS(ctx context.Context, s *smtpclient.Session, r *tlspol
 			e = &e2
 		}
 		c.countTLS(r, tlsFailed)
-		c.report(ctx, r, peerIP(s), r.ResultType(err), e.Text)
+		c.report(r, peerIP(s), r.ResultType(err), e.Text)
 		span.SetAttributes(reqAttrs(r)...)
 		fail(span, e)
 		return out, e
@@ -316,7 +306,7 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 		switch {
 		case s.TLS() == nil && r.Required:
 			c.countTLS(r, tlsFailed)
-			c.report(ctx, r, peerIP(s), "starttls-not-supported", r.Host+" does not offer STARTTLS")
+			c.report(r, peerIP(s), "starttls-not-supported", r.Host+" does not offer STARTTLS")
 			if r.RequireTLS {
 				return out, requireTLSFailure(s, r.Host+" does not offer STARTTLS")
 			}
@@ -324,18 +314,18 @@ func (c *Courier) secure(ctx context.Context, s *smtpclient.Session, job *sluice
 				Text: fmt.Sprintf("%s: %s does not offer STARTTLS; TLS is required", r.Name(), r.Host)}
 		case s.TLS() == nil:
 			c.countTLS(r, tlsPlain)
-			c.report(ctx, r, peerIP(s), "starttls-not-supported", r.Host+" does not offer STARTTLS")
+			c.report(r, peerIP(s), "starttls-not-supported", r.Host+" does not offer STARTTLS")
 		case out.verifiedBy != "":
 			c.countTLS(r, tlsVerified)
-			c.report(ctx, r, peerIP(s), "", "")
+			c.report(r, peerIP(s), "", "")
 		case out.reportedErr != nil:
 			// An MTA-STS testing policy's failure, delivered anyway: the
 			// report is how the domain learns of it (RFC 8461 §5).
 			c.countTLS(r, tlsEncrypted)
-			c.report(ctx, r, peerIP(s), r.ResultType(out.reportedErr), out.reported)
+			c.report(r, peerIP(s), r.ResultType(out.reportedErr), out.reported)
 		default:
 			c.countTLS(r, tlsEncrypted)
-			c.report(ctx, r, peerIP(s), "", "")
+			c.report(r, peerIP(s), "", "")
 		}
 	} else if s.Verified() != "" && s.Verified() == r.Key() {
 		out.verifiedBy = s.VerifiedBy()

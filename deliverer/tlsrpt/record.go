@@ -92,9 +92,9 @@ func (r *Recorder) UseStore(kv jetstream.KeyValue) { r.kv.Store(&kv) }
 
 // Record counts one session in the counts of today (UTC), in memory until
 // the next Flush.
-func (r *Recorder) Record(_ context.Context, s Session) error {
+func (r *Recorder) Record(s Session) {
 	if r.kv.Load() == nil || s.Domain == "" {
-		return nil
+		return
 	}
 	key := wire.TLSRPTCountKey(wire.TLSRPTDay(r.now()), s.PolicyType, s.Domain)
 	r.mu.Lock()
@@ -103,9 +103,8 @@ func (r *Recorder) Record(_ context.Context, s Session) error {
 		c = &wire.TLSRPTCounts{}
 		r.pending[key] = c
 	}
-	add(c, s)
+	addCounts(c, counts(s))
 	r.mu.Unlock()
-	return nil
 }
 
 // Run flushes every interval until ctx ends, then once more (bounded by
@@ -230,28 +229,14 @@ func isWrongSequence(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
-// add counts s in c.
-func add(c *wire.TLSRPTCounts, s Session) {
-	c.Domain, c.PolicyType = s.Domain, s.PolicyType
-	if len(s.PolicyString) > 0 {
-		c.PolicyString = s.PolicyString
-	}
-	if len(s.MXHosts) > 0 {
-		c.MXHosts = s.MXHosts
-	}
+// counts are the counts of the one session s.
+func counts(s Session) *wire.TLSRPTCounts {
+	c := &wire.TLSRPTCounts{Domain: s.Domain, PolicyType: s.PolicyType, PolicyString: s.PolicyString, MXHosts: s.MXHosts}
 	if s.Result == "" {
-		c.Succeeded++
-		return
+		c.Succeeded = 1
+		return c
 	}
-	c.Failed++
-	i := slices.IndexFunc(c.Failures, func(f wire.TLSRPTFailure) bool {
-		return f.ResultType == s.Result && f.ReceivingMX == s.MXHost && f.ReceivingIP == s.IP
-	})
-	switch {
-	case i >= 0:
-		c.Failures[i].Count++
-		c.Failures[i].Detail = s.Detail
-	case len(c.Failures) < wire.TLSRPTMaxFailures:
-		c.Failures = append(c.Failures, wire.TLSRPTFailure{ResultType: s.Result, ReceivingMX: s.MXHost, ReceivingIP: s.IP, Detail: s.Detail, Count: 1})
-	}
+	c.Failed = 1
+	c.Failures = []wire.TLSRPTFailure{{ResultType: s.Result, ReceivingMX: s.MXHost, ReceivingIP: s.IP, Detail: s.Detail, Count: 1}}
+	return c
 }

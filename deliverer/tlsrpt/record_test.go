@@ -62,7 +62,7 @@ func TestRecordersMeetInTheBucket(t *testing.T) {
 		r.UseStore(kv)
 		wg.Go(func() {
 			for i := range 200 {
-				_ = r.Record(ctx, session(i%4 != 0))
+				r.Record(session(i%4 != 0))
 			}
 			if err := r.Flush(ctx); err != nil {
 				t.Error(err)
@@ -90,7 +90,7 @@ func TestFailedFlushKeepsCounts(t *testing.T) {
 	r.UseStore(kv)
 	key := wire.TLSRPTCountKey("2026-03-01", PolicySTS, "example.test")
 	for range 5 {
-		_ = r.Record(context.Background(), session(true))
+		r.Record(session(true))
 	}
 	dead, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -100,7 +100,7 @@ func TestFailedFlushKeepsCounts(t *testing.T) {
 	if _, err := kv.Get(context.Background(), key); err == nil {
 		t.Fatal("the failed flush wrote counts")
 	}
-	_ = r.Record(context.Background(), session(false))
+	r.Record(session(false))
 	if err := r.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestFailedFlushKeepsCounts(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx, time.Hour, slog.New(slog.DiscardHandler)); close(done) }()
-	_ = r.Record(context.Background(), session(true))
+	r.Record(session(true))
 	stop()
 	<-done
 	if c := stored(t, kv, key); c.Succeeded != 6 || c.Failed != 1 {
