@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -170,7 +169,7 @@ func (c *Courier) refused(ctx context.Context, r *tlspolicy.Requirement) *status
 		attribute.String("server.address", r.Host), attribute.String("sluice.tls.refused", r.Refused)))
 	if r.NotSecure {
 		return &status.Error{Permanent: true, Code: 550, Enhanced: "5.7.30", Reason: sluicev1.Reason_REASON_REQUIRE_TLS,
-			RemoteHost: r.Host, Text: "REQUIRETLS support required: " + strings.TrimPrefix(r.Refused, "REQUIRETLS: ")}
+			RemoteHost: r.Host, Text: r.Refused}
 	}
 	return &status.Error{Code: 451, Enhanced: "4.7.5", Reason: sluicev1.Reason_REASON_TLS, RemoteHost: r.Host, Text: r.Refused}
 }

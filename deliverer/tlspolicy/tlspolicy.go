@@ -183,7 +183,8 @@ type Requirement struct {
 	RequireTLS bool
 	// NotSecure marks a REQUIRETLS refusal for want of a validated MX
 	// answer or an MTA-STS policy: a property of the domain, not a fault
-	// that passes, so the message is returned (5.7.30) rather than kept.
+	// that passes, so the message is returned (5.7.30, with Refused as
+	// the text) rather than kept.
 	NotSecure bool
 	// check verifies the certificate; nil means it is not verified.
 	check func(tls.ConnectionState) (string, error)
@@ -431,7 +432,7 @@ func (d *Decision) RequireTLS(ctx context.Context, r *Requirement) *Requirement 
 	case d.mxErr != nil:
 		u.Refused = fmt.Sprintf("REQUIRETLS: the MX records of %s could not be validated: %v", d.Domain, d.mxErr)
 	case !d.mxSecure:
-		u.Refused = fmt.Sprintf("REQUIRETLS: the MX records of %s are not DNSSEC-validated and no MTA-STS policy lists %s",
+		u.Refused = fmt.Sprintf("REQUIRETLS support required: the MX records of %s are not DNSSEC-validated and no MTA-STS policy lists %s",
 			d.Domain, u.Host)
 		u.NotSecure = true
 	}
