@@ -145,7 +145,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+		if _, err := racing(func() (jetstream.Stream, error) { return js.CreateOrUpdateStream(ctx, sc) }); err != nil {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}
 	}
@@ -248,7 +248,7 @@ func Shaping(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetst
 			}
 		}
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err := racing(func() (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, cfg) })
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketShaping, err)
 	}
@@ -277,7 +277,7 @@ func Strikes(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetst
 			}
 		}
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err := racing(func() (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, cfg) })
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketStrikes, err)
 	}
@@ -298,7 +298,7 @@ func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstr
 			return os, nil
 		}
 	}
-	os, err := js.CreateOrUpdateObjectStore(ctx, cfg)
+	os, err := racing(func() (jetstream.ObjectStore, error) { return js.CreateOrUpdateObjectStore(ctx, cfg) })
 	if err != nil {
 		return nil, fmt.Errorf("provision object store %s: %w", wire.BucketBodies, err)
 	}
@@ -347,7 +347,25 @@ func keyValue(ctx context.Context, js jetstream.JetStream, q config.Queue, cfg j
 			return kv, nil
 		}
 	}
-	return js.CreateOrUpdateKeyValue(ctx, cfg)
+	return racing(func() (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, cfg) })
+}
+
+// racing runs create, one of nats.go's CreateOrUpdate calls, again when it
+// lost a race: it asks to update, hears that the stream does not exist,
+// asks to create it and hears "stream name already in use" (10058) when
+// another service created it meanwhile, as every service starting at once
+// does. The second call finds the stream and updates it.
+func racing[T any](create func() (T, error)) (T, error) {
+	v, err := create()
+	for i := 0; i < 3 && isNameInUse(err); i++ {
+		v, err = create()
+	}
+	return v, err
+}
+
+func isNameInUse(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamNameInUse
 }
 
 // IsStorageFull reports whether a publish error means the stream or account

@@ -29,7 +29,7 @@ func TLSRPT(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstr
 			}
 		}
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err := racing(func() (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, cfg) })
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value %s: %w", wire.BucketTLSRPT, err)
 	}
