@@ -55,7 +55,10 @@ type Conn struct {
 	// by Close. entry is closed (and replaced) when entered or closing is
 	// set.
 	started, entered, closing bool
-	entry                     chan struct{}
+	// contentOut is set while a Content reads the DATA content in
+	// go-smtp's place (see DataContent).
+	contentOut bool
+	entry      chan struct{}
 
 	rejected  *Violation
 	replied   chan struct{} // closed once the rejection's reply is written and the connection closed

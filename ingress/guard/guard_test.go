@@ -40,6 +40,12 @@ type server struct {
 	ln      *guard.Listener
 	metrics *sdkmetric.ManualReader
 
+	// fast makes the sessions read DATA content through guard.Content,
+	// as the ingress does, with maxBytes as go-smtp's MaxMessageBytes.
+	fast     bool
+	maxBytes int64
+	fastUsed int
+
 	mu       sync.Mutex
 	msgs     []string
 	mailErr  error
@@ -49,7 +55,13 @@ type server struct {
 
 func startServer(t *testing.T, tune func(*guard.Options)) *server {
 	t.Helper()
-	s := &server{metrics: sdkmetric.NewManualReader(), serveErr: make(chan error, 1)}
+	return startServerOn(t, &server{}, tune)
+}
+
+// startServerOn starts s (with its fast and maxBytes set by the caller).
+func startServerOn(t *testing.T, s *server, tune func(*guard.Options)) *server {
+	t.Helper()
+	s.metrics, s.serveErr = sdkmetric.NewManualReader(), make(chan error, 1)
 	o := guard.Options{
 		MaxLineLength: 1000,
 		ReadTimeout:   5 * time.Second,
@@ -75,6 +87,7 @@ func startServer(t *testing.T, tune func(*guard.Options)) *server {
 	srv.Domain = "mx.guard.test"
 	srv.TLSConfig = s.tlsConf
 	srv.ErrorLog = errLog{}
+	srv.MaxMessageBytes = s.maxBytes
 	go func() { s.serveErr <- srv.Serve(s.ln) }()
 	t.Cleanup(func() {
 		srv.Close()
@@ -131,6 +144,15 @@ func (se *session) Mail(string, *smtp.MailOptions) error {
 }
 func (se *session) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (se *session) Data(r io.Reader) error {
+	if gc, ok := se.c.Conn().(*guard.Conn); ok && se.s.fast {
+		if c, ok := gc.DataContent(se.s.maxBytes, smtp.ErrDataTooLarge); ok {
+			defer c.Close()
+			r = c
+			se.s.mu.Lock()
+			se.s.fastUsed++
+			se.s.mu.Unlock()
+		}
+	}
 	b, err := io.ReadAll(guard.NewContentReader(r, guard.ContentLimits{MaxLineLength: 1000, MaxHeaderBytes: 200}))
 	var v *guard.Violation
 	if errors.As(err, &v) {

@@ -140,6 +140,15 @@ func (p *protectedSession) Data(r io.Reader) error {
 		p.gc.DataStarted()
 	}
 	defer p.s.recovered("data", true)
+	if p.gc != nil {
+		// DATA content read in runs rather than by go-smtp's reader, one
+		// octet at a time (see guard.Content); BDAT chunks come as they
+		// are.
+		if c, ok := p.gc.DataContent(p.s.opts.Settings.MaxMessageBytes, smtp.ErrDataTooLarge); ok {
+			defer c.Close()
+			r = c
+		}
+	}
 	return p.s.reply("data", p.in.Data(r))
 }
 
