@@ -3,6 +3,7 @@ package guard
 import (
 	"bytes"
 	"io"
+	"sync"
 )
 
 // DATA content is what an MTA reads most of, and go-smtp reads it one octet
@@ -18,6 +19,10 @@ import (
 // contentBufSize is the size of the raw octets a Content reads at a time.
 const contentBufSize = 64 << 10
 
+// contentBufs holds the read buffers of Contents between messages, so that
+// a stream of small messages does not allocate one per message.
+var contentBufs = sync.Pool{New: func() any { return new([contentBufSize]byte) }}
+
 // Content reads the current DATA content through a Conn. Make one with
 // DataContent; Close it when the session's Data returns.
 type Content struct {
@@ -27,7 +32,7 @@ type Content struct {
 	tooLarge error
 
 	raw  []byte // read from the Conn, not yet decoded
-	buf  []byte
+	buf  *[contentBufSize]byte
 	st   int
 	done bool  // the end-of-data line was read
 	err  error // the read error that ended the content, sticky
@@ -99,9 +104,9 @@ func (d *Content) Read(p []byte) (int, error) {
 // fill reads the next raw octets from the Conn.
 func (d *Content) fill() error {
 	if d.buf == nil {
-		d.buf = make([]byte, contentBufSize)
+		d.buf = contentBufs.Get().(*[contentBufSize]byte)
 	}
-	k, err := d.c.Read(d.buf)
+	k, err := d.c.Read(d.buf[:])
 	d.raw = d.buf[:k]
 	if k == 0 {
 		if err == nil {
@@ -193,6 +198,15 @@ func (d *Content) finish() {
 	c.contentOut = false
 	c.mu.Unlock()
 	d.raw = nil
+	d.release()
+}
+
+// release returns the read buffer to the pool; nothing points into it.
+func (d *Content) release() {
+	if d.buf != nil {
+		contentBufs.Put(d.buf)
+		d.buf = nil
+	}
 }
 
 // Close ends the reader when the session's Data returns. Content the
@@ -200,7 +214,11 @@ func (d *Content) finish() {
 // so that go-smtp finds the end-of-data line next; a read error leaves
 // it to go-smtp, which gets the same error.
 func (d *Content) Close() error {
-	if d.done || d.err != nil {
+	if d.done {
+		return nil
+	}
+	if d.err != nil {
+		d.release()
 		return nil
 	}
 	d.limited = false
@@ -210,6 +228,7 @@ func (d *Content) Close() error {
 			if err == io.EOF {
 				return nil
 			}
+			d.release()
 			return err
 		}
 	}
