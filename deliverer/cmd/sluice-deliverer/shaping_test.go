@@ -113,6 +113,10 @@ func TestShapingAcrossProcesses(t *testing.T) {
 	configFor := func(name string, maxConns int) string {
 		return fmt.Sprintf("nats: {url: %q}\ndeliverer:\n  hostname: deliverer.test\n  instance: %s\n  dns_server: %q\n"+
 			"  concurrency: 8\n  metrics_listen: \"\"\n  connection_cache_time: 1m\n  routes: {limited.test: %q}\n"+
+			// A job handed to p1 or p2 in the instant before they are
+			// killed comes back after ack_wait (30 s by default), which
+			// is not what this test measures: keep it under the lease TTL.
+			"  ack_wait: 5s\n"+
 			"  shaping:\n    default: {max_connections: %d, initial_connections: %d}\n    busy_delay: 50ms\n",
 			ns.ClientURL(), name, dns.Addr, ln.Addr().String(), maxConns, maxConns)
 	}
