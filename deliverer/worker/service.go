@@ -94,6 +94,10 @@ const (
 	idleWait = 500 * time.Millisecond
 	// infraRetry is the Nak delay after trouble with our own infrastructure.
 	infraRetry = 2 * time.Second
+	// movedRetry is the Nak delay of a job copy an operator moved to
+	// another class (see claimAttempt): the scheduler removes it within
+	// milliseconds; it comes back only if the move failed half way.
+	movedRetry = 30 * time.Second
 	// maxAckPending lets many deliverers hold many jobs at once.
 	maxAckPending = 20000
 	// fetchBackoffMax bounds the pause between fetches while JetStream
@@ -220,7 +224,7 @@ func New(s Settings, d Deps) (*Service, error) {
 		s.Instance = s.Hostname
 	}
 	steered, err := d.Meter.Int64Counter("sluice_deliverer_jobs_steered_total",
-		metric.WithDescription("Jobs not attempted because an operator held or deleted them, by action."))
+		metric.WithDescription("Jobs not attempted because an operator held, deleted or reprioritised them, by action."))
 	if err != nil {
 		return nil, err
 	}
@@ -676,15 +680,11 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 			s.beforeAttempt(job)
 		}()
 	}
-	// The attempt is recorded before it is made.
-	recorded, err := s.recordAttempt(ctx, msg, job)
-	if err != nil {
+	// The attempt is recorded, and the job copy claimed, before it is made.
+	if !s.claimAttempt(ctx, msg, job, log) {
 		if ticket != nil {
 			ticket.Release()
 		}
-		span.SetStatus(codes.Error, "cannot record the attempt")
-		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
 		return
 	}
 	results, headers, infraErr := s.attempt(ctx, job, route, routeErr, ticket, log)
@@ -725,7 +725,6 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if result != "delivered" {
 		span.SetStatus(codes.Error, result+": "+reason)
 	}
-	awaitRecorded(ctx, recorded, log)
 	if err := s.publish(ctx, job, res); err != nil {
 		s.m.publishFailures.Add(context.Background(), 1)
 		log.ErrorContext(ctx, "cannot store result; job returned to the queue", "err", err)

@@ -299,7 +299,7 @@ func (e *env) eventsWith(t *testing.T, typ string, each func(admin.QueueEvent)) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := e.js.OrderedConsumer(ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.SubjectEvents + ".*." + typ}})
+	c, err := e.js.OrderedConsumer(ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.SubjectEvents + ".*." + typ, wire.SubjectEvents + ".*." + typ + ".*"}})
 	if err != nil {
 		t.Fatal(err)
 	}

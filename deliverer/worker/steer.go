@@ -9,12 +9,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/claim"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -86,45 +88,62 @@ func parkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string)
 	return m
 }
 
-// recordAttempt sends the "attempt" event before the attempt is made, so
-// the history shows an attempt even when the deliverer dies during it. It
-// does not wait for JetStream: the returned future is checked before the
-// result is published (see handle), which keeps the attempt before its
-// outcome in the history without a round trip ahead of every delivery. The
-// message id includes the delivery count: a job redelivered after a crash
-// records its second try.
-func (s *Service) recordAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job) (jetstream.PubAckFuture, error) {
-	now := time.Now().UTC()
+// claimAttempt records the "attempt" event before the attempt is made, so
+// the history shows an attempt even when the deliverer dies during it. The
+// event also claims the job copy (package claim): an operator's prioritize
+// claims it the same way before it moves the job to another class, and
+// only one of the two claims is stored. It reports whether to attempt the
+// job; when not, the message has been settled:
+//   - the copy was moved: given back to the queue, where the scheduler
+//     removes it once the moved copy is stored;
+//   - the claim could not be made (JetStream unreachable): returned to the
+//     queue.
+//
+// A copy handed out again (after a crash or a Nak) finds its earlier
+// attempt's claim and is attempted again. The message id includes the
+// delivery count, so that second try is recorded too.
+func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) bool {
+	md, err := msg.Metadata()
+	if err != nil {
+		log.WarnContext(ctx, "job without JetStream metadata; returned to the queue", "err", err)
+		_ = msg.NakWithDelay(infraRetry)
+		return false
+	}
 	ev := &admin.QueueEvent{
-		Type: wire.EventAttempt, Time: now, QueueID: job.QueueId, JobID: job.JobId, State: admin.StateActive,
+		Type: wire.EventAttempt, Time: time.Now().UTC(), QueueID: job.QueueId, JobID: job.JobId, State: admin.StateActive,
 		Attempt: job.Attempt, Priority: wire.ClassName(job.Priority), Instance: s.cfg.Instance,
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.TraceID().IsValid() {
 		ev.TraceID = sc.TraceID().String()
 	}
-	data := admin.MarshalQueueEvent(ev)
-	n := uint64(1)
-	if md, err := msg.Metadata(); err == nil {
-		n = md.NumDelivered
-	}
-	m := nats.NewMsg(wire.EventSubject(job.QueueId, wire.EventAttempt))
-	m.Data = data
+	m := nats.NewMsg(wire.ClaimSubject(job.QueueId, wire.EventAttempt, md.Sequence.Stream))
+	m.Data = admin.MarshalQueueEvent(ev)
 	m.Header.Set(wire.HeaderJobID, job.JobId)
+	m.Header.Set(jetstream.MsgIDHeader, job.JobId+"/"+strconv.FormatUint(uint64(job.Attempt), 10)+"/ev/attempt/"+strconv.FormatUint(md.NumDelivered, 10))
 	telemetry.Inject(ctx, m.Header)
-	return s.js.PublishMsgAsync(m, jetstream.WithExpectStream(wire.StreamEvents),
-		jetstream.WithMsgID(job.JobId+"/"+strconv.FormatUint(uint64(job.Attempt), 10)+"/ev/attempt/"+strconv.FormatUint(n, 10)))
-}
-
-// awaitRecorded waits for the attempt event's PubAck. The attempt has been
-// made by then, so a failure is only logged: the result still goes out.
-func awaitRecorded(ctx context.Context, f jetstream.PubAckFuture, log *slog.Logger) {
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case <-f.Ok():
-	case err := <-f.Err():
-		log.WarnContext(ctx, "attempt event not stored; the history misses this attempt", "err", err)
-	case <-t.C:
-		log.WarnContext(ctx, "attempt event not acknowledged in time; the history may miss this attempt")
+	out, err := claim.Take(ctx, s.js, m, job.QueueId, md.Sequence.Stream)
+	if err == nil && !out.Won && out.Holder == wire.EventAttempt {
+		// Handed out again: this deliverer, or one before it, claimed
+		// the copy already. The new try is recorded all the same.
+		_, err = s.js.PublishMsg(ctx, m, jetstream.WithExpectStream(wire.StreamEvents))
+		out.Won = err == nil
 	}
+	if err != nil {
+		trace.SpanFromContext(ctx).SetStatus(codes.Error, "cannot record the attempt")
+		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
+		_ = msg.NakWithDelay(infraRetry)
+		return false
+	}
+	if out.Won {
+		return true
+	}
+	// Moved to another class by an operator: its new copy is delivered.
+	// This one is given back rather than acknowledged: the scheduler
+	// removes it once the moved copy is stored, and should that fail, it
+	// gives the claim up and this copy is attempted after all.
+	_ = msg.NakWithDelay(movedRetry)
+	s.steered.Add(context.Background(), 1, metric.WithAttributes(attribute.String("action", out.Holder)))
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("sluice.operator_mark", out.Holder))
+	log.InfoContext(ctx, "job not attempted: "+out.Holder+" by an operator")
+	return false
 }

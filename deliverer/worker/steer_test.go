@@ -3,16 +3,22 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/capture"
+	"github.com/sluice-mta/sluice/services/claim"
 )
 
 // TestSteer checks what the deliverer does with operators' marks: a held
@@ -77,7 +83,7 @@ func TestSteer(t *testing.T) {
 	}
 	// The attempt of the unmarked job was recorded, by this instance.
 	evs, _ := e.js.Stream(ctx, wire.StreamEvents)
-	raw, err := evs.GetLastMsgForSubject(ctx, wire.EventSubject(okJob.QueueId, wire.EventAttempt))
+	raw, err := evs.GetLastMsgForSubject(ctx, wire.EventSubject(okJob.QueueId, wire.EventAttempt)+".*")
 	if err != nil {
 		t.Fatal("no attempt event:", err)
 	}
@@ -89,8 +95,99 @@ func TestSteer(t *testing.T) {
 		t.Fatalf("attempt event = %+v", ev)
 	}
 	for _, j := range []*sluicev1.Job{heldJob, deletedJob} {
-		if _, err := evs.GetLastMsgForSubject(ctx, wire.EventSubject(j.QueueId, wire.EventAttempt)); err == nil {
+		if _, err := evs.GetLastMsgForSubject(ctx, wire.EventSubject(j.QueueId, wire.EventAttempt)+".*"); err == nil {
 			t.Errorf("attempt recorded for steered job %s", j.JobId)
 		}
+	}
+}
+
+// TestMovedCopyIsNotAttempted: an operator moves a job to another class
+// (`sluice queue prioritize`) while a deliverer holds the job's copy and is
+// about to attempt it. The operator's claim is stored first, so the
+// deliverer gives its copy back instead of attempting it, and the moved
+// copy is delivered: the mail arrives once, with one attempt recorded.
+func TestMovedCopyIsNotAttempted(t *testing.T) {
+	e := newEnv(t)
+	c, _ := listenCapture(t, capture.Options{})
+	ctx := context.Background()
+	s := testSettings(e)
+	s.Routes = map[string]string{"moved.test": c.Addr}
+	_, js := e.ns.Connect(t)
+	svc, err := New(s, Deps{JS: js, Tracer: e.tp.Tracer("test"), Meter: noop.NewMeterProvider().Meter(""),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reached, proceed := make(chan struct{}), make(chan struct{})
+	var classes []sluicev1.Priority
+	var mu sync.Mutex
+	svc.beforeAttempt = func(j *sluicev1.Job) {
+		mu.Lock()
+		classes = append(classes, j.Priority)
+		mu.Unlock()
+		if j.Priority == sluicev1.Priority_PRIORITY_NORMAL {
+			close(reached)
+			<-proceed
+		}
+	}
+	if err := svc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = svc.Close(cctx)
+	})
+	job := e.enqueue(t, jobSpec{domain: "moved.test", rcpts: []string{"a@moved.test"}})
+	select {
+	case <-reached:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the deliverer never took the job")
+	}
+	// What the scheduler's prioritize does: claim the copy, store the
+	// moved copy, remove the old one.
+	jobs, _ := e.js.Stream(ctx, wire.StreamJobs)
+	old, err := jobs.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, job.JobId))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(wire.ClaimSubject(job.QueueId, wire.EventReprioritised, old.Sequence))
+	m.Data = admin.MarshalQueueEvent(&admin.QueueEvent{Type: wire.EventReprioritised, QueueID: job.QueueId, JobID: job.JobId, Time: time.Now()})
+	out, err := claim.Take(ctx, e.js, m, job.QueueId, old.Sequence)
+	if err != nil || !out.Won {
+		t.Fatalf("the operator's claim: %+v, %v; want it stored", out, err)
+	}
+	moved := proto.Clone(job).(*sluicev1.Job)
+	moved.Priority = sluicev1.Priority_PRIORITY_HIGH
+	data, _ := proto.Marshal(moved)
+	if _, err := e.js.Publish(ctx, wire.JobSubject(moved.Priority, job.JobId), data, jetstream.WithMsgID(job.JobId+"/moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := jobs.DeleteMsg(ctx, old.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	close(proceed)
+
+	r := e.result(t, job, 10*time.Second)
+	check(t, r.Recipients[0], delivered)
+	if r.Job.Priority != sluicev1.Priority_PRIORITY_HIGH {
+		t.Errorf("the result is of the %s copy, want the moved (high) one", wire.ClassName(r.Job.Priority))
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := len(c.Messages()); n != 1 {
+		t.Fatalf("%d messages arrived, want 1: the copy the deliverer held was attempted too", n)
+	}
+	if n := e.events(t, wire.EventAttempt)[job.JobId]; n != 1 {
+		t.Errorf("%d attempt events, want 1", n)
+	}
+	// The deliverer's copy lost to the operator's claim, which holds it.
+	holder, _, err := claim.Holder(ctx, e.js, job.QueueId, old.Sequence)
+	if err != nil || holder != wire.EventReprioritised {
+		t.Errorf("claim of the old copy held by %q (%v), want the operator's", holder, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(classes) != 2 || classes[0] != sluicev1.Priority_PRIORITY_NORMAL || classes[1] != sluicev1.Priority_PRIORITY_HIGH {
+		t.Errorf("copies taken to the attempt: %v, want the normal one (given back) then the high one", classes)
 	}
 }

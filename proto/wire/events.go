@@ -1,10 +1,14 @@
 package wire
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Queue events, held jobs and the queue admin API.
 //
 //	SLUICE_EVENTS   limits, max age       sluice.event.<queue_id>.<type>  every state change of every job
+//	                                      sluice.event.<queue_id>.<type>.<seq>  claims of one job copy (ClaimSubject)
 //	SLUICE_JOBS                           sluice.held.<job_id>            jobs on hold (no consumer reads them)
 //	sluice_held     key-value             <job_id>                        hold and delete marks deliverers obey
 //
@@ -60,6 +64,31 @@ const HeaderHoldMark = "Sluice-Held-By"
 
 // EventSubject is where an event of this type about a job of queueID goes.
 func EventSubject(queueID, typ string) string { return SubjectEvents + "." + queueID + "." + typ }
+
+// ClaimSubject is where an event that claims one copy of a job goes: the
+// copy stored at sequence seq of SLUICE_JOBS, which a deliverer claims with
+// its "attempt" event and an operator's prioritize with its
+// "reprioritised" event. Each is published only while ClaimFilter matches
+// nothing (Nats-Expected-Last-Subject-Sequence 0 on that filter), so
+// exactly one of them acts on the copy: the deliverer attempts it, or the
+// scheduler moves it to another class and the deliverer drops it.
+func ClaimSubject(queueID, typ string, seq uint64) string {
+	return SubjectEvents + "." + queueID + "." + typ + "." + strconv.FormatUint(seq, 10)
+}
+
+// ClaimFilter matches every claim of the job copy at sequence seq.
+func ClaimFilter(queueID string, seq uint64) string {
+	return SubjectEvents + "." + queueID + ".*." + strconv.FormatUint(seq, 10)
+}
+
+// ClaimType is the event type of a claim subject, "" when subject is not one.
+func ClaimType(subject string) string {
+	t := strings.Split(subject, ".")
+	if len(t) != 5 || t[0]+"."+t[1] != SubjectEvents {
+		return ""
+	}
+	return t[3]
+}
 
 // EventFilter matches every event of one message.
 func EventFilter(queueID string) string { return SubjectEvents + "." + queueID + ".>" }

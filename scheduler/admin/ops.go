@@ -25,6 +25,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/hold"
 	"github.com/sluice-mta/sluice/scheduler/index"
 	"github.com/sluice-mta/sluice/scheduler/policy"
+	"github.com/sluice-mta/sluice/services/claim"
 	"github.com/sluice-mta/sluice/services/marks"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -522,37 +523,7 @@ func (s *Server) prioritize(ctx context.Context, j index.Job, r *api.QueueAction
 		}
 		_, err = s.d.JS.PublishMsg(ctx, hold.ParkMsg(job, data, loc.msg.Header, "admin", "prio-"+seqNonce(loc)))
 	case placeReady:
-		// A copy that its class's consumer has handed to a deliverer is
-		// attempted whatever happens to it in the stream (deleting it
-		// does not take it back), and the index calls the job active only
-		// once the deliverer's attempt event arrives, after the deliverer
-		// may have waited for a connection slot: moving it then queued a
-		// second copy that another deliverer delivered again.
-		handed, herr := s.handedOut(ctx, loc.job.GetPriority(), loc.msg.Sequence)
-		if herr != nil {
-			return outcome{}, herr
-		}
-		if handed {
-			return skipped("being attempted now; try again when the attempt ends")
-		}
-		// Deleted first, the old copy can be handed to nobody from now
-		// on; whether it was in the meantime, the consumer tells again.
-		ok, derr := s.deleteSeq(ctx, loc.msg.Sequence)
-		if derr != nil {
-			return outcome{}, derr
-		}
-		if !ok {
-			// Acknowledged meanwhile: it was attempted.
-			return skipped("being attempted now; try again when the attempt ends")
-		}
-		if handed, herr = s.handedOut(ctx, loc.job.GetPriority(), loc.msg.Sequence); herr == nil && handed {
-			// Taken between the two looks, a round trip apart. The new
-			// copy is queued all the same: the deliverer holding the old
-			// one may give it back (a Nak of a deleted message is lost),
-			// and a duplicate is the lesser harm than a lost message.
-			s.d.Log.Warn("prioritize: the job was handed to a deliverer while it was moved; it may be attempted twice", "job_id", j.ID)
-		}
-		_, err = s.republish(ctx, wire.JobSubject(class, j.ID), job, loc.msg.Header, id, nil)
+		return s.moveReady(ctx, j, r, loc, job, old, id)
 	}
 	if err != nil {
 		return outcome{}, fmt.Errorf("move to %s: %w", wire.ClassName(class), err)
@@ -563,28 +534,68 @@ func (s *Server) prioritize(ctx context.Context, j index.Job, r *api.QueueAction
 	return outcome{changed: true, seq: seq}, err
 }
 
-// handedOut reports whether the deliverers' consumer of class has handed
-// out the job copy at stream sequence seq (and not had it acknowledged,
-// when the copy still exists). The consumer hands out its class's
-// subjects in stream order, so a copy at or below its last delivered
-// sequence was handed out; without the consumer (no deliverer ever ran)
-// nothing was.
-func (s *Server) handedOut(ctx context.Context, class sluicev1.Priority, seq uint64) (bool, error) {
-	cons, err := s.jobs.Consumer(ctx, wire.DelivererConsumer(class))
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return false, nil
+// moveReady moves a job copy waiting in its class's subject, which the
+// class's consumer may hand to a deliverer at any moment (and, once handed
+// out, deleting it from the stream does not take it back). The copy is
+// claimed first (package claim) with the "reprioritised" event, as a
+// deliverer claims it with its "attempt" event before attempting it: of
+// the two, one is stored.
+//   - Lost to an attempt: the job is being attempted; nothing changes.
+//   - Won: no deliverer attempts this copy any more (one that fetched it
+//     gives it back), so the moved copy is stored and this one removed.
+//     Should storing the moved copy fail, the claim is given up and the
+//     copy stays where it was, to be attempted as before.
+//   - Lost to an earlier prioritize whose copy is still there (it stopped
+//     half way): its move is finished now, with the same message id.
+func (s *Server) moveReady(ctx context.Context, j index.Job, r *api.QueueActionRequest, loc *located, job *sluicev1.Job, old, id string) (outcome, error) {
+	ctx = telemetry.Extract(ctx, loc.msg.Header)
+	ev := events.New(ctx, wire.EventReprioritised, job, "", s.d.Now())
+	ev.Actor, ev.Note = r.Actor, "from "+old
+	m, err := events.Msg(ctx, ev, events.MsgID(job, wire.EventReprioritised, seqNonce(loc)))
+	if err != nil {
+		return outcome{}, err
+	}
+	m.Subject = wire.ClaimSubject(job.GetQueueId(), wire.EventReprioritised, loc.msg.Sequence)
+	won, err := claim.Take(ctx, s.d.JS, m, job.GetQueueId(), loc.msg.Sequence)
+	if err != nil {
+		return outcome{}, err
+	}
+	if !won.Won && won.Holder != wire.EventReprioritised {
+		return skipped("being attempted now; try again when the attempt ends")
+	}
+	if _, err := s.republish(ctx, wire.JobSubject(job.GetPriority(), j.ID), job, loc.msg.Header, id, nil); err != nil {
+		if won.Won {
+			s.giveUp(ctx, won.Seq, j.ID)
+		}
+		return outcome{}, fmt.Errorf("move to %s: %w", wire.ClassName(job.GetPriority()), err)
+	}
+	if _, err := s.deleteSeq(ctx, loc.msg.Sequence); err != nil {
+		// The copy stays, claimed: deliverers give it back until it goes
+		// with the stream's limits or a prioritize of the job removes it.
+		s.d.Log.Warn("prioritize: the moved job's old copy could not be removed", "job_id", j.ID, "err", err)
+	}
+	if !won.Won {
+		// The claim is the earlier command's event: this one's is recorded.
+		seq, err := s.record(ctx, wire.EventReprioritised, &located{place: loc.place, msg: loc.msg, job: job}, j, "", r, func(ev *api.QueueEvent) {
+			ev.Note = "from " + old
+		})
+		return outcome{changed: true, seq: seq}, err
+	}
+	return outcome{changed: true, seq: won.Seq}, nil
+}
+
+// giveUp removes the claim at seq from the events stream, so that the
+// copy it claimed is attempted after all.
+func (s *Server) giveUp(ctx context.Context, seq uint64, jobID string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	st, err := s.d.JS.Stream(ctx, wire.StreamEvents)
+	if err == nil {
+		err = st.DeleteMsg(ctx, seq)
 	}
 	if err != nil {
-		return false, fmt.Errorf("deliverers' consumer: %w", err)
+		s.d.Log.Error("prioritize: the move failed and its claim could not be removed; `sluice queue prioritize` again finishes the move", "job_id", jobID, "err", err)
 	}
-	info, err := cons.Info(ctx)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("deliverers' consumer: %w", err)
-	}
-	return seq <= info.Delivered.Stream, nil
 }
 
 // DeletedStatus is the RFC 3463 status of recipients of a job deleted with

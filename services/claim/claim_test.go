@@ -1,0 +1,155 @@
+package claim_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/claim"
+	"github.com/sluice-mta/sluice/services/natstest"
+)
+
+// TestOneClaimWins: a deliverer's attempt and an operator's prioritize
+// claim the same job copy at the same instant, many times over; each time
+// exactly one claim is stored, and the other names it as the holder.
+func TestOneClaimWins(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := ns.Connect(t)
+	contend(t, js, 1, 200)
+}
+
+// TestOneClaimWinsR3 is TestOneClaimWins on a three-node cluster with the
+// events stream replicated three times, where the leader holds back a
+// second check on the same filter while the first claim is replicated.
+func TestOneClaimWinsR3(t *testing.T) {
+	urls := startCluster(t)
+	nc, err := nats.Connect(urls, nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	contend(t, js, 3, 100)
+}
+
+// contend creates the events stream and races two claims on each of n
+// copies.
+func contend(t *testing.T, js jetstream.JetStream, replicas, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var err error
+	for i := 0; i < 30; i++ { // a fresh cluster may have no meta leader yet
+		tctx, tcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err = js.CreateStream(tctx, jetstream.StreamConfig{Name: wire.StreamEvents, Subjects: []string{wire.SubjectEvents + ".>"}, Replicas: replicas})
+		tcancel()
+		if err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An unrelated event of the same message, and a claim of another
+	// copy, claim nothing.
+	if _, err := js.Publish(ctx, wire.EventSubject("Q", wire.EventReceived), []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	types := []string{wire.EventAttempt, wire.EventReprioritised}
+	wins := map[string]int{}
+	for seq := uint64(1); seq <= uint64(n); seq++ {
+		var wg sync.WaitGroup
+		outs := make([]claim.Outcome, 2)
+		errs := make([]error, 2)
+		for i, typ := range types {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m := nats.NewMsg(wire.ClaimSubject("Q", typ, seq))
+				m.Data = []byte(typ)
+				outs[i], errs[i] = claim.Take(ctx, js, m, "Q", seq)
+			}()
+		}
+		wg.Wait()
+		for i := range errs {
+			if errs[i] != nil {
+				t.Fatalf("copy %d: %s claim: %v", seq, types[i], errs[i])
+			}
+		}
+		if outs[0].Won == outs[1].Won {
+			t.Fatalf("copy %d: %+v: want exactly one claim stored", seq, outs)
+		}
+		w, l := 0, 1
+		if outs[1].Won {
+			w, l = 1, 0
+		}
+		wins[types[w]]++
+		if outs[l].Holder != types[w] || outs[l].Seq != outs[w].Seq {
+			t.Fatalf("copy %d: the %s claim lost to %+v, want the %s claim at %d", seq, types[l], outs[l], types[w], outs[w].Seq)
+		}
+		holder, hseq, err := claim.Holder(ctx, js, "Q", seq)
+		if err != nil || holder != types[w] || hseq != outs[w].Seq {
+			t.Fatalf("copy %d: Holder = %q at %d (%v), want %s at %d", seq, holder, hseq, err, types[w], outs[w].Seq)
+		}
+	}
+	t.Logf("%d copies: %v", n, wins)
+	if holder, _, err := claim.Holder(ctx, js, "Q", uint64(n)+1); err != nil || holder != "" {
+		t.Fatalf("an unclaimed copy is held by %q (%v)", holder, err)
+	}
+}
+
+// startCluster starts three embedded servers routed to each other on
+// loopback and returns their client URLs.
+func startCluster(t *testing.T) string {
+	t.Helper()
+	ports := make([]int, 3)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	var routes []*url.URL
+	for _, p := range ports {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: "127.0.0.1:" + strconv.Itoa(p)})
+	}
+	var urls string
+	for i := range ports {
+		o := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: server.RANDOM_PORT,
+			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "claim", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  routes,
+		}
+		s, err := server.NewServer(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		t.Cleanup(s.Shutdown)
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("server not ready")
+		}
+		if urls != "" {
+			urls += ","
+		}
+		urls += s.ClientURL()
+	}
+	return urls
+}
