@@ -5,12 +5,14 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/sluice-mta/sluice/cli/cluster"
 )
 
 // printCluster prints the report as two tables, streams then durable
 // consumers, with one row per replica (the leader first), the problems of
 // everything that is not ok, and a verdict line.
-func printCluster(w io.Writer, rep *clusterReport, paint painter) error {
+func printCluster(w io.Writer, rep *cluster.Report, paint painter) error {
 	switch {
 	case rep.Cluster != "":
 		fmt.Fprintf(w, "JetStream cluster %s, servers seen: %s\n\n", rep.Cluster, strings.Join(rep.Servers, ", "))
@@ -24,7 +26,7 @@ func printCluster(w io.Writer, rep *clusterReport, paint painter) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "STREAM\tVERDICT\tMESSAGES\tBYTES\t"+replicaHead)
 	for _, s := range rep.Streams {
-		writeGroupRows(tw, []string{s.Stream, paint.verdict(s.Verdict), fmt.Sprint(s.Messages), size(int64(s.Bytes))}, s.groupHealth)
+		writeGroupRows(tw, []string{s.Stream, paint.verdict(s.Verdict), fmt.Sprint(s.Messages), size(int64(s.Bytes))}, s.Health)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -48,7 +50,7 @@ func printCluster(w io.Writer, rep *clusterReport, paint painter) error {
 		fmt.Fprintln(tw, "CONSUMER\tVERDICT\tPENDING\tACK PENDING\t"+replicaHead)
 		for _, s := range rep.Streams {
 			for _, c := range s.Consumers {
-				writeGroupRows(tw, []string{s.Stream + "/" + c.Consumer, paint.verdict(c.Verdict), fmt.Sprint(c.Pending), fmt.Sprint(c.AckPending)}, c.groupHealth)
+				writeGroupRows(tw, []string{s.Stream + "/" + c.Consumer, paint.verdict(c.Verdict), fmt.Sprint(c.Pending), fmt.Sprint(c.AckPending)}, c.Health)
 			}
 		}
 		if err := tw.Flush(); err != nil {
@@ -60,13 +62,13 @@ func printCluster(w io.Writer, rep *clusterReport, paint painter) error {
 	var badStreams, badConsumers int
 	counts := map[string]int{}
 	for _, s := range rep.Streams {
-		if s.Verdict != verdictOK {
+		if s.Verdict != cluster.VerdictOK {
 			badStreams++
 			counts[s.Verdict]++
 			problems = append(problems, fmt.Sprintf("%s: %s: %s", s.Stream, s.Verdict, strings.Join(s.Problems, "; ")))
 		}
 		for _, c := range s.Consumers {
-			if c.Verdict != verdictOK {
+			if c.Verdict != cluster.VerdictOK {
 				badConsumers++
 				counts[c.Verdict]++
 				problems = append(problems, fmt.Sprintf("%s/%s: %s: %s", s.Stream, c.Consumer, c.Verdict, strings.Join(c.Problems, "; ")))
@@ -84,7 +86,7 @@ func printCluster(w io.Writer, rep *clusterReport, paint painter) error {
 		if rep.Cluster == "" {
 			where = "on a single server"
 		}
-		fmt.Fprintf(w, "cluster: %s: %s and %s, %s\n", paint.verdict(verdictOK), nouns(len(rep.Streams), "stream"), nouns(consumers, "durable consumer"), where)
+		fmt.Fprintf(w, "cluster: %s: %s and %s, %s\n", paint.verdict(cluster.VerdictOK), nouns(len(rep.Streams), "stream"), nouns(consumers, "durable consumer"), where)
 		return nil
 	}
 	fmt.Fprintln(w, "Problems:")
@@ -103,11 +105,11 @@ func printCluster(w io.Writer, rep *clusterReport, paint painter) error {
 // writeGroupRows writes the rows of one stream or consumer: first its own
 // cells with the leader (or the first replica), then one row per other
 // replica with the leading cells blank.
-func writeGroupRows(w io.Writer, lead []string, g groupHealth) {
+func writeGroupRows(w io.Writer, lead []string, g cluster.Health) {
 	row := func(cells ...string) { fmt.Fprintln(w, strings.Join(cells, "\t")+"\t") }
 	blank := make([]string, len(lead))
 	switch {
-	case !g.Clustered && (g.Verdict == verdictOK || g.Leader != ""):
+	case !g.Clustered && (g.Verdict == cluster.VerdictOK || g.Leader != ""):
 		row(append(lead, "single server (no cluster)", "", "", "", "", "")...)
 		return
 	case len(g.Peers) == 0:
@@ -121,7 +123,7 @@ func writeGroupRows(w io.Writer, lead []string, g groupHealth) {
 		}
 		role, current, lag, active := "follower", yesNo(p.Current), fmt.Sprint(p.Lag), "-"
 		if p.ActiveMS != nil {
-			active = activeAgo(time.Duration(*p.ActiveMS) * time.Millisecond)
+			active = cluster.Ago(time.Duration(*p.ActiveMS) * time.Millisecond)
 		}
 		switch {
 		case p.Leader:
@@ -152,7 +154,7 @@ func yesNo(b bool) string {
 // that is not ok, worst first: "no leader 1, degraded 9".
 func verdictCounts(m map[string]int) string {
 	var parts []string
-	for _, v := range []string{verdictNoLeader, verdictMissing, verdictError, verdictDegraded} {
+	for _, v := range []string{cluster.VerdictNoLeader, cluster.VerdictMissing, cluster.VerdictError, cluster.VerdictDegraded} {
 		if m[v] > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", v, m[v]))
 		}
@@ -168,9 +170,9 @@ func (p painter) verdict(v string) string {
 	}
 	c := "31"
 	switch v {
-	case verdictOK:
+	case cluster.VerdictOK:
 		c = "32"
-	case verdictDegraded:
+	case cluster.VerdictDegraded:
 		c = "33"
 	}
 	return "\x1b[" + c + "m" + v + "\x1b[0m"

@@ -1,18 +1,17 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
+	"github.com/sluice-mta/sluice/cli/doctor"
 	"github.com/sluice-mta/sluice/proto/admin"
 )
 
@@ -48,16 +47,9 @@ type doctorOpts struct {
 	json          bool
 }
 
-// runDoctor implements "sluice doctor": it discovers the deliverers, asks
-// every one of them to run the check, and prints their answers.
-//
-// How the answers are gathered: the doctor endpoints have no queue group,
-// so one request reaches every deliverer. The CLI first lists the
-// instances of the sluice-deliverer micro service ($SRV.INFO, gathering
-// replies until 300 ms pass without a new one) to know whom to expect,
-// then publishes the request with a reply inbox and collects answers until
-// each instance answered or -wait passed. An instance that did not answer
-// gets a row that says so: a silent deliverer is a finding, not a detail.
+// runDoctor implements "sluice doctor": it reads the flags, connects, has
+// package doctor discover the deliverers and gather their answers to the
+// check, prints them and sets the exit status.
 func runDoctor(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, doctorUsage)
@@ -153,25 +145,9 @@ func diagParse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// doctorInstance is a discovered deliverer.
-type doctorInstance struct {
-	ID       string
-	Instance string
-	Hostname string
-}
-
-// doctorAnswer is one deliverer's answer: Raw holds the report JSON, Err
-// what went wrong instead.
-type doctorAnswer struct {
-	doctorInstance
-	Raw json.RawMessage
-	Err string
-}
-
-// quietPeriod ends discovery once no new instance has answered for it.
-const quietPeriod = 300 * time.Millisecond
-
-func doctorAsk(o doctorOpts, check string, req admin.DoctorRequest) ([]doctorAnswer, error) {
+// doctorAsk connects to NATS and gathers every deliverer's answer to the
+// check: those discovered within -timeout, waiting -wait for them.
+func doctorAsk(o doctorOpts, check string, req admin.DoctorRequest) ([]doctor.Answer, error) {
 	opts := []nats.Option{nats.Name("sluice-cli doctor"), nats.Timeout(o.timeout), nats.NoReconnect()}
 	if o.creds != "" {
 		opts = append(opts, nats.UserCredentials(o.creds))
@@ -182,133 +158,10 @@ func doctorAsk(o doctorOpts, check string, req admin.DoctorRequest) ([]doctorAns
 	}
 	defer nc.Close()
 
-	instances, err := doctorDiscover(nc, check, o.timeout)
+	ctx := context.Background()
+	deliverers, err := doctor.Discover(ctx, nc, check, o.timeout)
 	if err != nil {
 		return nil, err
 	}
-	data, _ := json.Marshal(req)
-	inbox := nats.NewInbox()
-	ch := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanSubscribe(inbox, ch)
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(admin.DoctorSubject(check), inbox, data); err != nil {
-		return nil, err
-	}
-	got := map[string]doctorAnswer{}
-	var strays []doctorAnswer
-	deadline := time.NewTimer(o.wait)
-	defer deadline.Stop()
-wait:
-	for len(got)+len(strays) < len(instances) {
-		select {
-		case m := <-ch:
-			a := decodeAnswer(m)
-			if _, known := instances[a.ID]; known {
-				a.doctorInstance = instances[a.ID]
-				got[a.ID] = a
-			} else {
-				// A deliverer that started after discovery: show it too.
-				strays = append(strays, a)
-			}
-		case <-deadline.C:
-			break wait
-		}
-	}
-	var out []doctorAnswer
-	for id, in := range instances {
-		a, ok := got[id]
-		if !ok {
-			a = doctorAnswer{doctorInstance: in, Err: fmt.Sprintf("no answer within %s", o.wait)}
-		}
-		out = append(out, a)
-	}
-	out = append(out, strays...)
-	sort.SliceStable(out, func(i, j int) bool {
-		if out[i].Instance != out[j].Instance {
-			return out[i].Instance < out[j].Instance
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out, nil
-}
-
-// doctorDiscover lists the deliverers that serve the check.
-func doctorDiscover(nc *nats.Conn, check string, timeout time.Duration) (map[string]doctorInstance, error) {
-	subj, err := micro.ControlSubject(micro.InfoVerb, admin.DelivererService, "")
-	if err != nil {
-		return nil, err
-	}
-	inbox := nats.NewInbox()
-	ch := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanSubscribe(inbox, ch)
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(subj, inbox, nil); err != nil {
-		return nil, err
-	}
-	found := map[string]doctorInstance{}
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	quiet := time.NewTimer(timeout)
-	defer quiet.Stop()
-	want := admin.DoctorSubject(check)
-	var noResponders bool
-loop:
-	for {
-		select {
-		case m := <-ch:
-			if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
-				noResponders = true
-				break loop
-			}
-			var info micro.Info
-			if json.Unmarshal(m.Data, &info) != nil {
-				continue
-			}
-			for _, e := range info.Endpoints {
-				if e.Subject == want {
-					found[info.ID] = doctorInstance{ID: info.ID, Instance: info.Metadata[admin.MetadataInstance], Hostname: info.Metadata[admin.MetadataHostname]}
-				}
-			}
-			quiet.Reset(quietPeriod)
-		case <-quiet.C:
-			break loop
-		case <-deadline.C:
-			break loop
-		}
-	}
-	if len(found) == 0 {
-		why := "is any deliverer running? no reply"
-		if noResponders {
-			why = "is any deliverer running? nats: no responders"
-		}
-		return nil, fmt.Errorf("no answer from %s within %s (%s)", admin.DelivererService, timeout, why)
-	}
-	return found, nil
-}
-
-// decodeAnswer reads a reply: a micro error, or a report whose deliverer
-// identity says who answered.
-func decodeAnswer(m *nats.Msg) doctorAnswer {
-	var head struct {
-		Deliverer admin.DelivererIdentity `json:"deliverer"`
-	}
-	// Error replies carry the identity as their body too.
-	jerr := json.Unmarshal(m.Data, &head)
-	d := head.Deliverer
-	a := doctorAnswer{doctorInstance: doctorInstance{ID: d.ServiceID, Instance: d.Instance, Hostname: d.Hostname}}
-	switch code := m.Header.Get(micro.ErrorCodeHeader); {
-	case code != "":
-		a.Err = fmt.Sprintf("error %s: %s", code, m.Header.Get(micro.ErrorHeader))
-	case jerr != nil:
-		a.Err = "unreadable answer: " + jerr.Error()
-	default:
-		a.Raw = m.Data
-	}
-	return a
+	return doctor.Ask(ctx, nc, check, req, deliverers, o.wait)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/sluice-mta/sluice/cli/doctor"
 	"github.com/sluice-mta/sluice/proto/admin"
 )
 
@@ -15,42 +16,26 @@ import (
 // deliverer, the details, the findings with their fixes, and a verdict
 // line. It reports whether the check failed (an error verdict, or a
 // deliverer that did not answer properly).
-func printDoctor(w io.Writer, check string, answers []doctorAnswer, asJSON bool, paint diagPainter) (bool, error) {
+func printDoctor(w io.Writer, check string, answers []doctor.Answer, asJSON bool, paint diagPainter) (bool, error) {
 	failed := false
-	type row struct {
-		a        doctorAnswer
-		findings []admin.Finding
-		verdict  admin.Verdict
-		report   any
-	}
-	rows := make([]row, 0, len(answers))
+	rows := make([]doctor.Report, 0, len(answers))
 	for _, a := range answers {
-		r := row{a: a}
-		if a.Err == "" {
-			var err error
-			r.report, r.findings, r.verdict, err = decodeReport(check, a.Raw)
-			if err != nil {
-				r.a.Err = "unreadable answer: " + err.Error()
-			}
-		}
-		if r.a.Err != "" {
-			r.verdict = admin.Verdict{Severity: admin.SeverityError, Summary: r.a.Err}
-		}
-		if r.verdict.Severity == admin.SeverityError {
+		r := doctor.Decode(check, a)
+		if r.Verdict.Severity == admin.SeverityError {
 			failed = true
 		}
 		rows = append(rows, r)
 	}
 	if asJSON {
 		for _, r := range rows {
-			if r.a.Err != "" {
-				line := map[string]any{"deliverer": admin.DelivererIdentity{ServiceID: r.a.ID, Instance: r.a.Instance, Hostname: r.a.Hostname}, "error": r.a.Err}
+			if r.Err != "" {
+				line := map[string]any{"deliverer": admin.DelivererIdentity{ServiceID: r.ID, Instance: r.Instance, Hostname: r.Hostname}, "error": r.Err}
 				if err := diagJSONLine(w, line); err != nil {
 					return failed, err
 				}
 				continue
 			}
-			if err := diagJSONLine(w, r.report); err != nil {
+			if err := diagJSONLine(w, r.Typed); err != nil {
 				return failed, err
 			}
 		}
@@ -60,16 +45,16 @@ func printDoctor(w io.Writer, check string, answers []doctorAnswer, asJSON bool,
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(doctorColumns[check], "\t"))
 	for _, r := range rows {
-		cells := []string{diagName(r.a)}
-		if r.a.Err != "" {
-			cells = append(cells, r.a.Err)
+		cells := []string{r.Name()}
+		if r.Err != "" {
+			cells = append(cells, r.Err)
 			for len(cells) < len(doctorColumns[check])-1 {
 				cells = append(cells, "")
 			}
 		} else {
-			cells = append(cells, doctorCells(r.report)...)
+			cells = append(cells, doctorCells(r.Typed)...)
 		}
-		cells = append(cells, paint.severity(r.verdict.Severity))
+		cells = append(cells, paint.severity(r.Verdict.Severity))
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	if err := tw.Flush(); err != nil {
@@ -79,9 +64,9 @@ func printDoctor(w io.Writer, check string, answers []doctorAnswer, asJSON bool,
 	// Details that do not fit in a row.
 	var details []string
 	for _, r := range rows {
-		if r.a.Err == "" {
-			for _, l := range doctorDetails(r.report) {
-				details = append(details, diagName(r.a)+"  "+l)
+		if r.Err == "" {
+			for _, l := range doctorDetails(r.Typed) {
+				details = append(details, r.Name()+"  "+l)
 			}
 		}
 	}
@@ -102,14 +87,14 @@ func printDoctor(w io.Writer, check string, answers []doctorAnswer, asJSON bool,
 	var groups []*group
 	index := map[admin.Finding]*group{}
 	for _, r := range rows {
-		for _, f := range r.findings {
+		for _, f := range r.Findings {
 			g, ok := index[f]
 			if !ok {
 				g = &group{f: f}
 				index[f] = g
 				groups = append(groups, g)
 			}
-			g.names = append(g.names, diagName(r.a))
+			g.names = append(g.names, r.Name())
 		}
 	}
 	if len(groups) > 0 {
@@ -131,23 +116,23 @@ func printDoctor(w io.Writer, check string, answers []doctorAnswer, asJSON bool,
 	worst, bad := admin.SeverityOK, 0
 	summary := ""
 	for _, r := range rows {
-		if r.verdict.Severity.Rank() > worst.Rank() {
-			worst, summary = r.verdict.Severity, r.verdict.Summary
+		if r.Verdict.Severity.Rank() > worst.Rank() {
+			worst, summary = r.Verdict.Severity, r.Verdict.Summary
 		}
-		if r.verdict.Severity != admin.SeverityOK {
+		if r.Verdict.Severity != admin.SeverityOK {
 			bad++
 		}
 	}
 	fmt.Fprintln(w)
 	label := "doctor " + check
 	if len(rows) > 0 {
-		if d := doctorSubject(rows[0].report); d != "" {
+		if d := rows[0].Domain(); d != "" {
 			label += " " + d
 		}
 	}
 	switch worst {
 	case admin.SeverityOK:
-		fmt.Fprintf(w, "%s: %s on %s: %s\n", label, paint.word("OK", admin.SeverityOK), plural(len(rows), "deliverer"), rows[0].verdict.Summary)
+		fmt.Fprintf(w, "%s: %s on %s: %s\n", label, paint.word("OK", admin.SeverityOK), plural(len(rows), "deliverer"), rows[0].Verdict.Summary)
 	case admin.SeverityWarning:
 		fmt.Fprintf(w, "%s: %s on %d of %s: %s\n", label, paint.word("WARNING", worst), bad, plural(len(rows), "deliverer"), summary)
 	default:
@@ -163,61 +148,12 @@ func plural(n int, what string) string {
 	return fmt.Sprintf("%d %ss", n, what)
 }
 
-// diagName names a deliverer in tables: its instance name, else its
-// service id.
-func diagName(a doctorAnswer) string {
-	if a.Instance != "" {
-		return a.Instance
-	}
-	if a.ID != "" {
-		return a.ID
-	}
-	return "?"
-}
-
 var doctorColumns = map[string][]string{
 	admin.DoctorDNS:     {"DELIVERER", "EHLO NAME", "EGRESS IP", "EHLO->IP", "PTR", "FCRDNS", "DOMAINS", "VERDICT"},
 	admin.DoctorDNSBL:   {"DELIVERER", "EGRESS IP", "ZONES", "LISTED", "CLEAN", "ERRORS", "VERDICT"},
 	admin.DoctorConnect: {"DELIVERER", "MX", "CONNECT", "BANNER", "STARTTLS", "CERTIFICATE", "VERDICT"},
 	admin.DoctorAuth:    {"DELIVERER", "EGRESS IP", "SPF", "DKIM", "DMARC", "VERDICT"},
 	admin.DoctorTLS:     tlsColumns,
-}
-
-func decodeReport(check string, raw json.RawMessage) (any, []admin.Finding, admin.Verdict, error) {
-	switch check {
-	case admin.DoctorDNS:
-		var r admin.DNSReport
-		err := json.Unmarshal(raw, &r)
-		return &r, r.Findings, r.Verdict, err
-	case admin.DoctorDNSBL:
-		var r admin.DNSBLReport
-		err := json.Unmarshal(raw, &r)
-		return &r, r.Findings, r.Verdict, err
-	case admin.DoctorConnect:
-		var r admin.ConnectReport
-		err := json.Unmarshal(raw, &r)
-		return &r, r.Findings, r.Verdict, err
-	case admin.DoctorTLS:
-		var r admin.TLSReport
-		err := json.Unmarshal(raw, &r)
-		return &r, r.Findings, r.Verdict, err
-	default:
-		var r admin.AuthReport
-		err := json.Unmarshal(raw, &r)
-		return &r, r.Findings, r.Verdict, err
-	}
-}
-
-func doctorSubject(report any) string {
-	switch r := report.(type) {
-	case *admin.ConnectReport:
-		return r.Domain
-	case *admin.AuthReport:
-		return r.Domain
-	case *admin.TLSReport:
-		return r.Domain
-	}
-	return ""
 }
 
 func egress(d admin.DelivererIdentity) string {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/sluice-mta/sluice/cli/internal/human"
 )
 
 // isTerminal reports whether w is a terminal, where colour is welcome.
@@ -39,23 +41,6 @@ func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 }
 
-// age renders a duration the way postmasters read queue ages: 45s, 12m,
-// 3h20m, 2d4h.
-func age(d time.Duration) string {
-	if d < 0 {
-		d = 0
-	}
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 24*time.Hour:
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	}
-	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
-}
-
 // until renders when something is due: "now", "in 5m", "3m ago".
 func until(t time.Time, now time.Time) string {
 	if t.IsZero() {
@@ -64,9 +49,9 @@ func until(t time.Time, now time.Time) string {
 	d := t.Sub(now)
 	switch {
 	case d > time.Second:
-		return "in " + age(d)
+		return "in " + human.Age(d)
 	case d < -time.Second:
-		return age(-d) + " ago"
+		return human.Age(-d) + " ago"
 	}
 	return "now"
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-mta/sluice/cli/internal/human"
 	api "github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/wire"
 )
@@ -110,7 +111,7 @@ func printRows(w io.Writer, rows []api.QueueRow, asJSON, header bool, paint pain
 			lastErr = r.Reason + ": " + lastErr
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n",
-			r.JobID, paint.state(r.QueueName), age(now.Sub(time.Unix(r.ArrivalTime, 0))), size(r.MessageSize),
+			r.JobID, paint.state(r.QueueName), human.Age(now.Sub(time.Unix(r.ArrivalTime, 0))), size(r.MessageSize),
 			r.Priority, r.Attempts, until(next, now), cell(sender(r.Sender), 40), cell(rcpts, 48), cell(lastErr, 80))
 	}
 	return tw.Flush()

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-mta/sluice/cli/internal/human"
 	api "github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/wire"
 )
@@ -72,7 +73,7 @@ func printJob(w io.Writer, j *api.QueueJob, paint painter, now time.Time) {
 	if e := j.Envelope; e != nil {
 		row("sender:", sender(e.Sender))
 		row("destination:", e.Domain)
-		row("received:", fmt.Sprintf("%s (%s ago)", e.Received.Local().Format(time.DateTime), age(now.Sub(e.Received))))
+		row("received:", fmt.Sprintf("%s (%s ago)", e.Received.Local().Format(time.DateTime), human.Age(now.Sub(e.Received))))
 		if !e.Expires.IsZero() {
 			row("expires:", fmt.Sprintf("%s (%s)", e.Expires.Local().Format(time.DateTime), until(e.Expires, now)))
 		}
