@@ -29,6 +29,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/scheduler"
 	"github.com/sluice-mta/sluice/services/capture"
+	"github.com/sluice-mta/sluice/services/claim"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/dnstest"
 	"github.com/sluice-mta/sluice/services/natstest"
@@ -605,76 +606,89 @@ func TestRetryOnce(t *testing.T) {
 	}
 }
 
-// TestPrioritizeOfAFetchedJob interleaves a deliverer's fetch and a
-// prioritize. The first job's copy has been handed to a deliverer that has
-// not recorded its attempt yet, so the queue index still calls it ready:
-// prioritize must leave it where it is (a second copy in the new class
-// would be delivered by another deliverer too), while the second job,
-// handed to no one, moves.
+// TestPrioritizeOfAFetchedJob interleaves deliverers and prioritize. The
+// test is the deliverer: it fetches both jobs' copies from the consumer the
+// real deliverer created. The first copy it claims for an attempt, as a
+// deliverer does before attempting (its "attempt" event on the copy's
+// claim subject): prioritize must leave that job where it is, since a
+// second copy in the new class would be delivered too. The second copy,
+// fetched but not claimed yet, moves: prioritize claims it first, and the
+// deliverer that holds it then finds the claim taken and must not attempt it.
 func TestPrioritizeOfAFetchedJob(t *testing.T) {
 	w := newWorld(t, time.Minute)
-	// This test is the deliverer: it fetches from the shared consumer the
-	// real one created.
 	w.stopDeliverer()
 	ctx := context.Background()
-	fetched, waiting := w.send("alice@origin.test", "bob@dest.test"), w.send("alice@origin.test", "carol@dest.test")
+	claimed, unclaimed := w.send("alice@origin.test", "bob@dest.test"), w.send("alice@origin.test", "carol@dest.test")
 	w.eventually("both jobs ready", 10*time.Second, func() bool {
-		r1, r2 := w.row(fetched), w.row(waiting)
+		r1, r2 := w.row(claimed), w.row(unclaimed)
 		return r1 != nil && r2 != nil && r1.QueueName == api.StateReady && r2.QueueName == api.StateReady
 	})
 	normal, err := w.js.Consumer(ctx, wire.StreamJobs, wire.DelivererConsumer(sluicev1.Priority_PRIORITY_NORMAL))
 	if err != nil {
 		t.Fatal(err)
 	}
-	batch, err := normal.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	batch, err := normal.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var msg jetstream.Msg
+	seqs := map[string]uint64{}
 	for m := range batch.Messages() {
-		msg = m
+		md, err := m.Metadata()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs[wire.QueueIDOf(strings.TrimPrefix(m.Subject(), wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, "")))] = md.Sequence.Stream
 	}
-	if msg == nil {
-		t.Fatal("no job fetched")
+	if seqs[claimed] == 0 || seqs[unclaimed] == 0 {
+		t.Fatalf("fetched %v, want both jobs", seqs)
 	}
-	// The scheduler queued the two jobs in either order.
-	switch msg.Subject() {
-	case wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, fetched+"-0"):
-	case wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, waiting+"-0"):
-		fetched, waiting = waiting, fetched
-	default:
-		t.Fatalf("fetched %s", msg.Subject())
+	take := func(qid string) claim.Outcome {
+		t.Helper()
+		m := nats.NewMsg(wire.ClaimSubject(qid, wire.EventAttempt, seqs[qid]))
+		m.Data = api.MarshalQueueEvent(&api.QueueEvent{Type: wire.EventAttempt, QueueID: qid, JobID: qid + "-0", Attempt: 1, State: api.StateActive, Time: time.Now()})
+		out, err := claim.Take(ctx, w.js, m, qid, seqs[qid])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
 	}
-
-	code, out, errs := w.cli("prioritize", "high", fetched)
-	if !strings.Contains(out+errs, "being attempted now") {
-		t.Errorf("prioritize of the fetched job: exit %d, %s%s; want it skipped as being attempted", code, out, errs)
+	if out := take(claimed); !out.Won {
+		t.Fatalf("the deliverer's claim of an untouched copy: %+v", out)
 	}
 	str, err := w.js.Stream(ctx, wire.StreamJobs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_HIGH, fetched+"-0")); !errors.Is(err, jetstream.ErrMsgNotFound) {
-		t.Fatalf("a second copy of the fetched job was queued as high (%v): two deliverers would deliver it", err)
+
+	code, out, errs := w.cli("prioritize", "high", claimed)
+	if !strings.Contains(out+errs, "being attempted now") {
+		t.Errorf("prioritize of the claimed job: exit %d, %s%s; want it skipped as being attempted", code, out, errs)
+	}
+	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_HIGH, claimed+"-0")); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("a second copy of the claimed job was queued as high (%v): two deliverers would deliver it", err)
+	}
+
+	code, out, errs = w.cli("prioritize", "high", unclaimed)
+	mustCode(t, 0, code, out, errs, "prioritize the fetched, unclaimed job")
+	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_HIGH, unclaimed+"-0")); err != nil {
+		t.Fatalf("the unclaimed job is not queued as high: %v", err)
+	}
+	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, unclaimed+"-0")); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("the unclaimed job is still queued as normal too (%v)", err)
+	}
+	if out := take(unclaimed); out.Won || out.Holder != wire.EventReprioritised {
+		t.Fatalf("the deliverer holding the moved job's old copy claimed it: %+v; want it held by the reprioritised event", out)
 	}
 	high, err := w.js.Consumer(ctx, wire.StreamJobs, wire.DelivererConsumer(sluicev1.Priority_PRIORITY_HIGH))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info, err := high.Info(ctx); err != nil || info.NumPending != 0 {
-		t.Fatalf("high class: %d jobs pending (%v), want none", info.NumPending, err)
+	if info, err := high.Info(ctx); err != nil || info.NumPending != 1 {
+		t.Fatalf("high class: %d jobs pending (%v), want the moved one", info.NumPending, err)
 	}
-
-	// The job handed to no one moves.
-	code, out, errs = w.cli("prioritize", "high", waiting)
-	mustCode(t, 0, code, out, errs, "prioritize the waiting job")
-	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_HIGH, waiting+"-0")); err != nil {
-		t.Fatalf("the waiting job is not queued as high: %v", err)
-	}
-	if _, err := str.GetLastMsgForSubject(ctx, wire.JobSubject(sluicev1.Priority_PRIORITY_NORMAL, waiting+"-0")); !errors.Is(err, jetstream.ErrMsgNotFound) {
-		t.Fatalf("the waiting job is still queued as normal too (%v)", err)
-	}
-	if err := msg.Ack(); err != nil {
-		t.Fatal(err)
+	code, out, errs = w.cli("log", unclaimed)
+	mustCode(t, 0, code, out, errs, "log")
+	if strings.Count(out, "reprioritised") != 1 {
+		t.Errorf("log of the moved job:\n%s", out)
 	}
 }
