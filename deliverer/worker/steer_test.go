@@ -191,3 +191,50 @@ func TestMovedCopyIsNotAttempted(t *testing.T) {
 		t.Errorf("copies taken to the attempt: %v, want the normal one (given back) then the high one", classes)
 	}
 }
+
+// TestReclaimedCopyIsAttempted is a deliverer that died after claiming a
+// copy: its attempt event holds the claim, and the copy is handed out
+// again. The next deliverer must attempt it (and record its own try), not
+// give it back: the claim is an earlier attempt's, not an operator's move.
+func TestReclaimedCopyIsAttempted(t *testing.T) {
+	e := newEnv(t)
+	c, _ := listenCapture(t, capture.Options{})
+	ctx := context.Background()
+	s := testSettings(e)
+	s.Routes = map[string]string{"again.test": c.Addr}
+	job := e.enqueue(t, jobSpec{domain: "again.test", rcpts: []string{"a@again.test"}})
+	jobs, _ := e.js.Stream(ctx, wire.StreamJobs)
+	copyMsg, err := jobs.GetLastMsgForSubject(ctx, wire.JobSubject(job.Priority, job.JobId))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The dead deliverer's claim.
+	m := nats.NewMsg(wire.ClaimSubject(job.QueueId, wire.EventAttempt, copyMsg.Sequence))
+	m.Data = admin.MarshalQueueEvent(&admin.QueueEvent{Type: wire.EventAttempt, QueueID: job.QueueId, JobID: job.JobId, Attempt: job.Attempt, State: admin.StateActive, Time: time.Now(), Instance: "dead"})
+	if out, err := claim.Take(ctx, e.js, m, job.QueueId, copyMsg.Sequence); err != nil || !out.Won {
+		t.Fatalf("the dead deliverer's claim: %+v, %v", out, err)
+	}
+
+	_, js := e.ns.Connect(t)
+	svc, err := New(s, Deps{JS: js, Tracer: e.tp.Tracer("test"), Meter: noop.NewMeterProvider().Meter(""),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = svc.Close(cctx)
+	})
+	r := e.result(t, job, 10*time.Second)
+	check(t, r.Recipients[0], delivered)
+	if n := len(c.Messages()); n != 1 {
+		t.Fatalf("%d messages arrived, want 1", n)
+	}
+	if n := e.events(t, wire.EventAttempt)[job.JobId]; n != 2 {
+		t.Errorf("%d attempt events, want 2: the dead deliverer's and this one's", n)
+	}
+}

@@ -51,11 +51,17 @@ const (
 // Take publishes m, an event on wire.ClaimSubject(queueID, type, seq), to
 // the events stream on condition that no claim of the copy exists. When
 // another one does, nothing is published and the outcome names the holder.
-// The error is JetStream's when it could not be asked.
+// The error is JetStream's when it could not be asked. m itself is left as
+// it was: the condition goes on a copy of its headers, so a caller may
+// publish m unconditionally afterwards.
 func Take(ctx context.Context, js jetstream.JetStream, m *nats.Msg, queueID string, seq uint64) (Outcome, error) {
 	filter := wire.ClaimFilter(queueID, seq)
+	cm := &nats.Msg{Subject: m.Subject, Data: m.Data, Header: nats.Header{}}
+	for k, v := range m.Header {
+		cm.Header[k] = append([]string(nil), v...)
+	}
 	for i := 0; ; i++ {
-		ack, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(wire.StreamEvents), jetstream.WithExpectLastSequenceForSubject(0, filter))
+		ack, err := js.PublishMsg(ctx, cm, jetstream.WithExpectStream(wire.StreamEvents), jetstream.WithExpectLastSequenceForSubject(0, filter))
 		if err == nil {
 			return Outcome{Won: true, Seq: ack.Sequence}, nil
 		}

@@ -153,3 +153,36 @@ func startCluster(t *testing.T) string {
 	}
 	return urls
 }
+
+// TestTakeLeavesTheMessageAlone: a deliverer whose claim is held by an
+// earlier attempt (its own before a crash) publishes the same event
+// without condition. Take must not leave its condition on the message, or
+// that publish is refused too and the job never attempted.
+func TestTakeLeavesTheMessageAlone(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := ns.Connect(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: wire.StreamEvents, Subjects: []string{wire.SubjectEvents + ".>"}}); err != nil {
+		t.Fatal(err)
+	}
+	event := func() *nats.Msg {
+		m := nats.NewMsg(wire.ClaimSubject("Q", wire.EventAttempt, 7))
+		m.Data = []byte("attempt")
+		m.Header.Set("X-Kept", "yes")
+		return m
+	}
+	if out, err := claim.Take(ctx, js, event(), "Q", 7); err != nil || !out.Won {
+		t.Fatalf("first claim: %+v, %v", out, err)
+	}
+	m := event()
+	out, err := claim.Take(ctx, js, m, "Q", 7)
+	if err != nil || out.Won || out.Holder != wire.EventAttempt {
+		t.Fatalf("second claim: %+v, %v; want it lost to the attempt", out, err)
+	}
+	if len(m.Header) != 1 || m.Header.Get("X-Kept") != "yes" {
+		t.Fatalf("headers after Take: %v, want only the caller's", m.Header)
+	}
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatalf("publishing the event without condition after Take: %v", err)
+	}
+}
