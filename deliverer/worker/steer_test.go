@@ -112,12 +112,7 @@ func TestMovedCopyIsNotAttempted(t *testing.T) {
 	ctx := context.Background()
 	s := testSettings(e)
 	s.Routes = map[string]string{"moved.test": c.Addr}
-	_, js := e.ns.Connect(t)
-	svc, err := New(s, Deps{JS: js, Tracer: e.tp.Tracer("test"), Meter: noop.NewMeterProvider().Meter(""),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := newService(t, e, s)
 	reached, proceed := make(chan struct{}), make(chan struct{})
 	var classes []sluicev1.Priority
 	var mu sync.Mutex
@@ -130,14 +125,7 @@ func TestMovedCopyIsNotAttempted(t *testing.T) {
 			<-proceed
 		}
 	}
-	if err := svc.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = svc.Close(cctx)
-	})
+	startService(t, svc)
 	job := e.enqueue(t, jobSpec{domain: "moved.test", rcpts: []string{"a@moved.test"}})
 	select {
 	case <-reached:
@@ -215,20 +203,7 @@ func TestReclaimedCopyIsAttempted(t *testing.T) {
 		t.Fatalf("the dead deliverer's claim: %+v, %v", out, err)
 	}
 
-	_, js := e.ns.Connect(t)
-	svc, err := New(s, Deps{JS: js, Tracer: e.tp.Tracer("test"), Meter: noop.NewMeterProvider().Meter(""),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = svc.Close(cctx)
-	})
+	startService(t, newService(t, e, s))
 	r := e.result(t, job, 10*time.Second)
 	check(t, r.Recipients[0], delivered)
 	if n := len(c.Messages()); n != 1 {
@@ -237,4 +212,29 @@ func TestReclaimedCopyIsAttempted(t *testing.T) {
 	if n := e.events(t, wire.EventAttempt)[job.JobId]; n != 2 {
 		t.Errorf("%d attempt events, want 2: the dead deliverer's and this one's", n)
 	}
+}
+
+// newService is a deliverer on its own connection, logging nowhere.
+func newService(t *testing.T, e *env, s Settings) *Service {
+	t.Helper()
+	_, js := e.ns.Connect(t)
+	svc, err := New(s, Deps{JS: js, Tracer: e.tp.Tracer("test"), Meter: noop.NewMeterProvider().Meter(""),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// startService starts svc and closes it when the test ends.
+func startService(t *testing.T, svc *Service) {
+	t.Helper()
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = svc.Close(cctx)
+	})
 }

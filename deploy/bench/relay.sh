@@ -8,7 +8,13 @@
 #
 # Environment:
 #   REPS=3            repetitions per load and MTA
-#   LOADS="4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf"
+#   LOADS="4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf 4k-c10-lowmem 5m-c10-lowmem"
+#                     a load with the suffix -lowmem runs Sluice with
+#                     LOWMEM_ENV (default GOMEMLIMIT=320MiB GOGC=100
+#                     SLUICE_HUGE_PAGES=off) and is compared with the same
+#                     load's Postfix runs: it prints what the default's
+#                     memory-for-speed choice (1 GiB soft limit, GOGC=200,
+#                     heap on huge pages) buys and costs
 #   QUICK=1           smaller N (for a first look; not comparable to the targets)
 #   POSTFIX=auto      auto: install (as root, from Debian) and include Postfix; 0: Sluice only
 #   OUT=/tmp/sluice-bench/<time>
@@ -22,7 +28,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HARNESS=${HARNESS:-$(cd "$ROOT/.." && pwd)/shared/bench}
 [ -x "$HARNESS/relay-e2e.sh" ] || { echo "bench: harness not found at $HARNESS (set HARNESS=)" >&2; exit 1; }
 REPS=${REPS:-3}
-LOADS=${LOADS:-"4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf"}
+LOADS=${LOADS:-"4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf 4k-c10-lowmem 5m-c10-lowmem"}
 OUT=${OUT:-/tmp/sluice-bench/$(date +%Y%m%d-%H%M%S)}
 POSTFIX=${POSTFIX:-auto}
 SLUICE_SMTP=127.0.0.1:2600
@@ -54,10 +60,11 @@ fi
 command -v smtp-source >/dev/null || { echo "bench: smtp-source (Debian package postfix) is required for the load" >&2; exit 1; }
 
 SLUICE_PID=
-start_sluice() { # extra sluice-local flags...
+SLUICE_ENV=()
+start_sluice() { # extra sluice-local flags...; SLUICE_ENV: VAR=VALUE for it
   local data=$OUT/sluice-data
   rm -rf "$data"
-  "$ROOT/bin/sluice-local" -bin "$ROOT/bin" -data "$data" -smtp "$SLUICE_SMTP" -nats 127.0.0.1:4333 \
+  env "${SLUICE_ENV[@]}" "$ROOT/bin/sluice-local" -bin "$ROOT/bin" -data "$data" -smtp "$SLUICE_SMTP" -nats 127.0.0.1:4333 \
     -capture 127.0.0.1:2727 -route bench-dst.example=$SINK -jaeger "" ${SLUICE_FLAGS:-} "$@" > "$OUT/sluice-local.log" 2>&1 &
   SLUICE_PID=$!
   for _ in $(seq 100); do
@@ -95,7 +102,7 @@ stop_postfix() { postfix stop >/dev/null 2>&1 || true; }
 # load -> "N SIZE C RATE SYNC"
 params() {
   local q=${QUICK:-0}
-  case $1 in
+  case ${1%-lowmem} in
     4k-c1)       echo "$((q ? 2000 : 20000)) 4096 1 0 0" ;;
     4k-c10)      echo "$((q ? 4000 : 20000)) 4096 10 0 0" ;;
     4k-c50)      echo "$((q ? 4000 : 20000)) 4096 50 0 0" ;;
@@ -117,6 +124,8 @@ run_one() { # mta load rep
   label=$mta-$load
   if [[ $mta == sluice ]]; then
     target=$SLUICE_SMTP
+    SLUICE_ENV=()
+    [[ $load == *-lowmem ]] && read -r -a SLUICE_ENV <<< "${LOWMEM_ENV:-GOMEMLIMIT=320MiB GOGC=100 SLUICE_HUGE_PAGES=off}"
     if [[ $sync == 1 ]]; then start_sluice -sync-always; else start_sluice; fi
     export MTA_PIDS=$SLUICE_PID PRE_RUN=""
   else
@@ -145,7 +154,8 @@ trap 'stop_sluice; [[ $POSTFIX == 1 ]] && stop_postfix; true' EXIT
 for rep in $(seq "$REPS"); do
   for load in $LOADS; do
     run_one sluice "$load" "$rep"
-    [[ $POSTFIX == 1 ]] && run_one postfix "$load" "$rep"
+    # Postfix has no -lowmem variant: those loads are compared with its plain runs
+    [[ $POSTFIX == 1 && $load != *-lowmem ]] && run_one postfix "$load" "$rep"
   done
 done
 # The host settings that move the figures: on a VM, transparent huge pages

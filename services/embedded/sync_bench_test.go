@@ -1,0 +1,85 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// BenchmarkSyncAlways is the minimal reproduction of why fsync on every
+// write costs Sluice what it does (README, Performance): with
+// sync_interval always the JetStream file store syncs each message it
+// stores (filestore writeMsgRecordLocked, one Sync per record), so
+// publishers waiting on their acknowledgements at the same time do not
+// share a sync: ten concurrent publishers get about what one gets, where a
+// store with group commit would give them about ten times as much. The
+// plain runs (sync every two minutes, the server's default) are the
+// baseline. Nothing of Sluice is involved: one stream, 4 KB messages,
+// synchronous publishes.
+func BenchmarkSyncAlways(b *testing.B) {
+	body := make([]byte, 4096)
+	for _, always := range []bool{false, true} {
+		for _, publishers := range []int{1, 10} {
+			name := fmt.Sprintf("sync_always=%t/publishers=%d", always, publishers)
+			b.Run(name, func(b *testing.B) {
+				srv, err := Start(Options{Listen: "127.0.0.1:0", StoreDir: b.TempDir(), SyncAlways: always})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer srv.Shutdown()
+				nc, err := nats.Connect(srv.ClientURL())
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer nc.Close()
+				js, err := jetstream.New(nc)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx := context.Background()
+				if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SYNC", Subjects: []string{"sync.>"}, Storage: jetstream.FileStorage}); err != nil {
+					b.Fatal(err)
+				}
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				errs := make(chan error, publishers)
+				b.ResetTimer()
+				start := time.Now()
+				for p := range publishers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						subj := fmt.Sprintf("sync.%d", p)
+						for next.Add(1) <= int64(b.N) {
+							if _, err := js.Publish(ctx, subj, body); err != nil {
+								errs <- err
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				elapsed := time.Since(start)
+				b.StopTimer()
+				close(errs)
+				for err := range errs {
+					b.Fatal(err)
+				}
+				info, err := js.Stream(ctx, "SYNC")
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got := info.CachedInfo().State.Msgs; got != uint64(b.N) {
+					b.Fatalf("stream holds %d messages, published %d", got, b.N)
+				}
+				b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msg/s")
+			})
+		}
+	}
+}
