@@ -12,6 +12,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -300,7 +301,38 @@ func (n *Node) Freeze() error {
 		return fmt.Errorf("cluster: freeze %s: %w", n.Name, err)
 	}
 	n.frozen = true
+	// The signal is queued, not yet taken: a thread still running can
+	// answer one more request. Wait until every thread is stopped.
+	waitStopped(n.cmd.Process.Pid, 2*time.Second)
 	return nil
+}
+
+// waitStopped polls /proc until every thread of pid is in the stopped
+// state, or until limit passes (where /proc cannot be read, it returns).
+func waitStopped(pid int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			return
+		}
+		stopped := true
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			// "pid (comm) S ...": the state follows the last ')'.
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Thaw resumes a frozen node with SIGCONT.
