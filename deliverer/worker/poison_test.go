@@ -43,14 +43,7 @@ func TestPoisonJob(t *testing.T) {
 			panic("poison")
 		}
 	}
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = svc.Close(ctx)
-	})
+	startService(t, svc)
 	poison := e.enqueue(t, jobSpec{domain: "poison.test", rcpts: []string{"a@poison.test", "b@poison.test"}})
 	fine := e.enqueue(t, jobSpec{domain: "fine.test", rcpts: []string{"x@fine.test"}})
 	check(t, e.result(t, fine, 10*time.Second).Recipients[0], delivered)

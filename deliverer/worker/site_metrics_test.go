@@ -38,14 +38,7 @@ func TestSiteMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = svc.Close(ctx)
-	})
+	startService(t, svc)
 	var jobs []*sluicev1.Job
 	for d := range routes {
 		jobs = append(jobs, e.enqueue(t, jobSpec{domain: d, rcpts: []string{"x@" + d}}))
