@@ -8,7 +8,13 @@
 #
 # Environment:
 #   REPS=3            repetitions per load and MTA
-#   LOADS="4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf 4k-c10-lowmem 5m-c10-lowmem"
+#   LOADS="4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf
+#          4k-c1-proc 4k-c10-proc 4k-c50-proc 100k-c10-proc 5m-c10-proc
+#          4k-c10-sync-proc rate400-proc ratehalf-proc 4k-c10-lowmem 5m-c10-lowmem"
+#                     a load with the suffix -proc runs each Sluice service as
+#                     its own process (sluice-local -processes, as production
+#                     deploys them) and is compared with the same load's
+#                     Postfix runs, so every load is measured both ways;
 #                     a load with the suffix -lowmem runs Sluice with
 #                     LOWMEM_ENV (default GOMEMLIMIT=320MiB GOGC=100
 #                     SLUICE_HUGE_PAGES=off) and is compared with the same
@@ -19,16 +25,14 @@
 #   POSTFIX=auto      auto: install (as root, from Debian) and include Postfix; 0: Sluice only
 #   OUT=/tmp/sluice-bench/<time>
 #   HARNESS=<repo>/../shared/bench
-#   SLUICE_FLAGS=     extra sluice-local flags; -processes runs each service as
-#                     its own process (as production does) instead of in
-#                     sluice-local's, and then peak memory is per service
+#   SLUICE_FLAGS=     extra sluice-local flags for every Sluice run
 # Nothing here runs in `make test`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HARNESS=${HARNESS:-$(cd "$ROOT/.." && pwd)/shared/bench}
 [ -x "$HARNESS/relay-e2e.sh" ] || { echo "bench: harness not found at $HARNESS (set HARNESS=)" >&2; exit 1; }
 REPS=${REPS:-3}
-LOADS=${LOADS:-"4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf 4k-c10-lowmem 5m-c10-lowmem"}
+LOADS=${LOADS:-"4k-c1 4k-c10 4k-c50 100k-c10 5m-c10 4k-c10-sync rate400 ratehalf 4k-c1-proc 4k-c10-proc 4k-c50-proc 100k-c10-proc 5m-c10-proc 4k-c10-sync-proc rate400-proc ratehalf-proc 4k-c10-lowmem 5m-c10-lowmem"}
 OUT=${OUT:-/tmp/sluice-bench/$(date +%Y%m%d-%H%M%S)}
 POSTFIX=${POSTFIX:-auto}
 SLUICE_SMTP=127.0.0.1:2600
@@ -99,10 +103,12 @@ start_postfix() {
 }
 stop_postfix() { postfix stop >/dev/null 2>&1 || true; }
 
+# base load: the load without its -proc or -lowmem suffix (what Postfix runs)
+base() { local l=${1%-lowmem}; echo "${l%-proc}"; }
 # load -> "N SIZE C RATE SYNC"
 params() {
   local q=${QUICK:-0}
-  case ${1%-lowmem} in
+  case $(base "$1") in
     4k-c1)       echo "$((q ? 2000 : 20000)) 4096 1 0 0" ;;
     4k-c10)      echo "$((q ? 4000 : 20000)) 4096 10 0 0" ;;
     4k-c50)      echo "$((q ? 4000 : 20000)) 4096 50 0 0" ;;
@@ -119,14 +125,20 @@ MEMF=$OUT/memory.tsv
 printf 'label\trep\tmem\n' > "$MEMF"
 SAT=$OUT/saturation.txt
 run_one() { # mta load rep
-  local mta=$1 load=$2 rep=$3 n size c rate sync label target
+  local mta=$1 load=$2 rep=$3 n size c rate sync label target satkey flags
   read -r n size c rate sync < <(params "$load")
   label=$mta-$load
+  # the saturation rate "ratehalf" paces at is each setup's own
+  satkey=$mta
+  [[ $load == *-proc* ]] && satkey=$mta-proc
   if [[ $mta == sluice ]]; then
     target=$SLUICE_SMTP
     SLUICE_ENV=()
     [[ $load == *-lowmem ]] && read -r -a SLUICE_ENV <<< "${LOWMEM_ENV:-GOMEMLIMIT=320MiB GOGC=100 SLUICE_HUGE_PAGES=off}"
-    if [[ $sync == 1 ]]; then start_sluice -sync-always; else start_sluice; fi
+    flags=()
+    [[ $sync == 1 ]] && flags+=(-sync-always)
+    [[ $load == *-proc* ]] && flags+=(-processes)
+    start_sluice "${flags[@]}"
     export MTA_PIDS=$SLUICE_PID PRE_RUN=""
   else
     target=$POSTFIX_SMTP
@@ -135,7 +147,7 @@ run_one() { # mta load rep
   fi
   if [[ $rate == half ]]; then
     # half of this MTA's own saturation rate, measured by the 4k-c10 load
-    rate=$(awk -v m="$mta" '$1==m {print int($2/2)}' "$SAT" 2>/dev/null | tail -1)
+    rate=$(awk -v m="$satkey" '$1==m {print int($2/2)}' "$SAT" 2>/dev/null | tail -1)
     [[ -n $rate && $rate -gt 0 ]] || rate=200
   fi
   log "$label rep $rep: N=$n size=$size C=$c rate=$rate"
@@ -145,8 +157,8 @@ run_one() { # mta load rep
   TARGET=$target SINK=$SINK N=$n SIZE=$size C=$c RATE=$rate REPS=1 LABEL=$label OUT=$OUT/lat "$HARNESS/relay-latency.sh" >> "$OUT/harness.log" 2>&1 || log "$label: relay-latency failed (see $OUT/harness.log)"
   if [[ $mta == sluice ]]; then printf '%s\t%s\t%s\n' "$label" "$rep" "$(sluice_mem)" >> "$MEMF"; stop_sluice
   else printf '%s\t%s\t%s\n' "$label" "$rep" "$(postfix_mem)" >> "$MEMF"; stop_postfix; fi
-  if [[ $load == 4k-c10 && -s $OUT/e2e/results.tsv ]]; then
-    awk -F'\t' -v l="$label" -v m="$mta" '$1==l {print m, $11}' "$OUT/e2e/results.tsv" | tail -1 >> "$SAT"
+  if [[ $(base "$load") == 4k-c10 && $load != *-lowmem && -s $OUT/e2e/results.tsv ]]; then
+    awk -F'\t' -v l="$label" -v m="$satkey" '$1==l {print m, $11}' "$OUT/e2e/results.tsv" | tail -1 >> "$SAT"
   fi
 }
 
@@ -154,8 +166,8 @@ trap 'stop_sluice; [[ $POSTFIX == 1 ]] && stop_postfix; true' EXIT
 for rep in $(seq "$REPS"); do
   for load in $LOADS; do
     run_one sluice "$load" "$rep"
-    # Postfix has no -lowmem variant: those loads are compared with its plain runs
-    [[ $POSTFIX == 1 && $load != *-lowmem ]] && run_one postfix "$load" "$rep"
+    # Postfix has no -proc or -lowmem variant: those loads are compared with its plain runs
+    [[ $POSTFIX == 1 && $load == "$(base "$load")" ]] && run_one postfix "$load" "$rep"
   done
 done
 # The host settings that move the figures: on a VM, transparent huge pages
