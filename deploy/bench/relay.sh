@@ -84,7 +84,7 @@ stop_sluice() {
   SLUICE_PID=
 }
 # peak resident memory (VmHWM, MiB) of each Sluice process: sluice-local holds
-# the embedded NATS server and, unless SLUICE_FLAGS=-processes, the services
+# the embedded NATS server and, unless the load is a -proc one, the services
 sluice_mem() {
   local p name
   for p in $(pgrep -f "$ROOT/bin/sluice-" || true); do
