@@ -19,6 +19,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,16 +58,24 @@ func FromRR(rr *dns.TLSA) (Record, error) {
 }
 
 // Parse reads a record in presentation form: "3 1 1 <hex>" (spaces inside
-// the hex allowed, as in zone files).
+// the hex allowed, as in zone files). Only digits, hex letters, spaces and
+// tabs are accepted: in a zone file a line break ends the record and ';'
+// starts a comment, so "3 1 1 00;11" or "3 1 1 00\r11" is refused rather
+// than read as 0011.
 func Parse(s string) (Record, error) {
+	for _, c := range s {
+		if !isHexDigit(c) && c != ' ' && c != '\t' {
+			return Record{}, fmt.Errorf("TLSA %q: character %q is not allowed (three numbers and hex data, separated by spaces or tabs)", clip(s), c)
+		}
+	}
 	f := strings.Fields(s)
 	if len(f) < 4 {
 		return Record{}, fmt.Errorf("TLSA %q: want usage, selector, matching type and data", clip(s))
 	}
 	var n [3]uint8
 	for i := range 3 {
-		var v int
-		if _, err := fmt.Sscanf(f[i], "%d", &v); err != nil || v < 0 || v > 255 || len(f[i]) > 3 {
+		v, err := strconv.ParseUint(f[i], 10, 8)
+		if err != nil || len(f[i]) > 3 {
 			return Record{}, fmt.Errorf("TLSA %q: field %d is not a number 0..255", clip(s), i+1)
 		}
 		n[i] = uint8(v)
@@ -236,4 +245,8 @@ func Verify(records []Record, chain []*x509.Certificate, host string, now time.T
 		}
 	}
 	return Match{}, e
+}
+
+func isHexDigit(c rune) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }

@@ -128,7 +128,7 @@ func TestParse(t *testing.T) {
 	if err != nil || r.Usage != 2 || hex.EncodeToString(r.Data) != strings.Repeat("cd", 32) {
 		t.Fatalf("FromRR = %+v, %v", r, err)
 	}
-	for _, s := range []string{"", "3 1 1", "3 1 x 00", "300 1 1 00", "3 1 1 0g", "-1 1 1 00"} {
+	for _, s := range []string{"", "3 1 1", "3 1 x 00", "300 1 1 00", "3 1 1 0g", "-1 1 1 00", "0 0 00\r00", "3 1 1 00\n11", "3 1 1 00\u00a011", "0 0 0; 00", "3a 1 1 00", "+3 1 1 00"} {
 		if _, err := Parse(s); err == nil {
 			t.Errorf("Parse(%q) accepted", s)
 		}
