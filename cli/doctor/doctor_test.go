@@ -33,6 +33,11 @@ func fakeDeliverer(t *testing.T, nc *nats.Conn, instance string, answer func(req
 	if err := g.AddEndpoint(admin.DoctorDNS, micro.HandlerFunc(func(req micro.Request) { answer(req, who) })); err != nil {
 		t.Fatal(err)
 	}
+	// The service's subscriptions reach the server with the next flush:
+	// without it a request from another connection may find no responders.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestGather runs three deliverers that answer the dns check with a
