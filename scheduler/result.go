@@ -319,7 +319,13 @@ func (s *Service) complete(ctx context.Context, job *sluicev1.Job, log *slog.Log
 			return fmt.Errorf("delete message %d: %w", seq, err)
 		}
 	}
-	if name := job.GetBodyObject(); name != "" {
+	if name, nuid := job.GetBodyObject(), job.GetBodyNuid(); name != "" && nuid != "" {
+		// The leader purges chunks and metadata: no lookup first, and a
+		// body already gone is no error (see streams.DeleteBody).
+		if err := streams.DeleteBody(ctx, s.js, wire.BucketBodies, name, nuid); err != nil {
+			return err
+		}
+	} else if name != "" {
 		err := s.bodies.Delete(ctx, name)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			// Read from a replica: the leader confirms it is gone.

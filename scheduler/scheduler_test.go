@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -320,23 +321,35 @@ func TestExpiry(t *testing.T) {
 
 // A permanent failure bounces, and the only job's completion deletes the
 // message and its body object.
+// The body is named by its chunk id (as the ingress stores it), or by
+// its name only (as before the id was recorded); either way it is gone.
 func TestPermanentBounceDeletesMessageAndBody(t *testing.T) {
+	for _, nameOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("name only %v", nameOnly), func(t *testing.T) { testBounceDeletes(t, nameOnly) })
+	}
+}
+
+func testBounceDeletes(t *testing.T, nameOnly bool) {
 	h := start(t, nil)
 	qid := wire.NewQueueID(time.Now())
 	obs, err := h.js.ObjectStore(h.ctx, wire.BucketBodies)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := obs.PutBytes(h.ctx, qid, []byte("large body")); err != nil {
+	info, err := obs.PutBytes(h.ctx, qid, []byte("large body"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	m := &sluicev1.Message{QueueId: qid, MailFrom: "s@origin.test", BodyObject: qid, BodySize: 10,
 		Recipients: []*sluicev1.Recipient{rcpt("gone@dest.test"), rcpt("never@dest.test", sluicev1.Notify_NOTIFY_NEVER), rcpt("ok@dest.test")}}
+	if !nameOnly {
+		m.BodyNuid = info.NUID
+	}
 	seq, _ := h.publishMessage(m)
 	jid := wire.JobID(qid, 0)
 	job, _ := h.job(normal, jid)
-	if job.BodyObject != qid || job.BodySize != 10 {
-		t.Errorf("job body reference %q %d", job.BodyObject, job.BodySize)
+	if job.BodyObject != qid || job.BodySize != 10 || job.BodyNuid != m.BodyNuid {
+		t.Errorf("job body reference %q %d %q", job.BodyObject, job.BodySize, job.BodyNuid)
 	}
 	h.publishResult(&sluicev1.Result{Job: job, Recipients: []*sluicev1.RecipientResult{
 		outcome(job, "gone@dest.test", permanent, sluicev1.Reason_REASON_REMOTE, 550, "5.1.1", "no such user"),
@@ -359,6 +372,15 @@ func TestPermanentBounceDeletesMessageAndBody(t *testing.T) {
 	}
 	if _, err := obs.GetInfo(h.ctx, qid); err == nil {
 		t.Error("body object still stored after the message finished")
+	}
+	// By chunk id, chunks and metadata are purged: no deletion marker
+	// stays behind in the bucket's stream.
+	st, err := h.js.Stream(h.ctx, "OBJ_"+wire.BucketBodies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := st.CachedInfo().State.Msgs; !nameOnly && n != 0 {
+		t.Errorf("the bodies' stream holds %d messages after the deletion, want 0", n)
 	}
 	if got := h.counter("sluice_scheduler_messages_completed_total"); got != 1 {
 		t.Errorf("messages completed = %d", got)

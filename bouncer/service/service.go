@@ -333,8 +333,9 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 		// headers were already dropped. Store the body like the ingress
 		// stores a large one.
 		bodies, err := streams.Bodies(ctx, s.js, s.queue)
+		var info *jetstream.ObjectInfo
 		if err == nil {
-			_, err = bodies.PutBytes(ctx, qid, content)
+			info, err = bodies.PutBytes(ctx, qid, content)
 		}
 		if err != nil {
 			s.failures.Add(ctx, 1, metric.WithAttributes(attribute.String("why", "body")))
@@ -342,7 +343,7 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 			log.WarnContext(ctx, "storing the DSN body", "err", err)
 			return consume.RetryAfter(retryDelay)
 		}
-		msg.BodyObject = qid
+		msg.BodyObject, msg.BodyNuid = qid, info.NUID
 		objectStored = true
 	} else {
 		msg.Body = content

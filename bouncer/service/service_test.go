@@ -522,6 +522,9 @@ func TestLargeDSNGoesToTheObjectStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if info, err := bodies.GetInfo(context.Background(), m.GetQueueId()); err != nil || info.NUID == "" || m.GetBodyNuid() != info.NUID {
+		t.Errorf("DSN records chunk id %q, the object's metadata says %+v (%v)", m.GetBodyNuid(), info, err)
+	}
 	if int64(len(body)) != m.GetBodySize() {
 		t.Errorf("object is %d octets, body_size says %d", len(body), m.GetBodySize())
 	}

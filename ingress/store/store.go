@@ -141,7 +141,7 @@ func (s *Store) Put(ctx context.Context, m *sluicev1.Message, body io.Reader, si
 	}
 	m.Schema = wire.SchemaVersion
 	m.BodySize = size
-	m.Body, m.BodyObject = nil, ""
+	m.Body, m.BodyObject, m.BodyNuid = nil, "", ""
 	if size <= int64(s.opts.InlineBodyLimit) {
 		b := getBuf(int(size))
 		defer putBuf(b)
@@ -153,10 +153,11 @@ func (s *Store) Put(ctx context.Context, m *sluicev1.Message, body io.Reader, si
 		return s.publish(ctx, m)
 	}
 
-	if err := s.putObject(ctx, qid, body, size); err != nil {
+	info, err := s.putObject(ctx, qid, body, size)
+	if err != nil {
 		return Receipt{}, err
 	}
-	m.BodyObject = qid
+	m.BodyObject, m.BodyNuid = qid, info.NUID
 	r, err := s.publish(ctx, m)
 	if err != nil {
 		s.abandonObject(ctx, qid, err)
@@ -165,20 +166,20 @@ func (s *Store) Put(ctx context.Context, m *sluicev1.Message, body io.Reader, si
 	return r, nil
 }
 
-func (s *Store) putObject(ctx context.Context, qid string, body io.Reader, size int64) error {
+func (s *Store) putObject(ctx context.Context, qid string, body io.Reader, size int64) (*jetstream.ObjectInfo, error) {
 	timeout := s.opts.RequestTimeout * time.Duration(1+size/objectTimeoutPer)
 	octx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	info, err := s.bodies.Put(octx, jetstream.ObjectMeta{Name: qid}, io.LimitReader(body, size))
 	if err != nil {
 		// nats.go purges the partial chunks itself when a put fails.
-		return classify(fmt.Errorf("store: write body object %s: %w", qid, err))
+		return nil, classify(fmt.Errorf("store: write body object %s: %w", qid, err))
 	}
 	if int64(info.Size) != size {
 		s.deleteObject(qid)
-		return fmt.Errorf("store: body object %s has %d bytes, want %d", qid, info.Size, size)
+		return nil, fmt.Errorf("store: body object %s has %d bytes, want %d", qid, info.Size, size)
 	}
-	return nil
+	return info, nil
 }
 
 func (s *Store) publish(ctx context.Context, m *sluicev1.Message) (Receipt, error) {

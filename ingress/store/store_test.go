@@ -51,6 +51,17 @@ func TestInlineLimitAndIdempotentPut(t *testing.T) {
 		if (m.GetBodyObject() == "") != tt.inline || m.GetBodySize() != int64(tt.size) || r.Seq == 0 {
 			t.Errorf("size %d: body_object %q body_size %d seq %d, want inline=%v", tt.size, m.GetBodyObject(), m.GetBodySize(), r.Seq, tt.inline)
 		}
+		// A body object's chunk id is recorded as its metadata says, so
+		// that its deletion need not look it up.
+		if tt.inline && m.GetBodyNuid() != "" {
+			t.Errorf("inline body with chunk id %q", m.GetBodyNuid())
+		}
+		if !tt.inline {
+			info, err := s.bodies.GetInfo(ctx, qid)
+			if err != nil || info.NUID == "" || m.GetBodyNuid() != info.NUID {
+				t.Errorf("message records chunk id %q, metadata says %+v (%v)", m.GetBodyNuid(), info, err)
+			}
+		}
 		got, err := s.Body(ctx, m)
 		if err != nil || !bytes.Equal(got, body) {
 			t.Errorf("size %d: read back %d bytes, %v", tt.size, len(got), err)

@@ -427,7 +427,12 @@ type Message struct {
 	BodyObject string `protobuf:"bytes,17,opt,name=body_object,json=bodyObject,proto3" json:"body_object,omitempty"`
 	BodySize   int64  `protobuf:"varint,18,opt,name=body_size,json=bodySize,proto3" json:"body_size,omitempty"`
 	// Set on DSNs written by the bouncer, which must never themselves bounce.
-	IsDsn         bool `protobuf:"varint,19,opt,name=is_dsn,json=isDsn,proto3" json:"is_dsn,omitempty"`
+	IsDsn bool `protobuf:"varint,19,opt,name=is_dsn,json=isDsn,proto3" json:"is_dsn,omitempty"`
+	// The body object's chunk id in the object store (its NUID), so that the
+	// scheduler deletes the chunks without looking up the object's metadata
+	// first. Empty on messages stored before it was recorded: their bodies
+	// are deleted through the metadata.
+	BodyNuid      string `protobuf:"bytes,20,opt,name=body_nuid,json=bodyNuid,proto3" json:"body_nuid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -595,6 +600,13 @@ func (x *Message) GetIsDsn() bool {
 	return false
 }
 
+func (x *Message) GetBodyNuid() string {
+	if x != nil {
+		return x.BodyNuid
+	}
+	return ""
+}
+
 // Job is one delivery unit: the recipients of one message that share a
 // destination domain. Jobs live in SLUICE_JOBS under
 // sluice.job.<class>.<job_id>; a retry is a message schedule on
@@ -638,7 +650,9 @@ type Job struct {
 	// (see policy.MakeJobs): the deliverer then has it without reading
 	// SLUICE_MSGS. Empty on retries and for large bodies, which are read
 	// through msg_seq or body_object, and never in a Result's copy of the job.
-	Body          []byte `protobuf:"bytes,26,opt,name=body,proto3" json:"body,omitempty"`
+	Body []byte `protobuf:"bytes,26,opt,name=body,proto3" json:"body,omitempty"`
+	// Copied from the Message: see Message.body_nuid.
+	BodyNuid      string `protobuf:"bytes,27,opt,name=body_nuid,json=bodyNuid,proto3" json:"body_nuid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -853,6 +867,13 @@ func (x *Job) GetBody() []byte {
 		return x.Body
 	}
 	return nil
+}
+
+func (x *Job) GetBodyNuid() string {
+	if x != nil {
+		return x.BodyNuid
+	}
+	return ""
 }
 
 // RecipientResult is the outcome of one recipient in one attempt.
@@ -1677,7 +1698,7 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\tRecipient\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06notify\x18\x02 \x01(\rR\x06notify\x12\x14\n" +
-	"\x05orcpt\x18\x03 \x01(\tR\x05orcpt\"\xc3\x04\n" +
+	"\x05orcpt\x18\x03 \x01(\tR\x05orcpt\"\xe0\x04\n" +
 	"\aMessage\x12\x16\n" +
 	"\x06schema\x18\x01 \x01(\rR\x06schema\x12\x19\n" +
 	"\bqueue_id\x18\x02 \x01(\tR\aqueueId\x12\x1b\n" +
@@ -1704,7 +1725,8 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\vbody_object\x18\x11 \x01(\tR\n" +
 	"bodyObject\x12\x1b\n" +
 	"\tbody_size\x18\x12 \x01(\x03R\bbodySize\x12\x15\n" +
-	"\x06is_dsn\x18\x13 \x01(\bR\x05isDsn\"\xd9\x06\n" +
+	"\x06is_dsn\x18\x13 \x01(\bR\x05isDsn\x12\x1b\n" +
+	"\tbody_nuid\x18\x14 \x01(\tR\bbodyNuid\"\xf6\x06\n" +
 	"\x03Job\x12\x16\n" +
 	"\x06schema\x18\x01 \x01(\rR\x06schema\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1739,7 +1761,8 @@ const file_sluicev1_sluice_proto_rawDesc = "" +
 	"\x13scheduled_unix_nano\x18\x17 \x01(\x03R\x11scheduledUnixNano\x12/\n" +
 	"\x14not_before_unix_nano\x18\x18 \x01(\x03R\x11notBeforeUnixNano\x12!\n" +
 	"\fdelay_warned\x18\x19 \x01(\bR\vdelayWarned\x12\x12\n" +
-	"\x04body\x18\x1a \x01(\fR\x04body\"\xc9\x02\n" +
+	"\x04body\x18\x1a \x01(\fR\x04body\x12\x1b\n" +
+	"\tbody_nuid\x18\x1b \x01(\tR\bbodyNuid\"\xc9\x02\n" +
 	"\x0fRecipientResult\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12,\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x12.sluice.v1.OutcomeR\aoutcome\x12)\n" +

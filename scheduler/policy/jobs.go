@@ -60,6 +60,7 @@ func MakeJobs(m *sluicev1.Message, p JobParams) []*sluicev1.Job {
 			QueueId:           m.GetQueueId(),
 			MsgSeq:            p.Seq,
 			BodyObject:        m.GetBodyObject(),
+			BodyNuid:          m.GetBodyNuid(),
 			BodySize:          size,
 			MailFrom:          m.GetMailFrom(),
 			Recipients:        g.Recipients,

@@ -1,0 +1,72 @@
+package streams
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A large body lives in an object store bucket: its chunks on
+// $O.<bucket>.C.<nuid>, its metadata (name, size, digest, and the nuid
+// that links the two) on $O.<bucket>.M.<name>. nats.go's object store
+// deletes an object by looking its metadata up (a read of the block that
+// holds it: for the bodies' stream an 8 MiB block, loaded whole when it
+// is not in memory), writing a deletion marker in its place, which stays
+// in the stream until it ages out, and purging the chunks. The ingress
+// records the nuid in the Message when it stores the body, so DeleteBody
+// needs neither the lookup nor the marker.
+
+// DeleteBody removes object name, whose chunks are nuid, from bucket: its
+// chunks, then its metadata, each purged by the bucket stream's leader, so
+// that nothing is looked up first and no deletion marker is written. It is
+// idempotent: a body already gone is not an error, and the leader's
+// answer makes that authoritative (as ObjectGone is).
+func DeleteBody(ctx context.Context, js jetstream.JetStream, bucket, name, nuid string) error {
+	stream := "OBJ_" + bucket
+	if err := purgeSubject(ctx, js, stream, "$O."+bucket+".C."+nuid); err != nil {
+		return fmt.Errorf("delete body object %s: chunks: %w", name, err)
+	}
+	meta := "$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
+	if err := purgeSubject(ctx, js, stream, meta); err != nil {
+		return fmt.Errorf("delete body object %s: metadata: %w", name, err)
+	}
+	return nil
+}
+
+// purgeSubject purges every message on subject from stream.
+func purgeSubject(ctx context.Context, js jetstream.JetStream, stream, subject string) error {
+	data, err := json.Marshal(struct {
+		Filter string `json:"filter"`
+	}{subject})
+	if err != nil {
+		return err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	reply, err := js.Conn().RequestWithContext(ctx, apiPrefix(js)+"STREAM.PURGE."+stream, data)
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		Error   *apiError `json:"error,omitempty"`
+		Success bool      `json:"success"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return err
+	}
+	if resp.Error != nil {
+		return resp.Error
+	}
+	if !resp.Success {
+		return errors.New("the stream's leader did not purge")
+	}
+	return nil
+}
