@@ -216,7 +216,11 @@ func (s *Service) Start(ctx context.Context) error {
 // startAdmin starts following the events into the queue index and serves
 // the queue admin API from it.
 func (s *Service) startAdmin(ctx context.Context) error {
-	f, err := index.Follow(ctx, s.js, s.index, streams.LifetimeGrace, s.log)
+	snaps, err := streams.IndexSnapshots(ctx, s.js, s.cfg.Queue)
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	f, err := index.Follow(ctx, s.js, s.index, streams.LifetimeGrace, snaps, s.log)
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}

@@ -53,6 +53,7 @@ const (
 var clusterStreams = []string{
 	wire.StreamMessages, wire.StreamJobs, wire.StreamResults, wire.StreamBounces, wire.StreamEvents,
 	"OBJ_" + wire.BucketBodies, "KV_" + wire.BucketRefs, "KV_" + wire.BucketHeld, "KV_" + wire.BucketShaping, "KV_" + wire.BucketStrikes,
+	"OBJ_" + wire.BucketIndex,
 }
 
 // KnownStreams are the streams every Report covers, first and in this

@@ -43,6 +43,9 @@ const (
 	// the attempt and ended without a result (a deliverer crashed, was
 	// killed or lost NATS): a job that does so too often is poison.
 	BucketStrikes = "sluice_strikes"
+	// BucketIndex holds the scheduler's last snapshot of the queue index,
+	// so that a restart reads only the events stored after it.
+	BucketIndex = "sluice_index"
 
 	// ConsumerScheduler reads SLUICE_MSGS and turns messages into jobs.
 	ConsumerScheduler = "scheduler"

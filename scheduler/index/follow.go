@@ -2,7 +2,9 @@ package index
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -18,7 +20,10 @@ import (
 
 // Follower keeps an index up to date with SLUICE_EVENTS: an ordered
 // consumer (ephemeral, in memory, nothing for JetStream to persist) reads
-// every event from the start of the stream and then follows it.
+// every event from the start of the stream and then follows it. With a
+// bucket for snapshots, it first loads the last snapshot and reads only
+// the events stored after it, and it saves one when it stops and every
+// snapshotEvery while the index changes (see WriteSnapshot).
 //
 // A restart reads every event, two or more per job, so each costs as little
 // as it can: the consumer pulls large batches and hands each message to a
@@ -38,6 +43,8 @@ type Follower struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	once     sync.Once
+	snaps    jetstream.ObjectStore
+	saved    atomic.Uint64 // index sequence of the last snapshot loaded or saved
 
 	// mu serialises handle (an ordered consumer that resets itself could
 	// overlap two deliveries) and guards r and stopped.
@@ -52,21 +59,44 @@ const pruneEvery = 10 * time.Minute
 // pullBatch is how many events the consumer asks for at once (a few MB).
 const pullBatch = 20000
 
-// Follow starts feeding x from the events stream. Jobs more than grace past
-// their expiry are pruned now and then (see Index.Prune).
-func Follow(ctx context.Context, js jetstream.JetStream, x *Index, grace time.Duration, log *slog.Logger) (*Follower, error) {
+// snapshotEvery is how often a changed index is saved, bounding what a
+// scheduler that did not stop cleanly reads again; SnapshotObject is the
+// object of the snapshots' bucket (wire.BucketIndex) that holds it.
+const (
+	snapshotEvery  = 10 * time.Minute
+	SnapshotObject = "queue-index"
+)
+
+// Follow starts feeding x, which must be empty, from the events stream,
+// from the snapshot in snaps when there is one (snaps may be nil). Jobs
+// more than grace past their expiry are pruned now and then (see
+// Index.Prune).
+func Follow(ctx context.Context, js jetstream.JetStream, x *Index, grace time.Duration, snaps jetstream.ObjectStore, log *slog.Logger) (*Follower, error) {
+	f := &Follower{x: x, log: log, started: time.Now(), stop: make(chan struct{}), snaps: snaps}
+	if snaps != nil {
+		f.load(ctx)
+	}
 	str, err := js.Stream(ctx, wire.StreamEvents)
 	if err != nil {
 		return nil, fmt.Errorf("index: stream %s: %w", wire.StreamEvents, err)
 	}
-	cons, err := js.OrderedConsumer(ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	f.target = str.CachedInfo().State.LastSeq
+	if seq := x.Seq(); seq > f.target {
+		// The snapshot is of events this stream never held (it was
+		// deleted and made again): read them all.
+		log.Warn("queue index: the snapshot is ahead of the events stream; rebuilding from the events", "snapshot_seq", seq, "stream_last_seq", f.target)
+		x.reset()
+		f.saved.Store(0)
+	}
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if seq := x.Seq(); seq > 0 {
+		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq + 1}
+	}
+	cons, err := js.OrderedConsumer(ctx, wire.StreamEvents, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("index: consumer on %s: %w", wire.StreamEvents, err)
 	}
-	f := &Follower{x: x, log: log, target: str.CachedInfo().State.LastSeq, started: time.Now(), stop: make(chan struct{})}
-	if f.target == 0 {
+	if f.target <= x.Seq() {
 		f.markLoaded()
 	}
 	f.cc, err = cons.Consume(f.handle, jetstream.PullMaxMessages(pullBatch),
@@ -145,13 +175,60 @@ func streamSeq(reply string) (uint64, bool) {
 func (f *Follower) markLoaded() {
 	f.loadTime.Store(int64(time.Since(f.started)))
 	f.loaded.Store(true)
-	f.log.Info("queue index loaded", "jobs", f.x.Len(), "events", f.target, "duration_ms", time.Since(f.started).Milliseconds())
+	f.log.Info("queue index loaded", "jobs", f.x.Len(), "events", f.target, "from_snapshot_seq", f.saved.Load(),
+		"duration_ms", time.Since(f.started).Milliseconds())
+}
+
+// load fills the index from the last snapshot; without one, or with one
+// it cannot read, the index stays empty and is built from the events.
+func (f *Follower) load(ctx context.Context) {
+	obj, err := f.snaps.Get(ctx, SnapshotObject)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return
+	}
+	if err == nil {
+		err = f.x.LoadSnapshot(obj)
+		obj.Close()
+	}
+	if err != nil {
+		f.log.Warn("queue index: cannot load the snapshot; rebuilding from the events", "err", err)
+		return
+	}
+	f.saved.Store(f.x.Seq())
+	f.log.Info("queue index snapshot loaded", "jobs", f.x.Len(), "seq", f.x.Seq(), "duration_ms", time.Since(f.started).Milliseconds())
+}
+
+// save writes a snapshot of the index when it changed since the last one.
+func (f *Follower) save() {
+	if f.snaps == nil || f.x.Seq() == f.saved.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	pr, pw := io.Pipe()
+	var seq uint64
+	go func() {
+		var err error
+		seq, err = f.x.WriteSnapshot(pw)
+		pw.CloseWithError(err)
+	}()
+	info, err := f.snaps.Put(ctx, jetstream.ObjectMeta{Name: SnapshotObject, Description: "Sluice: queue index snapshot"}, pr)
+	pr.CloseWithError(errors.New("snapshot not stored"))
+	if err != nil {
+		f.log.Warn("queue index: cannot save a snapshot", "err", err)
+		return
+	}
+	f.saved.Store(seq)
+	f.log.Info("queue index snapshot saved", "jobs", f.x.Len(), "seq", seq, "bytes", info.Size, "duration_ms", time.Since(start).Milliseconds())
 }
 
 func (f *Follower) prune(grace time.Duration) {
 	defer f.wg.Done()
 	t := time.NewTicker(pruneEvery)
 	defer t.Stop()
+	st := time.NewTicker(snapshotEvery)
+	defer st.Stop()
 	for {
 		select {
 		case <-f.stop:
@@ -159,6 +236,10 @@ func (f *Follower) prune(grace time.Duration) {
 		case now := <-t.C:
 			if n := f.x.Prune(now, grace); n > 0 {
 				f.log.Warn("queue index: pruned jobs long past their expiry", "jobs", n)
+			}
+		case <-st.C:
+			if f.loaded.Load() {
+				f.save()
 			}
 		}
 	}
@@ -176,8 +257,9 @@ func (f *Follower) LoadTime() time.Duration { return time.Duration(f.loadTime.Lo
 // Undecodable counts events that could not be read.
 func (f *Follower) Undecodable() int64 { return f.bad.Load() }
 
-// Stop stops following and waits for the goroutines; no event is applied
-// once it returns. Safe to call twice.
+// Stop stops following, waits for the goroutines and saves a snapshot of
+// a fully loaded index; no event is applied once it returns. Safe to call
+// twice.
 func (f *Follower) Stop() {
 	f.once.Do(func() {
 		close(f.stop)
@@ -186,5 +268,8 @@ func (f *Follower) Stop() {
 		f.stopped = true
 		f.mu.Unlock()
 		f.wg.Wait()
+		if f.loaded.Load() {
+			f.save()
+		}
 	})
 }

@@ -53,7 +53,7 @@ func eventsStream(tb testing.TB, n, oldJSON int) jetstream.JetStream {
 // follow starts a follower and waits until it has read the whole stream.
 func follow(tb testing.TB, js jetstream.JetStream) (*Index, *Follower) {
 	x := New(time.Hour)
-	f, err := Follow(context.Background(), js, x, time.Hour, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f, err := Follow(context.Background(), js, x, time.Hour, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -170,6 +170,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, q config.Queue) erro
 	if _, err := TLSRPT(ctx, js, q); err != nil {
 		return err
 	}
+	if _, err := IndexSnapshots(ctx, js, q); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -194,16 +197,15 @@ func upToDate(cur, want jetstream.StreamConfig) bool {
 }
 
 // bucketUpToDate reports whether the stream behind a key-value or object
-// bucket already has the settings Sluice gives every bucket: its
-// description, the queue lifetime plus grace as TTL, file storage and the
-// queue's replicas (see upToDate).
-func bucketUpToDate(ctx context.Context, js jetstream.JetStream, stream, desc string, q config.Queue) bool {
+// bucket already has the settings Sluice gives it: its description, ttl
+// (0 for none), file storage and the queue's replicas (see upToDate).
+func bucketUpToDate(ctx context.Context, js jetstream.JetStream, stream, desc string, ttl time.Duration, q config.Queue) bool {
 	str, err := js.Stream(ctx, stream)
 	if err != nil {
 		return false
 	}
 	c := str.CachedInfo().Config
-	return c.Description == desc && c.MaxAge == q.Lifetime+LifetimeGrace && c.Storage == jetstream.FileStorage &&
+	return c.Description == desc && c.MaxAge == ttl && c.Storage == jetstream.FileStorage &&
 		max(c.Replicas, 1) == max(q.Replicas, 1)
 }
 
@@ -286,23 +288,38 @@ func Strikes(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetst
 
 // Bodies returns the object store for large bodies, creating it if needed.
 func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.ObjectStore, error) {
-	cfg := jetstream.ObjectStoreConfig{
+	return objectStore(ctx, js, q, jetstream.ObjectStoreConfig{
 		Bucket:      wire.BucketBodies,
 		Description: "Sluice: message bodies too large to store inline",
 		TTL:         q.Lifetime + LifetimeGrace,
-		Storage:     jetstream.FileStorage,
-		Replicas:    q.Replicas,
-	}
-	if bucketUpToDate(ctx, js, "OBJ_"+cfg.Bucket, cfg.Description, q) {
+	})
+}
+
+// objectStore opens the bucket cfg names, creating or updating it with
+// file storage and the queue's replicas unless it already has them.
+func objectStore(ctx context.Context, js jetstream.JetStream, q config.Queue, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	cfg.Storage = jetstream.FileStorage
+	cfg.Replicas = q.Replicas
+	if bucketUpToDate(ctx, js, "OBJ_"+cfg.Bucket, cfg.Description, cfg.TTL, q) {
 		if os, err := js.ObjectStore(ctx, cfg.Bucket); err == nil {
 			return os, nil
 		}
 	}
 	os, err := racing(func() (jetstream.ObjectStore, error) { return js.CreateOrUpdateObjectStore(ctx, cfg) })
 	if err != nil {
-		return nil, fmt.Errorf("provision object store %s: %w", wire.BucketBodies, err)
+		return nil, fmt.Errorf("provision object store %s: %w", cfg.Bucket, err)
 	}
 	return os, nil
+}
+
+// IndexSnapshots returns the object store for the scheduler's snapshots of
+// the queue index, creating it if needed. A snapshot is kept until the next
+// replaces it: it holds jobs as old as the queue's lifetime.
+func IndexSnapshots(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstream.ObjectStore, error) {
+	return objectStore(ctx, js, q, jetstream.ObjectStoreConfig{
+		Bucket:      wire.BucketIndex,
+		Description: "Sluice: snapshots of the scheduler's queue index",
+	})
 }
 
 // Refs returns the bucket that counts the open jobs of messages split into
@@ -342,7 +359,7 @@ func keyValue(ctx context.Context, js jetstream.JetStream, q config.Queue, cfg j
 	cfg.TTL = q.Lifetime + LifetimeGrace
 	cfg.Storage = jetstream.FileStorage
 	cfg.Replicas = q.Replicas
-	if bucketUpToDate(ctx, js, "KV_"+cfg.Bucket, cfg.Description, q) {
+	if bucketUpToDate(ctx, js, "KV_"+cfg.Bucket, cfg.Description, cfg.TTL, q) {
 		if kv, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
 			return kv, nil
 		}

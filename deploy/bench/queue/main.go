@@ -12,10 +12,14 @@
 //     same index code fed the same events, measured with runtime.MemStats
 //     after a collection; and the scheduler process's live heap as it
 //     reports it;
-//   - how long a restarted scheduler takes to rebuild its index (restarted
-//     -restarts times: the wall time until it answers with every job, and
-//     the load time it logs), and the resident memory of the scheduler
-//     process with the rebuilt index, per job.
+//   - how long a restarted scheduler takes to have its index again
+//     (restarted -restarts times, each stopped with SIGTERM, so that it
+//     saves a snapshot of its index, which the next start loads: the time
+//     the save took, the wall time until it answers with every job, and the
+//     load time it logs), and the resident memory of the scheduler process
+//     with the loaded index, per job; then once killed, with the snapshot
+//     deleted, as after a crash before any snapshot: the rebuild from the
+//     events alone.
 //
 // To build that state quickly it publishes the jobs' events straight to
 // SLUICE_EVENTS following the contract (proto/admin.QueueEvent in its stored
@@ -59,7 +63,7 @@ func main() {
 	domains := flag.Int("domains", 1000, "destination domains")
 	runs := flag.Int("runs", 5, "measurements of each command")
 	keep := flag.Bool("keep", false, "keep the data directory")
-	restarts := flag.Int("restarts", 3, "scheduler restarts, each timing the index rebuild")
+	restarts := flag.Int("restarts", 3, "scheduler restarts (stopped, so it saves a snapshot of its index), each timing the index load; then one more, killed with the snapshot deleted, timing the rebuild from the events alone")
 	heapProfile := flag.String("heap-profile", "", "write the scheduler's heap profile after the last rebuild to this file")
 	cpuProfile := flag.String("cpu-profile", "", "profile the last rebuild: the scheduler to FILE.scheduler, this process (the NATS server) to FILE.nats")
 	flag.Parse()
@@ -172,18 +176,40 @@ func run(bin string, jobs, domains, runs, restarts int, heapProfile, cpuProfile 
 		showTimes = append(showTimes, d)
 	}
 
-	// Restart the scheduler: it rebuilds the index from the events.
-	var rebuilds, loads []time.Duration
+	// Restart the scheduler: stopped, it saves a snapshot of the index,
+	// and started again it loads the snapshot and reads the events after
+	// it. Then once killed with its snapshot deleted, as after a crash
+	// before its first snapshot: it rebuilds the index from the events.
+	var rebuilds, loads, saves []time.Duration
 	var rssPerJob, livePerJob []float64
-	for i := 0; i < restarts; i++ {
+	var fromEvents, fromEventsLoad time.Duration
+	snaps, err := js.ObjectStore(context.Background(), wire.BucketIndex)
+	if err != nil {
+		return fmt.Errorf("index snapshots: %w", err)
+	}
+	for i := 0; i <= restarts; i++ {
 		p := st.Proc("scheduler")
-		p.Stop(10 * time.Second)
+		last := i == restarts
+		if last {
+			p.Kill()
+			if err := snaps.Delete(context.Background(), index.SnapshotObject); err != nil {
+				return fmt.Errorf("delete the index snapshot: %w", err)
+			}
+		} else {
+			// A scheduler whose index did not change since it loaded
+			// its snapshot saves none: only the first stop writes one.
+			before := len(savedLine.FindAllIndex(readFile(p.Log()), -1))
+			p.Stop(time.Minute)
+			if len(savedLine.FindAllIndex(readFile(p.Log()), -1)) > before {
+				saves = append(saves, logDuration(savedLine, p.Log()))
+			}
+		}
 		restart := time.Now()
 		if err := p.Start(); err != nil {
 			return err
 		}
 		var stopProfiles func() error
-		if cpuProfile != "" && i == restarts-1 {
+		if cpuProfile != "" && last {
 			if stopProfiles, err = startCPUProfiles(st.Metrics["scheduler"], cpuProfile); err != nil {
 				return err
 			}
@@ -192,13 +218,19 @@ func run(bin string, jobs, domains, runs, restarts int, heapProfile, cpuProfile 
 		if err != nil {
 			return err
 		}
-		rebuilds = append(rebuilds, time.Since(restart))
+		took := time.Since(restart)
 		if stopProfiles != nil {
 			if err := stopProfiles(); err != nil {
 				return err
 			}
 		}
-		loads = append(loads, loadTime(p.Log()))
+		if last {
+			fromEvents, fromEventsLoad = took, logDuration(loadedLine, p.Log())
+			fmt.Printf("killed, without a snapshot: answers with every job after %s, index loaded in %s\n", took.Round(time.Millisecond), fromEventsLoad)
+			break
+		}
+		rebuilds = append(rebuilds, took)
+		loads = append(loads, logDuration(loadedLine, p.Log()))
 		// The whole process: its resident memory with the index of the
 		// million and nothing else to do, over the jobs.
 		rssPerJob = append(rssPerJob, float64(rss(p.Pid()))/float64(jobs))
@@ -222,8 +254,12 @@ func run(bin string, jobs, domains, runs, restarts int, heapProfile, cpuProfile 
 	fmt.Printf("%-48s %.0f bytes\n", "scheduler live heap growth per job", heapPerJob)
 	fmt.Printf("%-48s %.0f bytes\n", "scheduler RSS per job after the fill", float64(fullRSS)/float64(jobs))
 	if restarts > 0 {
+		if len(saves) > 0 {
+			fmt.Printf("%-48s median %s (%s-%s) of %d saves\n", "index snapshot saved at stop", median(saves), slices.Min(saves), slices.Max(saves), len(saves))
+		}
 		fmt.Printf("%-48s median %s (%s-%s)\n", "index rebuild after a restart, until it answers", median(rebuilds), slices.Min(rebuilds).Round(time.Millisecond), slices.Max(rebuilds).Round(time.Millisecond))
 		fmt.Printf("%-48s median %s (%s-%s)\n", "index rebuild, load time the scheduler logs", median(loads), slices.Min(loads), slices.Max(loads))
+		fmt.Printf("%-48s %s (load time logged %s)\n", "rebuild from the events alone (killed, no snapshot)", fromEvents.Round(time.Millisecond), fromEventsLoad)
 		fmt.Printf("%-48s median %.0f (%.0f-%.0f) bytes\n", "scheduler RSS per job after a restart", medianF(rssPerJob), slices.Min(rssPerJob), slices.Max(rssPerJob))
 		fmt.Printf("%-48s median %.0f (%.0f-%.0f) bytes\n", "scheduler live heap per job after a restart", medianF(livePerJob), slices.Min(livePerJob), slices.Max(livePerJob))
 	}
@@ -245,12 +281,19 @@ func rss(pid int) int64 {
 	return 0
 }
 
-var loadedLine = regexp.MustCompile(`queue index loaded.*duration_ms[=":]+\s*(\d+)`)
+var (
+	loadedLine = regexp.MustCompile(`queue index loaded.*duration_ms[=":]+\s*(\d+)`)
+	savedLine  = regexp.MustCompile(`queue index snapshot saved.*duration_ms[=":]+\s*(\d+)`)
+)
 
 // loadTime is the duration of the last index load the scheduler logged.
-func loadTime(logFile string) time.Duration {
-	b, _ := os.ReadFile(logFile)
-	m := loadedLine.FindAllSubmatch(b, -1)
+func readFile(name string) []byte {
+	b, _ := os.ReadFile(name)
+	return b
+}
+
+func logDuration(line *regexp.Regexp, logFile string) time.Duration {
+	m := line.FindAllSubmatch(readFile(logFile), -1)
 	if len(m) == 0 {
 		return 0
 	}
