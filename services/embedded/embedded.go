@@ -88,8 +88,18 @@ func Start(o Options) (*Server, error) {
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
 // InProcess lets clients in this process connect without a socket
-// (nats.InProcessServer).
-func (s *Server) InProcess() nats.InProcessConnProvider { return s.ns }
+// (nats.InProcessServer). Their writes are queued (see queuedConn).
+func (s *Server) InProcess() nats.InProcessConnProvider { return inProcess{s.ns} }
+
+type inProcess struct{ ns *server.Server }
+
+func (p inProcess) InProcessConn() (net.Conn, error) {
+	c, err := p.ns.InProcessConn()
+	if err != nil {
+		return nil, err
+	}
+	return newQueuedConn(c, queueLimit), nil
+}
 
 // Shutdown stops the server and waits for it; it is safe to call twice.
 func (s *Server) Shutdown() {

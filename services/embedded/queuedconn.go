@@ -1,0 +1,190 @@
+package embedded
+
+import (
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// queuedConn is a client's end of an in-process connection whose writes are
+// queued and handed to the server by a goroutine of its own.
+//
+// The server's in-process connection is a net.Pipe: a write returns only
+// when the server's read loop has read every byte of it. nats.go writes
+// while it holds its connection's lock (the flusher, and a publish larger
+// than its buffer), so with a pipe every publisher, request and
+// acknowledgement of the connection waited for the server to read the bytes
+// before it: at 100 KB per message, the deliverer's workers spent their time
+// queued on that lock. Here a write copies into memory and returns; the pump
+// writes to the pipe in order, with no lock held by the client.
+type queuedConn struct {
+	net.Conn // the pipe's client end: reads, addresses and read deadlines pass through
+
+	limit int // a writer waits while this much is queued
+
+	mu       sync.Mutex
+	queued   []byte
+	spare    []byte
+	err      error // set once: closed, or the pipe failed
+	closing  bool
+	deadline time.Time // write deadline, for a writer waiting for room
+
+	wake  chan struct{} // cap 1: there is something to write, or closing
+	room  chan struct{} // cap 1: the pump took the queue
+	pumpd chan struct{} // closed when the pump has returned
+	once  sync.Once
+}
+
+// queueLimit bounds what one in-process connection holds in memory before a
+// writer waits, as the kernel's socket buffer would over TCP.
+const queueLimit = 2 << 20
+
+// spareMax is the largest buffer the pump keeps for reuse: one that grew for
+// a large message is dropped.
+const spareMax = 1 << 20
+
+// closeDrain bounds how long Close waits for queued writes to reach the
+// server.
+const closeDrain = 2 * time.Second
+
+func newQueuedConn(c net.Conn, limit int) *queuedConn {
+	q := &queuedConn{
+		Conn:  c,
+		limit: limit,
+		wake:  make(chan struct{}, 1),
+		room:  make(chan struct{}, 1),
+		pumpd: make(chan struct{}),
+	}
+	go q.pump()
+	return q
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Write queues p and returns, unless the queue is full: then it waits for
+// the pump, until the write deadline.
+func (q *queuedConn) Write(p []byte) (int, error) {
+	q.mu.Lock()
+	for q.err == nil && len(q.queued) > 0 && len(q.queued)+len(p) > q.limit {
+		dl := q.deadline
+		q.mu.Unlock()
+		if err := q.waitRoom(dl); err != nil {
+			return 0, err
+		}
+		q.mu.Lock()
+	}
+	if q.err != nil {
+		err := q.err
+		q.mu.Unlock()
+		return 0, err
+	}
+	q.queued = append(q.queued, p...)
+	q.mu.Unlock()
+	signal(q.wake)
+	return len(p), nil
+}
+
+func (q *queuedConn) waitRoom(deadline time.Time) error {
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		d := time.Until(deadline)
+		if d <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case <-q.room:
+		return nil
+	case <-q.pumpd:
+		return nil // the loop finds q.err set
+	case <-expired:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+// pump writes the queue to the pipe, in order, until the connection closes
+// or the pipe fails.
+func (q *queuedConn) pump() {
+	defer close(q.pumpd)
+	for range q.wake {
+		q.mu.Lock()
+		out := q.queued
+		q.queued = q.spare[:0]
+		q.spare = nil
+		closing := q.closing
+		q.mu.Unlock()
+		signal(q.room)
+		if len(out) > 0 {
+			if _, err := q.Conn.Write(out); err != nil {
+				q.fail(err)
+				return
+			}
+		}
+		q.mu.Lock()
+		if cap(out) <= spareMax && q.spare == nil {
+			q.spare = out[:0]
+		}
+		done := closing && len(q.queued) == 0
+		q.mu.Unlock()
+		if done {
+			return
+		}
+	}
+}
+
+func (q *queuedConn) fail(err error) {
+	q.mu.Lock()
+	if q.err == nil {
+		q.err = err
+	}
+	q.mu.Unlock()
+	q.Conn.Close()
+}
+
+// Close hands what is queued to the server (for at most closeDrain), then
+// closes the pipe. Writes after Close fail with net.ErrClosed.
+func (q *queuedConn) Close() error {
+	var err error
+	q.once.Do(func() {
+		q.mu.Lock()
+		if q.err == nil {
+			q.err = net.ErrClosed
+		}
+		q.closing = true
+		q.mu.Unlock()
+		signal(q.wake)
+		t := time.NewTimer(closeDrain)
+		select {
+		case <-q.pumpd:
+		case <-t.C:
+		}
+		t.Stop()
+		err = q.Conn.Close()
+		<-q.pumpd
+	})
+	return err
+}
+
+// SetWriteDeadline bounds a writer's wait for room in the queue.
+func (q *queuedConn) SetWriteDeadline(t time.Time) error {
+	q.mu.Lock()
+	q.deadline = t
+	q.mu.Unlock()
+	return nil
+}
+
+// SetDeadline sets the read deadline of the pipe and the write deadline of
+// the queue.
+func (q *queuedConn) SetDeadline(t time.Time) error {
+	_ = q.SetWriteDeadline(t)
+	return q.Conn.SetReadDeadline(t)
+}
