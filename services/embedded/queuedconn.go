@@ -26,11 +26,10 @@ type queuedConn struct {
 	mu       sync.Mutex
 	queued   []byte
 	spare    []byte
-	err      error // set once: closed, or the pipe failed
-	closing  bool
+	err      error     // set once: by Close, or when the pipe failed (the pump has then returned)
 	deadline time.Time // write deadline, for a writer waiting for room
 
-	wake  chan struct{} // cap 1: there is something to write, or closing
+	wake  chan struct{} // cap 1: there is something to write, or Close was called
 	room  chan struct{} // cap 1: the pump took the queue
 	pumpd chan struct{} // closed when the pump has returned
 	once  sync.Once
@@ -120,7 +119,7 @@ func (q *queuedConn) pump() {
 		out := q.queued
 		q.queued = q.spare[:0]
 		q.spare = nil
-		closing := q.closing
+		closing := q.err != nil // only Close sets it while the pump runs
 		q.mu.Unlock()
 		signal(q.room)
 		if len(out) > 0 {
@@ -130,7 +129,7 @@ func (q *queuedConn) pump() {
 			}
 		}
 		q.mu.Lock()
-		if cap(out) <= spareMax && q.spare == nil {
+		if cap(out) <= spareMax {
 			q.spare = out[:0]
 		}
 		done := closing && len(q.queued) == 0
@@ -159,7 +158,6 @@ func (q *queuedConn) Close() error {
 		if q.err == nil {
 			q.err = net.ErrClosed
 		}
-		q.closing = true
 		q.mu.Unlock()
 		signal(q.wake)
 		t := time.NewTimer(closeDrain)
