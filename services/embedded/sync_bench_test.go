@@ -21,12 +21,14 @@ import (
 // store with group commit would give them about ten times as much. The
 // plain runs (sync every two minutes, the server's default) are the
 // baseline. Nothing of Sluice is involved: one stream, 4 KB messages,
-// synchronous publishes.
+// synchronous publishes. The third shape puts each of ten publishers on a
+// stream of its own: separate streams do not share syncs either.
 func BenchmarkSyncAlways(b *testing.B) {
 	body := make([]byte, 4096)
 	for _, always := range []bool{false, true} {
-		for _, publishers := range []int{1, 10} {
-			name := fmt.Sprintf("sync_always=%t/publishers=%d", always, publishers)
+		for _, shape := range []struct{ publishers, streams int }{{1, 1}, {10, 1}, {10, 10}} {
+			publishers, streams := shape.publishers, shape.streams
+			name := fmt.Sprintf("sync_always=%t/publishers=%d/streams=%d", always, publishers, streams)
 			b.Run(name, func(b *testing.B) {
 				srv, err := Start(Options{Listen: "127.0.0.1:0", StoreDir: b.TempDir(), SyncAlways: always})
 				if err != nil {
@@ -43,8 +45,11 @@ func BenchmarkSyncAlways(b *testing.B) {
 					b.Fatal(err)
 				}
 				ctx := context.Background()
-				if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SYNC", Subjects: []string{"sync.>"}, Storage: jetstream.FileStorage}); err != nil {
-					b.Fatal(err)
+				for st := range streams {
+					cfg := jetstream.StreamConfig{Name: fmt.Sprintf("SYNC%d", st), Subjects: []string{fmt.Sprintf("sync%d.>", st)}, Storage: jetstream.FileStorage}
+					if _, err := js.CreateStream(ctx, cfg); err != nil {
+						b.Fatal(err)
+					}
 				}
 				var next atomic.Int64
 				var wg sync.WaitGroup
@@ -55,7 +60,7 @@ func BenchmarkSyncAlways(b *testing.B) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						subj := fmt.Sprintf("sync.%d", p)
+						subj := fmt.Sprintf("sync%d.%d", p%streams, p)
 						for next.Add(1) <= int64(b.N) {
 							if _, err := js.Publish(ctx, subj, body); err != nil {
 								errs <- err
@@ -71,11 +76,15 @@ func BenchmarkSyncAlways(b *testing.B) {
 				for err := range errs {
 					b.Fatal(err)
 				}
-				info, err := js.Stream(ctx, "SYNC")
-				if err != nil {
-					b.Fatal(err)
+				var got uint64
+				for st := range streams {
+					info, err := js.Stream(ctx, fmt.Sprintf("SYNC%d", st))
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += info.CachedInfo().State.Msgs
 				}
-				if got := info.CachedInfo().State.Msgs; got != uint64(b.N) {
+				if got != uint64(b.N) {
 					b.Fatalf("stream holds %d messages, published %d", got, b.N)
 				}
 				b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msg/s")
