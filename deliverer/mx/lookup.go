@@ -37,7 +37,7 @@ const (
 	// caller's deadline).
 	FailTimeout Failure = "timeout"
 	// FailNetwork: the query could not be sent or its answer not read, or
-	// a CNAME chain was too long.
+	// a CNAME chain looped or was too long (Err is then a *CNAMEError).
 	FailNetwork Failure = "error"
 )
 
@@ -102,35 +102,77 @@ func (e *LookupError) DNSError() *net.DNSError {
 // Resolver of its own for each run). A name without records of the type
 // (NODATA) gives none and a nil error; every failure is a *LookupError.
 func (r *Resolver) Lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
-	rcode, answer, err := r.query(ctx, name, qtype)
+	res, err := r.resolve(ctx, name, qtype, false)
+	if err == nil && res.rcode == dns.RcodeNameError {
+		return nil, &LookupError{Name: strings.TrimSuffix(name, "."), Type: qtype, Rcode: res.rcode, Server: r.cfg.Server, Failure: FailNXDomain}
+	}
+	if err != nil {
+		return nil, r.lookupError(name, qtype, res.rcode, err)
+	}
+	return res.records, nil
+}
+
+// Secure is an answer with its DNSSEC status, from LookupSecure.
+type Secure struct {
+	// Records are the records of the type asked, at the end of the chain.
+	Records []dns.RR
+	// NXDomain: the name, or the target of its chain, does not exist.
+	NXDomain bool
+	// Authenticated: every answer of the chain, the final one included
+	// (records, NODATA or NXDOMAIN), carried the AD bit of the server.
+	Authenticated bool
+	// Target is the final name of the CNAME chain without the final dot,
+	// the name asked when there was no CNAME.
+	Target string
+}
+
+// LookupSecure asks for the records of qtype at name with DNSSEC status,
+// for DANE (RFC 7672): the query sets DO and AD so that a validating
+// resolver says, with the AD bit, whether its answer was authenticated.
+// CNAMEs are followed as Lookup follows them (at most MaxCNAMEs, a loop is
+// an error), and the answer is Authenticated only if every answer of the
+// chain was: one insecure link makes the rest insecure (RFC 7672 §2.2.2).
+// The AD bit is only as trustworthy as the server and the path to it, so
+// this is meant for a validating resolver on a trusted path (loopback).
+//
+// Unlike Lookup, a name that does not exist is an answer, not an error:
+// DANE tells a secure denial from an insecure one. Every failure (SERVFAIL,
+// which is how a validating resolver reports a bogus answer, a timeout, a
+// CNAME loop) is a *LookupError.
+func (r *Resolver) LookupSecure(ctx context.Context, name string, qtype uint16) (Secure, error) {
+	res, err := r.resolve(ctx, name, qtype, true)
+	if err != nil {
+		return Secure{}, r.lookupError(name, qtype, res.rcode, err)
+	}
+	return Secure{Records: res.records, NXDomain: res.rcode == dns.RcodeNameError, Authenticated: res.secure,
+		Target: strings.TrimSuffix(res.chain[len(res.chain)-1], ".")}, nil
+}
+
+// lookupError converts a failure of resolve (a *status.Error for a
+// delivery) to a *LookupError.
+func (r *Resolver) lookupError(name string, qtype uint16, rcode int, err error) *LookupError {
 	le := &LookupError{Name: strings.TrimSuffix(name, "."), Type: qtype, Rcode: rcode, Server: r.cfg.Server}
-	switch {
-	case err != nil && rcode != dns.RcodeSuccess:
+	if rcode != dns.RcodeSuccess {
 		// exchange returns the rcode of an error answer with its error.
 		le.Failure = FailServer
-		return nil, le
-	case err != nil:
-		// Keep the network error itself, not the delivery's wrapping.
-		var se *status.Error
-		if errors.As(err, &se) {
-			if se.Err != nil {
-				err = se.Err
-			} else {
-				err = errors.New(se.Text)
-			}
-		}
-		le.Err = err
-		le.Failure = FailNetwork
-		var ne net.Error
-		if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
-			le.Failure, le.Wait = FailTimeout, r.cfg.Timeout
-		}
-		return nil, le
-	case rcode == dns.RcodeNameError:
-		le.Failure = FailNXDomain
-		return nil, le
+		return le
 	}
-	return answer, nil
+	// Keep the network error itself, not the delivery's wrapping.
+	var se *status.Error
+	if errors.As(err, &se) {
+		if se.Err != nil {
+			err = se.Err
+		} else {
+			err = errors.New(se.Text)
+		}
+	}
+	le.Err = err
+	le.Failure = FailNetwork
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		le.Failure, le.Wait = FailTimeout, r.cfg.Timeout
+	}
+	return le
 }
 
 // LookupHost returns the IPv4 then IPv6 addresses of host, asked as Addrs

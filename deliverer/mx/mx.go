@@ -57,6 +57,11 @@ type Config struct {
 	Shuffle func(n int, swap func(i, j int))
 	// CacheSize is the most answers kept; 0 means 4096.
 	CacheSize int
+	// NoCache sends every question to the server. The TLS policy engine
+	// sets it: it asks a validating resolver, which caches, and keeps its
+	// own MTA-STS state for a configured time, so a second cache would
+	// only delay a published change.
+	NoCache bool
 	// Meter records sluice_deliverer_dns_lookup_duration_seconds; nil
 	// disables metrics.
 	Meter metric.Meter
@@ -111,11 +116,15 @@ type Resolver struct {
 type cacheKey struct {
 	name  string
 	qtype uint16
+	// dnssec: asked with DO and AD, so the answer says whether it was
+	// authenticated (and may carry RRSIGs).
+	dnssec bool
 }
 
 type cacheEntry struct {
 	rcode   int
 	answer  []dns.RR
+	secure  bool
 	expires time.Time
 }
 
@@ -318,39 +327,122 @@ func (r *Resolver) Addrs(ctx context.Context, host string) ([]netip.Addr, error)
 // chains the server did not resolve for us. It returns the rcode and the
 // records of qtype; a nil error means the rcode is NOERROR or NXDOMAIN.
 func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (int, []dns.RR, error) {
-	fqdn := dns.Fqdn(name)
-	for range 8 {
-		rcode, answer, err := r.exchange(ctx, fqdn, qtype)
-		if err != nil || rcode != dns.RcodeSuccess {
-			return rcode, nil, err
-		}
-		var out []dns.RR
-		var cname string
-		for _, rr := range answer {
-			if rr.Header().Rrtype == qtype {
-				out = append(out, rr)
-			} else if c, ok := rr.(*dns.CNAME); ok && strings.EqualFold(c.Hdr.Name, fqdn) {
-				cname = c.Target
-			}
-		}
-		if len(out) > 0 || cname == "" {
-			return rcode, out, nil
-		}
-		fqdn = dns.Fqdn(cname)
-	}
-	return 0, nil, status.Temporary(sluicev1.Reason_REASON_DNS, 451, "4.4.3", fmt.Sprintf("CNAME chain too long for %s", name))
+	res, err := r.resolve(ctx, name, qtype, false)
+	return res.rcode, res.records, err
 }
 
-// exchange returns the rcode and answer section for one question.
-func (r *Resolver) exchange(ctx context.Context, fqdn string, qtype uint16) (int, []dns.RR, error) {
-	key := cacheKey{strings.ToLower(fqdn), qtype}
+// MaxCNAMEs is the most CNAME records a lookup follows from the name asked
+// to the records: a longer chain is an error, as is a loop.
+const MaxCNAMEs = 8
+
+// CNAMEError is a CNAME chain that does not end in records: a loop, or a
+// chain of more than MaxCNAMEs aliases.
+type CNAMEError struct {
+	// Chain lists the names from the one asked, each without the final
+	// dot; for a loop the last is the name met a second time.
+	Chain []string
+	// Loop is true for a loop, false for a chain that is too long.
+	Loop bool
+}
+
+// Error implements error: "CNAME loop: a.test -> b.test -> a.test".
+func (e *CNAMEError) Error() string {
+	chain := strings.Join(e.Chain, " -> ")
+	if e.Loop {
+		return "CNAME loop: " + chain
+	}
+	return fmt.Sprintf("CNAME chain longer than %d aliases: %s", MaxCNAMEs, chain)
+}
+
+// resolved is the end of a question's CNAME chain.
+type resolved struct {
+	rcode   int
+	records []dns.RR
+	// secure: every answer on the way carried the AD bit (only asked for
+	// with dnssec).
+	secure bool
+	// chain lists the names from the one asked to the final target, as
+	// FQDNs.
+	chain []string
+}
+
+// resolve answers one question, following CNAMEs both inside an answer (a
+// recursive resolver usually sends the whole chain with the records of its
+// target) and across answers (a server that sends the CNAME alone). With
+// dnssec the queries ask for DNSSEC status, and the result is secure only
+// if every answer of the chain was: RFC 7672 §2.2.2, one insecure CNAME
+// makes everything after it insecure. A loop, or a chain of more than
+// MaxCNAMEs aliases, is a temporary error whose Err is a *CNAMEError.
+func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16, dnssec bool) (resolved, error) {
+	fqdn := dns.Fqdn(name)
+	res := resolved{secure: dnssec, chain: []string{fqdn}}
+	seen := map[string]bool{strings.ToLower(fqdn): true}
+	// follow moves to the target of an alias, or says why it cannot.
+	follow := func(target string) error {
+		target = dns.Fqdn(target)
+		res.chain = append(res.chain, target)
+		ce := &CNAMEError{Loop: seen[strings.ToLower(target)]}
+		if !ce.Loop && len(res.chain) <= MaxCNAMEs+1 {
+			seen[strings.ToLower(target)] = true
+			return nil
+		}
+		for _, n := range res.chain {
+			ce.Chain = append(ce.Chain, strings.TrimSuffix(n, "."))
+		}
+		return &status.Error{Code: 451, Enhanced: "4.4.3", Reason: sluicev1.Reason_REASON_DNS, Err: ce,
+			Text: fmt.Sprintf("DNS %s lookup of %s: %v", dns.TypeToString[qtype], strings.TrimSuffix(fqdn, "."), ce)}
+	}
+	for {
+		cur := res.chain[len(res.chain)-1]
+		rcode, answer, secure, err := r.exchange(ctx, cur, qtype, dnssec)
+		res.rcode, res.secure = rcode, res.secure && secure
+		if err != nil || rcode != dns.RcodeSuccess {
+			return res, err
+		}
+		aliases := map[string]string{}
+		for _, rr := range answer {
+			if c, ok := rr.(*dns.CNAME); ok && qtype != dns.TypeCNAME {
+				aliases[strings.ToLower(c.Hdr.Name)] = c.Target
+			}
+		}
+		for {
+			target, ok := aliases[strings.ToLower(res.chain[len(res.chain)-1])]
+			if !ok {
+				break
+			}
+			if err := follow(target); err != nil {
+				return res, err
+			}
+		}
+		end := res.chain[len(res.chain)-1]
+		for _, rr := range answer {
+			if rr.Header().Rrtype == qtype && strings.EqualFold(rr.Header().Name, end) {
+				res.records = append(res.records, rr)
+			}
+		}
+		if len(res.records) > 0 || end == cur {
+			// Records, or none at the end of the chain (NODATA).
+			return res, nil
+		}
+		// The answer ended in an alias without its target's records: ask
+		// for the target.
+	}
+}
+
+// exchange returns the rcode and answer section for one question, and
+// whether the answer was authenticated: with dnssec the query sets DO and
+// AD, so that a validating resolver says with the AD bit of its answer
+// (RFC 4035 §3.2.3, RFC 6840 §5.7); without, secure is false.
+func (r *Resolver) exchange(ctx context.Context, fqdn string, qtype uint16, dnssec bool) (int, []dns.RR, bool, error) {
+	key := cacheKey{strings.ToLower(fqdn), qtype, dnssec}
 	if e, ok := r.cached(key); ok {
-		return e.rcode, e.answer, nil
+		return e.rcode, e.answer, e.secure, nil
 	}
 	m := new(dns.Msg)
 	m.SetQuestion(fqdn, qtype)
 	m.RecursionDesired = true
-	m.SetEdns0(1232, false)
+	m.AuthenticatedData = dnssec
+	m.SetEdns0(1232, dnssec)
 
 	start := time.Now()
 	qctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
@@ -367,7 +459,7 @@ func (r *Resolver) exchange(ctx context.Context, fqdn string, qtype uint16) (int
 			result = "timeout"
 		}
 		r.observe(typ, result, start)
-		return 0, nil, &status.Error{Code: 451, Enhanced: "4.4.3", Reason: sluicev1.Reason_REASON_DNS, Err: err,
+		return 0, nil, false, &status.Error{Code: 451, Enhanced: "4.4.3", Reason: sluicev1.Reason_REASON_DNS, Err: err,
 			Text: fmt.Sprintf("DNS %s lookup of %s failed: %s", dns.TypeToString[qtype], strings.TrimSuffix(fqdn, "."), result)}
 	}
 	switch resp.Rcode {
@@ -381,13 +473,15 @@ func (r *Resolver) exchange(ctx context.Context, fqdn string, qtype uint16) (int
 		r.observe(typ, "nxdomain", start)
 	default:
 		// SERVFAIL, REFUSED and the rest say nothing about the domain
-		// itself: temporary (RFC 5321 §5.1 "temporary error").
+		// itself: temporary (RFC 5321 §5.1 "temporary error"). A
+		// validating resolver answers SERVFAIL to a bogus answer.
 		r.observe(typ, "servfail", start)
-		return resp.Rcode, nil, status.Temporary(sluicev1.Reason_REASON_DNS, 451, "4.4.3",
+		return resp.Rcode, nil, false, status.Temporary(sluicev1.Reason_REASON_DNS, 451, "4.4.3",
 			fmt.Sprintf("DNS %s lookup of %s: %s", dns.TypeToString[qtype], strings.TrimSuffix(fqdn, "."), dns.RcodeToString[resp.Rcode]))
 	}
-	r.store(key, resp)
-	return resp.Rcode, resp.Answer, nil
+	secure := dnssec && resp.AuthenticatedData
+	r.store(key, resp, secure)
+	return resp.Rcode, resp.Answer, secure, nil
 }
 
 func (r *Resolver) observe(typ, result string, start time.Time) {
@@ -417,7 +511,10 @@ const (
 	maxTTL      = time.Hour
 )
 
-func (r *Resolver) store(key cacheKey, resp *dns.Msg) {
+func (r *Resolver) store(key cacheKey, resp *dns.Msg, secure bool) {
+	if r.cfg.NoCache {
+		return
+	}
 	ttl := maxTTL
 	if len(resp.Answer) > 0 {
 		for _, rr := range resp.Answer {
@@ -446,7 +543,7 @@ func (r *Resolver) store(key cacheKey, resp *dns.Msg) {
 			}
 		}
 	}
-	r.cache[key] = cacheEntry{rcode: resp.Rcode, answer: resp.Answer, expires: r.now().Add(ttl)}
+	r.cache[key] = cacheEntry{rcode: resp.Rcode, answer: resp.Answer, secure: secure, expires: r.now().Add(ttl)}
 }
 
 // addressLiteral parses an RFC 5321 §4.1.3 domain literal: "[192.0.2.1]"

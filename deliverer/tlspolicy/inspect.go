@@ -30,7 +30,7 @@ func (e *Engine) MXDNSSEC(ctx context.Context, domain string) string {
 // their status: "secure", "insecure", "none", or the lookup's failure.
 func (e *Engine) TLSA(ctx context.Context, host string, port int) (string, []dane.Record, string) {
 	t, err := e.res.tlsa(ctx, strings.ToLower(strings.TrimSuffix(host, ".")), port)
-	name := strings.TrimSuffix(t.name, ".")
+	name := t.where()
 	switch {
 	case err != nil:
 		return name, nil, err.Error()

@@ -11,95 +11,55 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/sluice-mta/sluice/deliverer/dane"
+	"github.com/sluice-mta/sluice/deliverer/mx"
 )
 
-// resolver asks the validating resolver and reports, with each answer,
-// whether it was authenticated: the AD bit of a resolver that validates
-// DNSSEC (RFC 4035 §3.2.3; RFC 7672 §1.3 trusts it as Postfix does). The
-// query sets DO and AD so that a validating resolver says.
+// resolver asks the validating resolver through the deliverer's own DNS
+// client (package mx: the same timeout, TCP retry of truncated answers and
+// CNAME following as deliveries) and reports, with each answer, whether it
+// was authenticated: the AD bit of a resolver that validates DNSSEC (RFC
+// 4035 §3.2.3; RFC 7672 §1.3 trusts it as Postfix does), on every answer of
+// a CNAME chain.
 type resolver struct {
-	server  string
-	timeout time.Duration
-	udp     *dns.Client
-	tcp     *dns.Client
+	server string
+	dns    *mx.Resolver
 }
 
-func newResolver(server string, timeout time.Duration) *resolver {
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
-	return &resolver{server: server, timeout: timeout,
-		udp: &dns.Client{Net: "udp", Timeout: timeout, UDPSize: 1232},
-		tcp: &dns.Client{Net: "tcp", Timeout: timeout}}
-}
-
-// answer is one DNS answer: its code, records of the asked type, and
-// whether the resolver authenticated it.
-type answer struct {
-	rcode  int
-	rrs    []dns.RR
-	secure bool
-}
-
-// lookupError is a question without a usable answer: a timeout, a network
-// error, or an error code other than NXDOMAIN (SERVFAIL is how a validating
-// resolver reports a bogus answer).
-type lookupError struct {
-	name  string
-	qtype uint16
-	cause string
-}
-
-func (e *lookupError) Error() string {
-	return fmt.Sprintf("%s lookup of %s failed: %s", dns.TypeToString[e.qtype], strings.TrimSuffix(e.name, "."), e.cause)
-}
-
-func (r *resolver) ask(ctx context.Context, name string, qtype uint16) (answer, error) {
-	fqdn := dns.Fqdn(name)
-	m := new(dns.Msg)
-	m.SetQuestion(fqdn, qtype)
-	m.RecursionDesired = true
-	m.AuthenticatedData = true
-	m.SetEdns0(1232, true)
-	qctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	resp, _, err := r.udp.ExchangeContext(qctx, m, r.server)
-	if err == nil && resp.Truncated {
-		resp, _, err = r.tcp.ExchangeContext(qctx, m, r.server)
-	}
+func newResolver(server string, timeout time.Duration) (*resolver, error) {
+	// No cache: the validating resolver has one, and the engine keeps the
+	// MTA-STS state of a domain for Config.Recheck itself.
+	r, err := mx.New(mx.Config{Server: server, Timeout: timeout, NoCache: true})
 	if err != nil {
-		cause := err.Error()
-		var ne interface{ Timeout() bool }
-		if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
-			cause = "no answer within " + r.timeout.String()
-		}
-		return answer{}, &lookupError{name: fqdn, qtype: qtype, cause: cause}
+		return nil, fmt.Errorf("deliverer.tls_policy.dnssec_server: %w", err)
 	}
-	if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
-		cause, ok := dns.RcodeToString[resp.Rcode]
-		if !ok {
-			cause = "RCODE " + strconv.Itoa(resp.Rcode)
+	return &resolver{server: server, dns: r}, nil
+}
+
+// ask returns the DNSSEC answer of a question. Failures say which question
+// and why in a postmaster's words: "TLSA lookup of _25._tcp.mx.example.com
+// failed: SERVFAIL".
+func (r *resolver) ask(ctx context.Context, name string, qtype uint16) (mx.Secure, error) {
+	a, err := r.dns.LookupSecure(ctx, name, qtype)
+	if err != nil {
+		var le *mx.LookupError
+		if errors.As(err, &le) {
+			return a, fmt.Errorf("%s lookup of %s failed: %s", dns.TypeToString[qtype], le.Name, le.Reason())
 		}
-		return answer{}, &lookupError{name: fqdn, qtype: qtype, cause: cause}
-	}
-	a := answer{rcode: resp.Rcode, secure: resp.AuthenticatedData}
-	for _, rr := range resp.Answer {
-		if rr.Header().Rrtype == qtype {
-			a.rrs = append(a.rrs, rr)
-		}
+		return a, err
 	}
 	return a, nil
 }
 
 // txt returns the strings of name's TXT records, each record's strings
-// joined (RFC 7208 §3.3 style, as RFC 8461 §3.1 expects).
+// joined (RFC 7208 §3.3 style, as RFC 8461 §3.1 expects). A name that does
+// not exist has none.
 func (r *resolver) txt(ctx context.Context, name string) ([]string, error) {
 	a, err := r.ask(ctx, name, dns.TypeTXT)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
-	for _, rr := range a.rrs {
+	for _, rr := range a.Records {
 		out = append(out, strings.Join(rr.(*dns.TXT).Txt, ""))
 	}
 	return out, nil
@@ -107,12 +67,25 @@ func (r *resolver) txt(ctx context.Context, name string) ([]string, error) {
 
 // tlsa is the TLSA answer for one server.
 type tlsa struct {
-	name    string
-	records []dane.Record
-	// secure: the answer (records or their absence) was authenticated.
+	// name is where the records were looked up; target, when different,
+	// is the end of its CNAME chain, where they were found.
+	name, target string
+	records      []dane.Record
+	// secure: the answer (records or their absence) was authenticated,
+	// every CNAME on the way included.
 	secure bool
 	// bad counts records whose data could not be read.
 	bad int
+}
+
+// where names the TLSA records for messages: "_25._tcp.mx.example.com",
+// or "_25._tcp.mx.example.com (CNAME to tlsa.provider.example)".
+func (t tlsa) where() string {
+	name := strings.TrimSuffix(t.name, ".")
+	if t.target != "" && !strings.EqualFold(t.target, name) {
+		return name + " (CNAME to " + t.target + ")"
+	}
+	return name
 }
 
 // TLSAName is where the TLSA records of a server are (RFC 6698 §3,
@@ -121,14 +94,41 @@ func TLSAName(host string, port int) string {
 	return "_" + strconv.Itoa(port) + "._tcp." + strings.TrimSuffix(host, ".") + "."
 }
 
+// tlsa looks up the TLSA records of host:port. When host is an alias whose
+// address records are reached through a secure CNAME chain, the records
+// are looked up first at the expanded name, then, if there are none
+// there, at host itself (RFC 7672 §2.2.3); an alias reached insecurely is
+// not trusted to name the server, and only host is asked. The TLSA name
+// itself may be a CNAME (a provider's shared records, RFC 7671 §7); the
+// lookup follows it and the answer is secure only if every link was.
 func (r *resolver) tlsa(ctx context.Context, host string, port int) (tlsa, error) {
-	name := TLSAName(host, port)
+	if target := r.expand(ctx, host); target != "" {
+		t, err := r.tlsaAt(ctx, TLSAName(target, port))
+		if err != nil || len(t.records) > 0 || t.bad > 0 {
+			return t, err
+		}
+	}
+	return r.tlsaAt(ctx, TLSAName(host, port))
+}
+
+// expand returns the end of host's CNAME chain when the chain is secure
+// and host is an alias, else "". A failed address lookup is left to the
+// delivery, which looks the addresses up itself.
+func (r *resolver) expand(ctx context.Context, host string) string {
+	a, err := r.dns.LookupSecure(ctx, host, dns.TypeA)
+	if err != nil || !a.Authenticated || strings.EqualFold(a.Target, strings.TrimSuffix(host, ".")) {
+		return ""
+	}
+	return a.Target
+}
+
+func (r *resolver) tlsaAt(ctx context.Context, name string) (tlsa, error) {
 	a, err := r.ask(ctx, name, dns.TypeTLSA)
 	if err != nil {
 		return tlsa{name: name}, err
 	}
-	t := tlsa{name: name, secure: a.secure}
-	for _, rr := range a.rrs {
+	t := tlsa{name: name, target: a.Target, secure: a.Authenticated}
+	for _, rr := range a.Records {
 		rec, err := dane.FromRR(rr.(*dns.TLSA))
 		if err != nil {
 			t.bad++
@@ -147,5 +147,5 @@ func (r *resolver) mxSecure(ctx context.Context, domain string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return a.secure, nil
+	return a.Authenticated, nil
 }

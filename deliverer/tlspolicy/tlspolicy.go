@@ -10,7 +10,8 @@
 //
 // DANE (RFC 7672) needs DNSSEC: TLSA records count only when the
 // validating resolver (Config.DNSSECServer) sets the AD bit on both the
-// domain's MX answer and the TLSA answer. Where DANE applies it takes
+// domain's MX answer and the TLSA answer, every CNAME on the way included.
+// The questions go through the deliverer's DNS client, package mx. Where DANE applies it takes
 // precedence over MTA-STS (RFC 8461 §2). MTA-STS policies (RFC 8461) are
 // fetched over HTTPS with certificate validation and cached by max_age in
 // the key-value bucket wire.BucketMTASTS, shared by every deliverer.
@@ -94,9 +95,13 @@ func New(cfg Config, o Options) (*Engine, error) {
 	if now == nil {
 		now = time.Now
 	}
+	res, err := newResolver(server, o.DNSTimeout)
+	if err != nil {
+		return nil, err
+	}
 	return &Engine{
 		cfg:     cfg,
-		res:     newResolver(server, o.DNSTimeout),
+		res:     res,
 		fetcher: mtasts.NewFetcher(mtasts.FetchConfig{RootCAs: pool, Timeout: cfg.FetchTimeout, Dial: o.HTTPSDial}),
 		roots:   pool,
 		now:     now,
@@ -304,7 +309,7 @@ func (d *Decision) dane(ctx context.Context, host string, port int) (*Requiremen
 		r.Refused = "dane: " + err.Error()
 		return r, ""
 	}
-	name := strings.TrimSuffix(t.name, ".")
+	name := t.where()
 	switch {
 	case len(t.records) == 0 && t.bad == 0:
 		return nil, fmt.Sprintf("dane: no TLSA records at %s", name)
