@@ -133,7 +133,10 @@ type Service struct {
 	courier *courier.Courier
 	m       instruments
 
-	consumers []jetstream.Consumer // in wire.Classes order
+	// consumers are the classes' consumers, in wire.Classes order; one
+	// found lost is provisioned again and replaced (reopenIfLost).
+	consMu    sync.RWMutex
+	consumers []jetstream.Consumer
 	msgs      jetstream.Stream
 	bodies    jetstream.ObjectStore
 	// marks are operators' hold and delete marks (see steer).
@@ -457,7 +460,7 @@ func (s *Service) fetchRound(ctx context.Context, cyc *cycle, free int) ([]fetch
 			return nil, order
 		}
 		if !s.drained[i].Load() {
-			b, err := s.consumers[i].FetchNoWait(free)
+			b, err := s.consumer(i).FetchNoWait(free)
 			if got := s.collect(b, err, i); len(got) > 0 {
 				return got, order
 			}
@@ -490,7 +493,7 @@ func (s *Service) idle(ctx context.Context, empty []int, free int) int {
 
 func (s *Service) poll(class int) {
 	defer s.polls.Done()
-	b, err := s.consumers[class].Fetch(1, jetstream.FetchMaxWait(idleWait))
+	b, err := s.consumer(class).Fetch(1, jetstream.FetchMaxWait(idleWait))
 	got := s.collect(b, err, class)
 	s.polling[class].Store(false)
 	if len(got) > 0 {
@@ -529,6 +532,7 @@ func (s *Service) collect(b jetstream.MessageBatch, err error, class int) []fetc
 		if report {
 			s.log.Warn("fetch jobs", "class", wire.ClassName(wire.Classes[class]), "err", err, "failures", failures, "pause", pause)
 		}
+		s.reopenIfLost(class)
 		time.Sleep(pause)
 		return nil
 	}
@@ -536,6 +540,37 @@ func (s *Service) collect(b jetstream.MessageBatch, err error, class int) []fetc
 		s.log.Info("fetching jobs again", "failures", n)
 	}
 	return out
+}
+
+// consumer is class's consumer.
+func (s *Service) consumer(class int) jetstream.Consumer {
+	s.consMu.RLock()
+	defer s.consMu.RUnlock()
+	return s.consumers[class]
+}
+
+// reopenIfLost provisions class's consumer again when a fetch failed
+// because it no longer exists: deleted by an operator, or lost with its
+// replicas. A deliverer goes on without a restart, as the services on
+// package consume do; the jobs it held were handed back when the consumer
+// went.
+func (s *Service) reopenIfLost(class int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.consumer(class).Info(ctx); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return
+	}
+	p := wire.Classes[class]
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, wire.StreamJobs, ConsumerConfig(p, s.cfg.AckWait))
+	if err != nil {
+		s.log.Warn("consumer lost; cannot provision it again yet", "consumer", wire.DelivererConsumer(p), "err", err)
+		return
+	}
+	s.consMu.Lock()
+	s.consumers[class] = cons
+	s.consMu.Unlock()
+	s.drained[class].Store(false)
+	s.log.Error("consumer lost; provisioned again", "consumer", wire.DelivererConsumer(p))
 }
 
 // start hands one job to the pool; its slot is already taken, so a worker
