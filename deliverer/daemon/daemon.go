@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sluice-mta/sluice/deliverer/doctor"
+	"github.com/sluice-mta/sluice/deliverer/shaping"
 	"github.com/sluice-mta/sluice/deliverer/worker"
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/services/config"
@@ -31,11 +33,40 @@ import (
 // Load reads the configuration as the service's main does: the defaults
 // (this host's name), the file at path (none when empty), then SLUICE_*
 // variables; an instance name and DNS server the configuration leaves empty
-// become hostname-pid and the first nameserver of /etc/resolv.conf.
+// become hostname-pid and the first nameserver of /etc/resolv.conf. A
+// shaping file named by deliverer.shaping.file is read too, under the
+// deliverer.shaping section (shaping.Config.File).
 func Load(path string) (worker.Config, error) {
+	cfg, err := load(path, shaping.DefaultConfig())
+	if err != nil || cfg.Deliverer.Shaping.File == "" {
+		return cfg, err
+	}
+	name := cfg.Deliverer.Shaping.File
+	if !filepath.IsAbs(name) && path != "" {
+		name = filepath.Join(filepath.Dir(path), name)
+	}
+	file, err := shaping.ReadFile(name)
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	// The section again, over the file this time: what it sets wins.
+	if cfg, err = load(path, file.Base()); err != nil {
+		return cfg, err
+	}
+	cfg.Deliverer.Shaping = file.Under(cfg.Deliverer.Shaping)
+	cfg.Deliverer.Shaping.File = name
+	if err := cfg.Deliverer.Shaping.Validate(); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// load is Load with shaping as what deliverer.shaping is decoded over.
+func load(path string, shaping shaping.Config) (worker.Config, error) {
 	cfg := worker.Default()
 	host, _ := os.Hostname()
 	cfg.Deliverer.Hostname = host
+	cfg.Deliverer.Shaping = shaping
 	if err := config.Load(path, &cfg); err != nil {
 		return cfg, err
 	}
@@ -72,8 +103,9 @@ type options struct {
 }
 
 // WithReload makes SIGHUP read the configuration again with load and put
-// its deliverer.shaping section in force without a restart (the other
-// sections take effect at the next start).
+// its deliverer.shaping section in force without a restart, with the
+// shaping file it names read again when load is Load (the other sections
+// take effect at the next start).
 func WithReload(load func() (worker.Config, error)) Option {
 	return func(o *options) { o.reload = load }
 }

@@ -10,6 +10,15 @@ import (
 // Config is the `deliverer.shaping` section. Every deliverer of a fleet
 // should have the same one: the limits are shared, the policy is not.
 type Config struct {
+	// File names a shaping file: a YAML document with the keys of this
+	// section (default, sites, domains, slow_down_patterns, ...), such as
+	// the provider defaults shipped in deploy/shaping/providers.yaml. The
+	// section is laid over it: what the section sets wins, a site or domain
+	// both name takes the section's fields over the file's (its slow-down
+	// patterns added to the file's), and what neither sets keeps its
+	// default. A relative path is relative to the configuration file's
+	// directory. SIGHUP reads it again with the section.
+	File string `yaml:"file"`
 	// Disabled turns shaping off: no connection slots, rates, slow start
 	// or suspensions; each deliverer opens what its concurrency allows.
 	// For a relay to one internal host that needs none, and as the
@@ -188,6 +197,15 @@ func (p Policy) validate(path string, complete bool) error {
 
 // over returns p with the zero fields of o filled from p: o overriding p.
 func (p Policy) over(o Policy) Policy {
+	p = p.fill(o)
+	// A site limited below the default's start starts at its limit.
+	p.InitialConnections = min(p.InitialConnections, p.MaxConnections)
+	return p
+}
+
+// fill is over for two overrides, both still incomplete: it keeps a zero
+// MaxConnections rather than limiting InitialConnections to it.
+func (p Policy) fill(o Policy) Policy {
 	if o.MaxConnections > 0 {
 		p.MaxConnections = o.MaxConnections
 	}
@@ -207,7 +225,5 @@ func (p Policy) over(o Policy) Policy {
 		p.MaxConnectionRate = o.MaxConnectionRate
 	}
 	p.SlowDownPatterns = append(append([]string(nil), p.SlowDownPatterns...), o.SlowDownPatterns...)
-	// A site limited below the default's start starts at its limit.
-	p.InitialConnections = min(p.InitialConnections, p.MaxConnections)
 	return p
 }

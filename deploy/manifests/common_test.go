@@ -127,15 +127,34 @@ func TestCheckTrust(t *testing.T) {
 	}
 }
 
+// mounted is a file a container sees beside its sluice.yaml: src on the
+// host, dst relative to sluice.yaml's directory.
+type mounted struct{ src, dst string }
+
 // loadWithServices loads a Sluice configuration file with every service's
 // own loader, as each service's main would: decoding is strict, so a
 // misspelt key fails here, and so does a value a service's validation
 // refuses.
-func loadWithServices(t *testing.T, name string, sluiceYAML []byte) {
+// Files mounted beside it are copied beside it first.
+func loadWithServices(t *testing.T, name string, sluiceYAML []byte, beside ...mounted) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "sluice.yaml")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, sluiceYAML, 0o600); err != nil {
 		t.Fatal(err)
+	}
+	for _, m := range beside {
+		b, err := os.ReadFile(m.src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, m.dst)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Variables of the environment the test runs in must not change what
 	// the file says.

@@ -2,6 +2,7 @@ package manifests
 
 import (
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -147,7 +148,23 @@ func TestCompose(t *testing.T) {
 			t.Errorf("nats.url %q does not list %s", c.NATS.URL, n)
 		}
 	}
-	loadWithServices(t, "compose sluice.yaml", conf)
+	// What the deliverers mount beside sluice.yaml (the shaping file it
+	// names), as they mount it.
+	var beside []mounted
+	for _, name := range []string{"deliverer-1", "deliverer-2"} {
+		var files []mounted
+		for _, v := range f.Services[name].Volumes {
+			src, dst, _ := strings.Cut(strings.TrimSuffix(v, ":ro"), ":")
+			if rel, ok := strings.CutPrefix(dst, "/etc/sluice/"); ok && rel != "sluice.yaml" {
+				files = append(files, mounted{src: filepath.Join("../compose", src), dst: rel})
+			}
+		}
+		if !slices.Contains(files, mounted{src: "../shaping/providers.yaml", dst: "shaping/providers.yaml"}) {
+			t.Errorf("%s mounts %v beside sluice.yaml, want the shipped shaping file at /etc/sluice/shaping/providers.yaml", name, files)
+		}
+		beside = files
+	}
+	loadWithServices(t, "compose sluice.yaml", conf, beside...)
 
 	natsConf, err := os.ReadFile("../compose/nats.conf")
 	if err != nil {

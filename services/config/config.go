@@ -53,11 +53,23 @@ func Load(path string, cfg Validator) error {
 // error naming it and its line, with the closest known key when one is
 // near.
 func Decode(b []byte, cfg any) error {
+	return decode(b, cfg, true)
+}
+
+// DecodeSection decodes YAML document b, a file that holds the content of
+// one section only (the shaping file of deliverer.shaping.file), as
+// strictly as Decode, and without accepting the names of Sections at its
+// top level: there they would be keys of the section, misplaced.
+func DecodeSection(b []byte, cfg any) error {
+	return decode(b, cfg, false)
+}
+
+func decode(b []byte, cfg any, top bool) error {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return err
 	}
-	if err := checkKeys(&doc, cfg); err != nil {
+	if err := checkKeys(&doc, cfg, top); err != nil {
 		return err
 	}
 	if doc.Kind == 0 {

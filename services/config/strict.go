@@ -16,9 +16,9 @@ import (
 var Sections = []string{"nats", "queue", "ingress", "scheduler", "deliverer", "bouncer"}
 
 // checkKeys reports the first key of doc that cfg does not have, by line:
-// a misspelt key is an error, never a setting silently ignored. Top-level
-// keys that are Sections of other services are allowed.
-func checkKeys(doc *yaml.Node, cfg any) error {
+// a misspelt key is an error, never a setting silently ignored. With top,
+// top-level keys that are Sections of other services are allowed.
+func checkKeys(doc *yaml.Node, cfg any, top bool) error {
 	if doc == nil || doc.Kind == 0 {
 		return nil
 	}
@@ -28,7 +28,7 @@ func checkKeys(doc *yaml.Node, cfg any) error {
 		}
 		doc = doc.Content[0]
 	}
-	return walk(doc, reflect.TypeOf(cfg), "", true)
+	return walk(doc, reflect.TypeOf(cfg), "", top)
 }
 
 var unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
@@ -62,7 +62,7 @@ func walk(n *yaml.Node, t reflect.Type, path string, top bool) error {
 				if top && slices.Contains(Sections, k.Value) {
 					continue
 				}
-				return unknownKey(k, path, fields)
+				return unknownKey(k, path, fields, top)
 			}
 			if err := walk(v, ft, join(path, k.Value), false); err != nil {
 				return err
@@ -131,7 +131,7 @@ func yamlFields(t reflect.Type) map[string]reflect.Type {
 	return fields
 }
 
-func unknownKey(k *yaml.Node, path string, fields map[string]reflect.Type) error {
+func unknownKey(k *yaml.Node, path string, fields map[string]reflect.Type, top bool) error {
 	where := "at the top level"
 	if path != "" {
 		where = "in " + path
@@ -141,7 +141,7 @@ func unknownKey(k *yaml.Node, path string, fields map[string]reflect.Type) error
 	for name := range fields {
 		known = append(known, name)
 	}
-	if path == "" {
+	if top {
 		for _, s := range Sections {
 			if !slices.Contains(known, s) {
 				known = append(known, s)

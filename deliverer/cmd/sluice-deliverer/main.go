@@ -6,8 +6,9 @@
 //
 //	sluice-deliverer [-config sluice.yaml]
 //
-// SIGHUP reads the file again and puts its deliverer.shaping section in
-// force without a restart.
+// SIGHUP reads the file again, with the shaping file it names
+// (deliverer.shaping.file), and puts its deliverer.shaping section in force
+// without a restart.
 package main
 
 import (

@@ -60,6 +60,9 @@ type launch struct {
 	// configFile is -config: the services read it instead of a generated
 	// configuration.
 	configFile string
+	// shapingFile is -shaping-file, made absolute: the generated
+	// configuration's deliverer.shaping.file, or "" for none.
+	shapingFile string
 	// metricsPort is the ingress's metrics port; the other services take
 	// the next ones (see metricsAddrs). 0 picks free ports.
 	metricsPort int
@@ -88,6 +91,7 @@ func parseFlags(args []string) (*launch, error) {
 	fs.IntVar(&l.clusterNodes, "cluster", 0, "run a JetStream cluster of this many nats-server processes (3 or 5), every stream with 3 replicas, instead of the embedded server; client ports start at -nats's, route ports at 6222, monitoring at 8222")
 	fs.StringVar(&l.natsServer, "nats-server", "bin/nats-server", "nats-server binary for -cluster (make cluster builds it)")
 	fs.DurationVar(&l.nodeRestart, "node-restart", 10*time.Second, "with -cluster, start a node that exited (killed, crashed) again after this long; 0 leaves it down")
+	fs.StringVar(&l.shapingFile, "shaping-file", defaultShapingFile, "shaping file of the generated configuration (deliverer.shaping.file): by default the provider limits shipped in the repository, skipped when run elsewhere; empty for none (not with -config: its deliverer.shaping.file)")
 	fs.Var(&l.routes, "route", "extra static route `domain=host:port` (repeatable), e.g. for a benchmark sink (not with -config: its deliverer.routes)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -110,16 +114,37 @@ func parseFlags(args []string) (*launch, error) {
 		var conflict []string
 		fs.Visit(func(f *flag.Flag) {
 			switch f.Name {
-			case "smtp", "route":
+			case "smtp", "route", "shaping-file":
 				conflict = append(conflict, "-"+f.Name)
 			}
 		})
 		if len(conflict) > 0 {
-			return nil, fmt.Errorf("%s: settings of the generated configuration; with -config, set them in %s (ingress.listen, deliverer.routes)", strings.Join(conflict, ", "), l.configFile)
+			return nil, fmt.Errorf("%s: settings of the generated configuration; with -config, set them in %s (ingress.listen, deliverer.routes, deliverer.shaping.file)", strings.Join(conflict, ", "), l.configFile)
+		}
+		l.shapingFile = ""
+	}
+	if l.shapingFile != "" {
+		path, err := filepath.Abs(l.shapingFile)
+		if err == nil {
+			_, err = os.Stat(path)
+		}
+		switch {
+		case err == nil:
+			l.shapingFile = path
+		case l.shapingFile == defaultShapingFile:
+			// Not started from the repository's root: no provider limits,
+			// as with a configuration of one's own that names none.
+			l.shapingFile = ""
+		default:
+			return nil, fmt.Errorf("-shaping-file: %w", err)
 		}
 	}
 	return l, nil
 }
+
+// defaultShapingFile is the shaping file shipped with the repository, from
+// its root (where make run starts sluice-local).
+const defaultShapingFile = "deploy/shaping/providers.yaml"
 
 // metricsAddrs are the services' fixed metrics addresses: the ingress on
 // port, the scheduler, deliverer and bouncer on the next three, and
@@ -143,6 +168,9 @@ func (l *launch) options(natsURL string, log *slog.Logger) stack.Options {
 	dataDir, _ := filepath.Abs(l.data)
 	binDir, _ := filepath.Abs(l.bin)
 	config := map[string]map[string]any{"ingress": {"listen": l.smtp}}
+	if l.shapingFile != "" {
+		config["deliverer"] = map[string]any{"shaping": map[string]any{"file": l.shapingFile}}
+	}
 	if l.clusterNodes > 0 {
 		config["queue"] = map[string]any{"replicas": 3}
 	}

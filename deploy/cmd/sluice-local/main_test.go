@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"gopkg.in/yaml.v3"
 
+	delivererd "github.com/sluice-mta/sluice/deliverer/daemon"
 	"github.com/sluice-mta/sluice/deploy/stack"
 )
 
@@ -50,6 +51,27 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("-metrics-port 0 fixes metrics addresses")
 	}
 
+	// The shipped shaping file: in the generated configuration by its
+	// absolute path; the default is skipped away from the repository's
+	// root (here); a file given and missing is an error.
+	if o := l.options("", nil); o.Config["deliverer"] != nil {
+		t.Errorf("deliverer section %v away from the repository's root", o.Config["deliverer"])
+	}
+	l, err = parseFlags([]string{"-shaping-file", "../../shaping/providers.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs("../../shaping/providers.yaml")
+	if sh, _ := l.options("", nil).Config["deliverer"]["shaping"].(map[string]any); sh["file"] != abs {
+		t.Errorf("deliverer.shaping %v, want file %s", sh, abs)
+	}
+	if _, err := parseFlags([]string{"-shaping-file", "missing.yaml"}); err == nil || !strings.Contains(err.Error(), "-shaping-file") {
+		t.Errorf("missing -shaping-file: %v", err)
+	}
+	if _, err := parseFlags([]string{"-config", "my.yaml", "-shaping-file", "../../shaping/providers.yaml"}); err == nil {
+		t.Error("-shaping-file accepted with -config")
+	}
+
 	for _, args := range [][]string{
 		{"-config", "my.yaml", "-smtp", "127.0.0.1:2526"},
 		{"-config", "my.yaml", "-route", "example.net=127.0.0.1:25"},
@@ -69,10 +91,16 @@ func TestParseFlags(t *testing.T) {
 // answers SMTP and metrics on its own ports, and the second delivers to
 // the capture destination its file routes to.
 func TestTwoInstancesOneFromAUserConfig(t *testing.T) {
-	a := startInstance(t, nil)
+	a := startInstance(t, []string{"-shaping-file", "../../shaping/providers.yaml"})
 	generated, err := os.ReadFile(a.ConfigPath)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Its deliverer runs with the shipped provider limits.
+	if cfg, err := delivererd.Load(a.ConfigPath); err != nil {
+		t.Fatal(err)
+	} else if g := cfg.Deliverer.Shaping.Sites["google.com"]; g.MaxConnections != 10 {
+		t.Errorf("generated configuration: google.com site %+v, want the shipped file's", g)
 	}
 	if want := filepath.Join(a.dataDir, "sluice.yaml"); a.ConfigPath != want {
 		t.Errorf("generated configuration at %s, want %s", a.ConfigPath, want)
