@@ -7,7 +7,8 @@ package mx
 // the *status.Error of a delivery attempt; Lookup and LookupHost keep them
 // as a *LookupError that names what went wrong (NXDOMAIN, an error answer
 // such as SERVFAIL, a timeout, the network), which a diagnosis needs and a
-// delivery does not.
+// delivery does not. LookupSecure adds the DNSSEC status of an answer for
+// the TLS policy engine (DANE), so that it needs no DNS client of its own.
 
 import (
 	"context"

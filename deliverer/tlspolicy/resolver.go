@@ -70,7 +70,11 @@ type tlsa struct {
 	// name is where the records were looked up; target, when different,
 	// is the end of its CNAME chain, where they were found.
 	name, target string
-	records      []dane.Record
+	// expanded is the MX host's CNAME-expanded name when the records were
+	// found under it: a reference identifier of DANE-TA besides the MX
+	// host name (RFC 7672 §3.2.2).
+	expanded string
+	records  []dane.Record
 	// secure: the answer (records or their absence) was authenticated,
 	// every CNAME on the way included.
 	secure bool
@@ -105,6 +109,7 @@ func (r *resolver) tlsa(ctx context.Context, host string, port int) (tlsa, error
 	if target := r.expand(ctx, host); target != "" {
 		t, err := r.tlsaAt(ctx, TLSAName(target, port))
 		if err != nil || len(t.records) > 0 || t.bad > 0 {
+			t.expanded = strings.ToLower(target)
 			return t, err
 		}
 	}

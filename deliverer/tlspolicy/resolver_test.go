@@ -59,9 +59,19 @@ func (w *daneWorld) host(t *testing.T) *Requirement {
 	return w.e.Decide(ctx, "example.test", false).Host(ctx, "mx.example.test", 25)
 }
 
-// check runs the requirement's certificate check on cert.
-func check(r *Requirement, cert tls.Certificate) (string, error) {
-	return r.Check(tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert.Leaf}})
+// check runs the requirement's certificate check on the chain of cert, as
+// a server would send it.
+func check(t *testing.T, r *Requirement, cert tls.Certificate) (string, error) {
+	t.Helper()
+	var chain []*x509.Certificate
+	for _, der := range cert.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = append(chain, c)
+	}
+	return r.Check(tls.ConnectionState{PeerCertificates: chain})
 }
 
 // TestDANEThroughCNAME: TLSA records reached through a CNAME, at the TLSA
@@ -79,11 +89,11 @@ func TestDANEThroughCNAME(t *testing.T) {
 		if r.Policy != "dane" || !r.Required || r.Refused != "" || len(r.PolicyString) != 1 || !strings.HasPrefix(r.PolicyString[0], "3 1 1 ") {
 			t.Fatalf("requirement %+v", r)
 		}
-		if by, err := check(r, w.cert); by != "dane-ee" || err != nil {
+		if by, err := check(t, r, w.cert); by != "dane-ee" || err != nil {
 			t.Errorf("the pinned certificate: %q %v", by, err)
 		}
 		var f *Failure
-		if by, err := check(r, tlstest.SelfSigned(t, "mx.example.test")); by != "" || !errors.As(err, &f) ||
+		if by, err := check(t, r, tlstest.SelfSigned(t, "mx.example.test")); by != "" || !errors.As(err, &f) ||
 			f.Text != "dane: TLSA mismatch for mx.example.test (no DANE-EE record matches the server's certificate)" {
 			t.Errorf("another certificate: %q %v", by, err)
 		}
@@ -103,12 +113,33 @@ func TestDANEThroughCNAME(t *testing.T) {
 		if r.Policy != "dane" || r.Refused != "" || len(r.PolicyString) != 1 {
 			t.Fatalf("requirement %+v", r)
 		}
-		if by, err := check(r, w.cert); by != "dane-ee" || err != nil {
+		if by, err := check(t, r, w.cert); by != "dane-ee" || err != nil {
 			t.Errorf("the pinned certificate: %q %v", by, err)
 		}
 		name, recs, st := w.e.TLSA(context.Background(), "mx.example.test", 25)
 		if name != "_25._tcp.smtp.provider.test" || len(recs) != 1 || st != "secure" {
 			t.Errorf("TLSA = %q %v %q", name, recs, st)
+		}
+
+		// DANE-TA checks the name: the expanded name is a reference
+		// identifier besides the MX host name (RFC 7672 §3.2.2).
+		ca := tlstest.NewCA(t, "Provider CA")
+		h := sha256.Sum256(ca.Cert.Raw)
+		w.dns.Remove("_25._tcp.smtp.provider.test")
+		w.dns.MustAdd(t, "_25._tcp.smtp.provider.test. 60 IN TLSA 2 0 1 "+hex.EncodeToString(h[:]))
+		r = w.host(t)
+		for _, tc := range []struct {
+			names []string
+			by    string
+		}{
+			{[]string{"smtp.provider.test"}, "dane-ta"},
+			{[]string{"mx.example.test"}, "dane-ta"},
+			{[]string{"other.provider.test"}, ""},
+		} {
+			by, err := check(t, r, ca.Valid(t, tc.names...))
+			if by != tc.by || (err == nil) != (tc.by != "") {
+				t.Errorf("DANE-TA for %v: %q %v, want %q", tc.names, by, err, tc.by)
+			}
 		}
 
 		// An alias reached without the AD bit does not name the server:

@@ -331,6 +331,13 @@ func (d *Decision) dane(ctx context.Context, host string, port int) (*Requiremen
 	r.PolicyString = keys
 	r.check = func(cs tls.ConnectionState) (string, error) {
 		m, err := dane.Verify(usable, cs.PeerCertificates, host, d.e.now())
+		if err != nil && t.expanded != "" {
+			// Records found under the MX host's expanded name: a
+			// certificate for that name passes DANE-TA too.
+			if m2, err2 := dane.Verify(usable, cs.PeerCertificates, t.expanded, d.e.now()); err2 == nil {
+				m, err = m2, nil
+			}
+		}
 		if err != nil {
 			return "", &Failure{Text: "dane: " + err.Error(), Cause: err.Error(), Err: err}
 		}
