@@ -47,11 +47,10 @@ type Settings struct {
 	Weights Weights `yaml:"weights"`
 	// AckWait is how long JetStream waits for an acknowledgement before it
 	// hands a job to another deliverer; running deliveries send progress
-	// every third of it. It stays long (30 s) where the scheduler's and
-	// bouncer's are 10 s: their work is idempotent, but a job handed out
-	// while its delivery still runs (progress lost during a stream leader
-	// election) is a second copy of the mail. A dead deliverer's jobs wait
-	// this long for another.
+	// every third of it. A dead deliverer's jobs wait this long for
+	// another. A job handed out again while its delivery still runs
+	// (progress lost during a stream leader election) is not attempted a
+	// second time: the deliverer running it is asked first (live.go).
 	AckWait time.Duration `yaml:"ack_wait" env:"SLUICE_DELIVERER_ACK_WAIT"`
 	// MaxStrikes is how many times the delivery of one attempt of a job may
 	// be started and never finished (the deliverer crashed, was killed, or
@@ -140,7 +139,7 @@ func DefaultSettings() Settings {
 		SMTPPort:        25,
 		Concurrency:     32,
 		Weights:         Weights{High: 8, Normal: 3, Bulk: 1},
-		AckWait:         30 * time.Second,
+		AckWait:         10 * time.Second,
 		MaxStrikes:      5,
 		ConnectTimeout:  30 * time.Second,
 		CommandTimeout:  5 * time.Minute,

@@ -183,8 +183,15 @@ type Service struct {
 	consumeMetrics *consume.Metrics
 	// strikes counts unfinished deliveries per job attempt (poison.go).
 	strikes jetstream.KeyValue
+	// live are the job attempts running here, and liveSub answers other
+	// deliverers' questions about them (live.go).
+	live    liveJobs
+	liveSub *nats.Subscription
 	// beforeAttempt, when set (by tests), runs just before each attempt.
 	beforeAttempt func(*sluicev1.Job)
+	// noProgress, when set (by tests), sends no in-progress acks: a job's
+	// AckWait runs out while its delivery runs, as when they are lost.
+	noProgress atomic.Bool
 }
 
 // New builds a service. s.DNSServer must be set (main reads resolv.conf).
@@ -303,6 +310,10 @@ func (s *Service) Start(ctx context.Context) error {
 		s.marks.Stop()
 		return fmt.Errorf("key-value %s: %w", wire.BucketStrikes, err)
 	}
+	if s.liveSub, err = s.serveLive(); err != nil {
+		s.marks.Stop()
+		return fmt.Errorf("subscribe %s: %w", liveSubject, err)
+	}
 	shapingKV, err := s.js.KeyValue(ctx, wire.BucketShaping)
 	if err != nil {
 		s.marks.Stop()
@@ -381,6 +392,7 @@ func (s *Service) Close(ctx context.Context) error {
 		if s.marks != nil {
 			s.marks.Stop()
 		}
+		_ = s.liveSub.Unsubscribe()
 	})
 	return err
 }
@@ -623,6 +635,10 @@ func (s *Service) keepAlive(msg jetstream.Msg) func() {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		if s.noProgress.Load() {
+			<-done
+			return
+		}
 		t := time.NewTicker(s.cfg.AckWait / 3)
 		defer t.Stop()
 		for {
@@ -673,6 +689,13 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if s.steer(ctx, msg, job, log) {
 		return
 	}
+	// Handed out again: not while another delivery of it runs (live.go).
+	if !s.checkLive(ctx, msg, job, log) {
+		return
+	}
+	key, unconfirmed := liveKey(job), false
+	s.live.start(key)
+	defer func() { s.live.end(key, unconfirmed) }()
 	// Route to a site, and take a connection slot of it or wait.
 	route, routeErr := s.courier.Route(ctx, job.Domain)
 	var site shaping.Site
@@ -788,7 +811,10 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	// delivered twice. It costs a round trip per job; a rolling restart
 	// of three nodes produced over 1% duplicates with a plain ack.
 	if err := s.confirmAck(ctx, msg); err != nil {
-		log.WarnContext(ctx, "ack not confirmed after the result was stored; the job may be delivered again", "err", err)
+		// Handed out again, the job is acknowledged by whoever gets it,
+		// once this deliverer says it finished (live.go).
+		unconfirmed = true
+		log.WarnContext(ctx, "ack not confirmed after the result was stored; the job is acknowledged when handed out again", "err", err)
 	}
 }
 
