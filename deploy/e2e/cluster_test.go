@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluice-mta/sluice/deploy/cluster"
 	"github.com/sluice-mta/sluice/deploy/stack"
+	"github.com/sluice-mta/sluice/services/capture"
 )
 
 // The cluster tests run Sluice as it is deployed: the four service
@@ -191,6 +192,16 @@ type load struct {
 	from     int           // the first message's number; earlier numbers are another load's
 	sessions int           // concurrent SMTP sessions
 	interval time.Duration // message i is started no earlier than start + i*interval
+	// addrs are the ingresses' SMTP addresses (default: the world's one).
+	// Session s starts on addrs[s%len(addrs)] and, after a connection
+	// error, sends to the next one, as a client with two MX or
+	// submission hosts does.
+	addrs []string
+	// refuse, when not zero, addresses every refuse-th message (number
+	// k with k%refuse == 0) to refuse<k>@dest.test, which the world's
+	// destination refuses for good (refuseRefused): its sender gets a DSN
+	// at sender.test instead.
+	refuse int
 
 	start    time.Time
 	took     time.Duration // from start to the last 250, set when the sessions end
@@ -199,6 +210,7 @@ type load struct {
 	temp     atomic.Int64  // 4xx replies
 	perm     atomic.Int64  // 5xx replies
 	broken   atomic.Int64  // connection errors
+	failover atomic.Int64  // sessions moved to the next ingress after a connection error
 	stopping atomic.Bool
 	wg       sync.WaitGroup
 	slowest  atomic.Int64 // longest time from taking a message to its 250, in ns
@@ -211,9 +223,12 @@ type load struct {
 // run starts the sessions; wait or stop ends them.
 func (l *load) run() {
 	l.start = time.Now()
-	for range l.sessions {
+	if len(l.addrs) == 0 {
+		l.addrs = []string{l.w.smtp}
+	}
+	for s := range l.sessions {
 		l.wg.Add(1)
-		go l.session()
+		go l.session(s % len(l.addrs))
 	}
 }
 
@@ -228,7 +243,9 @@ func (l *load) wait() { l.wg.Wait(); l.took = time.Since(l.start) }
 // the load has ended.
 func (l *load) count() int { return int(l.taken.Load()) }
 
-func (l *load) session() {
+// session sends messages over one SMTP connection at a time, to
+// l.addrs[at] until a connection to it fails.
+func (l *load) session(at int) {
 	defer l.wg.Done()
 	var c *smtp.Client
 	defer func() {
@@ -246,20 +263,25 @@ func (l *load) session() {
 			time.Sleep(time.Until(l.start.Add(time.Duration(i) * l.interval)))
 		}
 		k := l.from + i
-		data := fmt.Sprintf("From: a@sender.test\r\nTo: r%d@dest.test\r\nSubject: load %d\r\nMessage-ID: <load-%d@sender.test>\r\nX-Seq: %d\r\n\r\nbody %d\r\n", k, k, k, k, k)
+		rcpt := fmt.Sprintf("r%d@dest.test", k)
+		if l.refused(i) {
+			rcpt = fmt.Sprintf("refuse%d@dest.test", k)
+		}
+		data := fmt.Sprintf("From: a@sender.test\r\nTo: %s\r\nSubject: load %d\r\nMessage-ID: <load-%d@sender.test>\r\nX-Seq: %d\r\n\r\nbody %d\r\n", rcpt, k, k, k, k)
 		given := time.Now()
 		for {
 			if c == nil {
 				var err error
-				if c, err = smtp.Dial(l.w.smtp); err != nil {
+				if c, err = smtp.Dial(l.addrs[at]); err != nil {
 					l.broken.Add(1)
+					l.next(&at)
 					c = nil
 					time.Sleep(100 * time.Millisecond)
 					continue
 				}
 				c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 30*time.Second
 			}
-			_, err := sendOn(c, "a@sender.test", []string{fmt.Sprintf("r%d@dest.test", k)}, data)
+			_, err := sendOn(c, "a@sender.test", []string{rcpt}, data)
 			if err == nil {
 				l.accepted.Add(1)
 				for took := int64(time.Since(given)); ; {
@@ -281,6 +303,7 @@ func (l *load) session() {
 				l.mu.Unlock()
 			default:
 				l.broken.Add(1)
+				l.next(&at)
 			}
 			if se == nil || c.Reset() != nil {
 				c.Close()
@@ -299,10 +322,24 @@ func (l *load) session() {
 	}
 }
 
-// verify waits until every accepted message arrived at dest.test (up to
-// d) and asserts the counts: none missing, none unknown, duplicates under
-// 1%, and no 5xx reply ever (a 5xx would make a client bounce mail the
-// failure should only have delayed).
+// next moves a session to the next ingress, if there is another.
+func (l *load) next(at *int) {
+	if len(l.addrs) > 1 {
+		*at = (*at + 1) % len(l.addrs)
+		l.failover.Add(1)
+	}
+}
+
+// refused reports whether the load's message i goes to a recipient the
+// destination refuses.
+func (l *load) refused(i int) bool { return l.refuse > 0 && (l.from+i)%l.refuse == 0 }
+
+// verify waits until every accepted message arrived at dest.test, or for
+// a refused recipient its DSN at sender.test (up to d), and asserts the
+// counts: none missing, none unknown, none delivered to the wrong side,
+// duplicates under 1% (deliveries and DSNs each), and no 5xx reply ever
+// (a 5xx would make a client bounce mail the failure should only have
+// delayed).
 func (l *load) verify(t *testing.T, d time.Duration) {
 	t.Helper()
 	l.mu.Lock()
@@ -316,12 +353,10 @@ func (l *load) verify(t *testing.T, d time.Duration) {
 		t.Fatalf("accepted %d of %d messages taken", got, n)
 	}
 	seq := regexp.MustCompile(`(?m)^X-Seq: (\d+)\r?$`)
-	delivered := make([]int, n)
+	delivered, bounced := make([]int, n), make([]int, n)
 	var unknown, unique int
-	count := func() {
-		clear(delivered)
-		unknown, unique = 0, 0
-		for _, m := range l.w.dest.Messages() {
+	tally := func(ms []capture.Message, got []int) {
+		for _, m := range ms {
 			s := seq.FindSubmatch(m.Data)
 			if s == nil {
 				unknown++
@@ -335,37 +370,58 @@ func (l *load) verify(t *testing.T, d time.Duration) {
 				unknown++
 				continue
 			}
-			if delivered[i] == 0 {
+			if delivered[i]+bounced[i] == 0 {
 				unique++
 			}
-			delivered[i]++
+			got[i]++
 		}
+	}
+	count := func() {
+		clear(delivered)
+		clear(bounced)
+		unknown, unique = 0, 0
+		tally(l.w.dest.Messages(), delivered)
+		tally(l.w.senders.Messages(), bounced)
 	}
 	deadline := time.Now().Add(d)
 	for count(); unique < n-len(stuck) && time.Now().Before(deadline); count() {
 		time.Sleep(250 * time.Millisecond)
 	}
-	var missing []int
-	dups := 0
-	for i, k := range delivered {
-		if k == 0 && !contains(stuck, i) {
+	var missing, wrong []int
+	dups, dsnDups, dsns := 0, 0, 0
+	for i := range n {
+		want, other := delivered[i], bounced[i]
+		if l.refused(i) {
+			want, other = bounced[i], delivered[i]
+			dsns++
+			dsnDups += max(bounced[i]-1, 0)
+		} else {
+			dups += max(delivered[i]-1, 0)
+		}
+		if want == 0 && !contains(stuck, i) {
 			missing = append(missing, i)
 		}
-		if k > 1 {
-			dups += k - 1
+		if other > 0 {
+			wrong = append(wrong, i)
 		}
 	}
-	t.Logf("load: %d messages accepted in %s over %d sessions (slowest %s to its 250); replies 4xx %d, 5xx %d, broken connections %d; delivered %d unique, %d duplicates, %d unknown",
-		n, l.took.Round(time.Millisecond), l.sessions, time.Duration(l.slowest.Load()).Round(time.Millisecond),
-		l.temp.Load(), l.perm.Load(), l.broken.Load(), unique, dups, unknown)
+	t.Logf("load: %d messages accepted in %s over %d sessions to %d ingresses (slowest %s to its 250); replies 4xx %d, 5xx %d, broken connections %d, moves to another ingress %d; delivered %d unique (%d duplicates) and %d DSNs for refused recipients (%d duplicates), %d unknown",
+		n, l.took.Round(time.Millisecond), l.sessions, len(l.addrs), time.Duration(l.slowest.Load()).Round(time.Millisecond),
+		l.temp.Load(), l.perm.Load(), l.broken.Load(), l.failover.Load(), unique-dsns, dups, dsns, dsnDups, unknown)
 	if len(missing) > 0 {
-		t.Errorf("%d accepted messages not delivered after %s, e.g. %v", len(missing), d, missing[:min(10, len(missing))])
+		t.Errorf("%d accepted messages neither delivered nor, if refused, bounced after %s, e.g. %v", len(missing), d, missing[:min(10, len(missing))])
+	}
+	if len(wrong) > 0 {
+		t.Errorf("%d messages delivered although refused, or bounced although not, e.g. %v", len(wrong), wrong[:min(10, len(wrong))])
 	}
 	if unknown > 0 {
-		t.Errorf("%d delivered messages are not ones the load sent", unknown)
+		t.Errorf("%d delivered messages or DSNs are not ones the load sent", unknown)
 	}
-	if dups*100 >= n {
-		t.Errorf("%d duplicate deliveries of %d messages: 1%% or more", dups, n)
+	if dups*100 >= n-dsns {
+		t.Errorf("%d duplicate deliveries of %d messages: 1%% or more", dups, n-dsns)
+	}
+	if dsns > 0 && dsnDups*100 >= dsns {
+		t.Errorf("%d duplicate DSNs of %d: 1%% or more", dsnDups, dsns)
 	}
 	if p := l.perm.Load(); p > 0 {
 		t.Errorf("%d transactions were refused with 5xx (last: %v): a client would have bounced them", p, lastPerm)
@@ -693,4 +749,153 @@ func TestClusterSchedulerInstanceLost(t *testing.T) {
 	}
 	waitCurrent(t, js, 60*time.Second)
 	waitDrained(t, w, js, 30*time.Second)
+}
+
+// TestClusterIngressKilledDelivererFrozen runs two ingresses and two
+// deliverers on the cluster. During the load it kills -9 one ingress: the
+// clients connected to it get connection errors and send to the other, as
+// clients with two MX or submission hosts do (counted as moves); the
+// messages they were sending when it died were promised nothing unless
+// they got their 250. Then it freezes one deliverer with SIGSTOP for 30 s:
+// the other goes on delivering, and the jobs the frozen one held come back
+// after the deliverer's AckWait, set here to production's 30 s (the other
+// tests' worlds use 5 s) so that the freeze is as long as the wait. When
+// thawed, the frozen deliverer finishes or abandons what it held. Nothing
+// accepted is lost, duplicates stay under 1%, and the queue drains within
+// a bound after the thaw. Both failures share one load of up to 6,000
+// messages (about 4,500 are sent): one cluster start instead of two, and
+// enough mail for the 1% bar to allow a deliverer's whole concurrency (32)
+// of duplicates, at most.
+func TestClusterIngressKilledDelivererFrozen(t *testing.T) {
+	const (
+		freeze  = 30 * time.Second
+		ackWait = 30 * time.Second
+	)
+	c := readyCluster(t)
+	w := newWorld(t, worldOpts{cluster: c, deliverers: 2, instances: map[string]int{"ingress": 2},
+		config: map[string]map[string]any{"deliverer": {"ack_wait": ackWait.String()}}})
+	js := clusterJS(t, c)
+	second := w.st.SMTP["ingress-2"]
+	if second == "" || w.st.Proc("ingress-1") == nil {
+		t.Fatal("the stack did not start two ingresses")
+	}
+	l := &load{w: w, n: 2 * clusterLoad, sessions: 10, interval: 8 * time.Millisecond, addrs: []string{w.smtp, second}}
+	l.run()
+	waitTaken(t, l, 300)
+	w.st.Proc("ingress-1").Kill()
+	t.Logf("killed ingress-1 (%s) after %d messages; ingress-2 is %s", w.smtp, l.count(), second)
+	waitTaken(t, l, l.count()+300)
+
+	d1 := w.st.Proc("deliverer-1")
+	if err := d1.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt, before := time.Now(), len(w.dest.Messages())
+	t.Logf("froze deliverer-1 (pid %d) after %d messages (%d delivered)", d1.Pid(), l.count(), before)
+	// deliverer-2 alone carries the load: mail is delivered meanwhile.
+	eventually(t, freeze, "deliveries while deliverer-1 is frozen", func() bool { return len(w.dest.Messages()) >= before+200 })
+	t.Logf("200 more delivered %s after the freeze", time.Since(frozenAt).Round(100*time.Millisecond))
+	time.Sleep(time.Until(frozenAt.Add(freeze)))
+	if err := d1.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	thawedAt := time.Now()
+	t.Logf("thawed deliverer-1 after %d messages (%d delivered)", l.count(), len(w.dest.Messages()))
+	waitTaken(t, l, l.count()+200)
+	l.stop()
+	if l.count() >= l.n {
+		t.Fatalf("the load ended (%d messages) before deliverer-1 was thawed", l.n)
+	}
+	stoppedAt := time.Now()
+	l.verify(t, 90*time.Second)
+	if l.failover.Load() < int64(l.sessions/2) {
+		t.Errorf("%d moves to another ingress; the %d sessions of ingress-1 should each have moved", l.failover.Load(), l.sessions/2)
+	}
+	for _, name := range []string{"deliverer-1", "deliverer-2"} {
+		got := w.metric(name, "sluice_deliverer_attempts_total", `result="delivered"`)
+		t.Logf("%s delivered %v; jobs handed to it again: %v", name, got, w.metric(name, "sluice_deliverer_jobs_redelivered_total"))
+		if got <= 0 {
+			t.Errorf("%s delivered %v", name, got)
+		}
+	}
+	waitCurrent(t, js, 60*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
+	// Everything the frozen deliverer held was handed out again after
+	// AckWait at the latest, so the queue is empty soon after the last
+	// message was accepted: within AckWait and as long again for the
+	// deliveries themselves and this loaded machine.
+	drained := time.Since(stoppedAt)
+	t.Logf("queue drained %s after the thaw, %s after the load's last 250", time.Since(thawedAt).Round(100*time.Millisecond), drained.Round(100*time.Millisecond))
+	if drained > 2*ackWait {
+		t.Errorf("queue drained %s after the load ended, want within %s", drained.Round(100*time.Millisecond), 2*ackWait)
+	}
+}
+
+// TestClusterBouncerInstanceLost runs two bouncers on the cluster while
+// one message in five goes to a recipient the destination refuses for
+// good, so that DSNs are written throughout the load. It kills -9 one
+// bouncer, starts it again, then freezes the other with SIGSTOP for 30 s:
+// the bouncers share their durable consumer, so the survivor goes on and
+// what the lost one held is handed over after the consumer's AckWait
+// (10 s). Every refused message's DSN reaches its sender, duplicates
+// (counted) stay under 1%, and every other message is delivered. Of the up
+// to 6,000 messages (about 5,000 are sent) some 1,000 bounce: enough that
+// 1% allows for the request a bouncer was writing at each failure.
+func TestClusterBouncerInstanceLost(t *testing.T) {
+	const freeze = 30 * time.Second
+	c := readyCluster(t)
+	w := newWorld(t, worldOpts{cluster: c, instances: map[string]int{"bouncer": 2}, destRcpt: refuseRefused})
+	js := clusterJS(t, c)
+	l := &load{w: w, n: 2 * clusterLoad, sessions: 10, interval: 8 * time.Millisecond, refuse: 5}
+	l.run()
+	waitTaken(t, l, 300)
+	b1, b2 := w.st.Proc("bouncer-1"), w.st.Proc("bouncer-2")
+	if b1 == nil || b2 == nil {
+		t.Fatal("the stack did not start two bouncers")
+	}
+	b1.Kill()
+	t.Logf("killed bouncer-1 after %d messages (%d DSNs)", l.count(), len(w.senders.Messages()))
+	waitTaken(t, l, l.count()+500)
+	if err := b1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("started bouncer-1 again after %d messages", l.count())
+	waitTaken(t, l, l.count()+300)
+	if err := b2.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt, before := time.Now(), len(w.senders.Messages())
+	t.Logf("froze bouncer-2 after %d messages (%d DSNs)", l.count(), before)
+	// bouncer-1 alone writes the DSNs meanwhile.
+	eventually(t, freeze, "DSNs while bouncer-2 is frozen", func() bool { return len(w.senders.Messages()) >= before+50 })
+	t.Logf("50 more DSNs %s after the freeze", time.Since(frozenAt).Round(100*time.Millisecond))
+	time.Sleep(time.Until(frozenAt.Add(freeze)))
+	if err := b2.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("thawed bouncer-2 after %d messages (%d DSNs)", l.count(), len(w.senders.Messages()))
+	waitTaken(t, l, l.count()+200)
+	l.stop()
+	if l.count() >= l.n {
+		t.Fatalf("the load ended (%d messages) before bouncer-2 was thawed", l.n)
+	}
+	l.verify(t, 90*time.Second)
+	for _, name := range []string{"bouncer-1", "bouncer-2"} {
+		got := w.metric(name, "sluice_bouncer_dsn_generated_total")
+		t.Logf("%s generated %v DSNs since its last start; it found %v already written", name, got, w.metric(name, "sluice_bouncer_dsn_duplicates_total"))
+		if got <= 0 {
+			t.Errorf("%s generated %v DSNs", name, got)
+		}
+	}
+	waitCurrent(t, js, 60*time.Second)
+	waitDrained(t, w, js, 30*time.Second)
+}
+
+// refuseRefused refuses for good the recipients the load addresses as
+// refuse<k>@dest.test.
+func refuseRefused(rcpt string, _ int) *smtp.SMTPError {
+	if strings.HasPrefix(rcpt, "refuse") {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+	}
+	return nil
 }

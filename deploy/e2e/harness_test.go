@@ -76,7 +76,7 @@ type worldOpts struct {
 	destRcpt   capture.RcptFunc
 	destDelay  time.Duration
 	deliverers int
-	instances  map[string]int // of the scheduler and bouncer (stack.Options.Instances)
+	instances  map[string]int // of the scheduler, bouncer and ingress (stack.Options.Instances)
 	config     map[string]map[string]any
 	env        []string
 	jaeger     bool // start bin/jaeger next to the services

@@ -41,6 +41,10 @@ func (s *Stack) inProcess(svc, name, metrics string, env []string) (runFunc, err
 	case "ingress":
 		cfg, err := ingressd.Load(path)
 		cfg.Ingress.MetricsListen = metrics
+		if addr, ok := vars["SLUICE_INGRESS_LISTEN"]; ok {
+			// A second ingress's own address (Options.Instances).
+			cfg.Ingress.Listen = addr
+		}
 		return func(ctx context.Context, log io.Writer) error { return ingressd.Run(ctx, cfg, with(log)) }, err
 	case "scheduler":
 		cfg, err := schedulerd.Load(path)

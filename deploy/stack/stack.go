@@ -68,9 +68,11 @@ type Options struct {
 	// Deliverers is how many deliverer processes to start (default 1).
 	Deliverers int
 	// Instances is how many processes to start of the other services
-	// ("scheduler", "bouncer"; default 1). Two or more are named
-	// "<service>-1", "<service>-2", ... as deliverers are. The ingress
-	// listens on one address and runs once.
+	// ("scheduler", "bouncer", "ingress"; default 1). Two or more are
+	// named "<service>-1", "<service>-2", ... as deliverers are. The
+	// first ingress listens on the configuration's address, each other
+	// one on a free loopback port (Stack.SMTP), as two MX or submission
+	// hosts would.
 	Instances map[string]int
 	// InProcess runs the services in this process instead of as processes
 	// of their binaries (BinDir is not used): each with its own
@@ -109,6 +111,10 @@ type Stack struct {
 	JaegerUI string
 	// Ports of each service's metrics endpoint, by process name.
 	Metrics map[string]string
+	// SMTP is the listen address of each ingress after the first, by
+	// process name ("ingress-2", ...), when Options.Instances asks for
+	// more than one; the first listens on the configuration's address.
+	SMTP map[string]string
 
 	mu    sync.Mutex
 	procs map[string]*Proc
@@ -152,7 +158,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			return nil, err
 		}
 	}
-	s := &Stack{opts: o, procs: map[string]*Proc{}, Metrics: map[string]string{}}
+	s := &Stack{opts: o, procs: map[string]*Proc{}, Metrics: map[string]string{}, SMTP: map[string]string{}}
 	if o.NATSURL == "" {
 		ns, err := embedded.Start(embedded.Options{
 			Listen: o.NATSListen, StoreDir: filepath.Join(o.DataDir, "jetstream"), SyncAlways: o.SyncAlways,
@@ -198,7 +204,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		switch {
 		case svc == "deliverer":
 			n = o.Deliverers
-		case svc != "ingress" && o.Instances[svc] > 1:
+		case o.Instances[svc] > 1:
 			n = o.Instances[svc]
 		}
 		for i := 0; i < n; i++ {
@@ -219,6 +225,15 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			}
 			if svc == "deliverer" {
 				env = append(env, "SLUICE_DELIVERER_INSTANCE="+name)
+			}
+			if svc == "ingress" && i > 0 {
+				addr, err := FreeAddr()
+				if err != nil {
+					s.Close()
+					return nil, fmt.Errorf("%s: %w", name, err)
+				}
+				env = append(env, "SLUICE_INGRESS_LISTEN="+addr)
+				s.SMTP[name] = addr
 			}
 			p := &Proc{
 				Name: name,
