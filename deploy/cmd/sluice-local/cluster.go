@@ -14,19 +14,21 @@ import (
 	"github.com/sluice-mta/sluice/deploy/stack"
 )
 
-// The first node's route and monitoring ports with -cluster; node i takes
-// port+i-1. They are nats-server's own defaults, so its documentation's
-// examples (curl 127.0.0.1:8222/jsz) work as written.
+// The first node's default route and monitoring ports with -cluster
+// (-cluster-port, -monitor-port); node i takes port+i-1. They are
+// nats-server's own defaults, so its documentation's examples (curl
+// 127.0.0.1:8222/jsz) work as written.
 const (
 	clusterRoutePort   = 6222
 	clusterMonitorPort = 8222
 )
 
 // startCluster starts nodes nats-server processes under dir, the first
-// listening for clients on natsAddr's port. The nodes keep their names,
-// ports and files from one run to the next, so the queue survives a
-// restart of sluice-local as it does with the embedded server.
-func startCluster(bin, dir, natsAddr string, nodes int, syncAlways bool) (*cluster.Cluster, error) {
+// listening for clients on natsAddr's port, for routes on routePort and
+// for monitoring on monitorPort. The nodes keep their names, ports and
+// files from one run to the next, so the queue survives a restart of
+// sluice-local as it does with the embedded server.
+func startCluster(bin, dir, natsAddr string, nodes, routePort, monitorPort int, syncAlways bool) (*cluster.Cluster, error) {
 	bin, _ = filepath.Abs(bin)
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("-cluster needs nats-server (make cluster builds it into bin/): %w", err)
@@ -46,8 +48,8 @@ func startCluster(bin, dir, natsAddr string, nodes int, syncAlways bool) (*clust
 		Name:        "sluice-local",
 		SyncAlways:  syncAlways,
 		ClientPort:  port,
-		ClusterPort: clusterRoutePort,
-		MonitorPort: clusterMonitorPort,
+		ClusterPort: routePort,
+		MonitorPort: monitorPort,
 	})
 }
 

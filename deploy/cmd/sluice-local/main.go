@@ -53,7 +53,7 @@ type launch struct {
 	processes, syncAlways                              bool
 	jaeger, jaegerConfig, jaegerUI, jaegerOTLP         string
 	pprofAddr                                          string
-	clusterNodes                                       int
+	clusterNodes, clusterPort, monitorPort             int
 	natsServer                                         string
 	nodeRestart                                        time.Duration
 	routes                                             routeFlags
@@ -89,6 +89,8 @@ func parseFlags(args []string) (*launch, error) {
 	fs.StringVar(&l.jaegerOTLP, "jaeger-otlp", "127.0.0.1:4318", "address of Jaeger's OTLP/HTTP receiver, where the services send their traces")
 	fs.StringVar(&l.pprofAddr, "pprof", "", "serve Go profiles of this process (the embedded NATS server, and the services unless -processes) on this address, e.g. 127.0.0.1:6060")
 	fs.IntVar(&l.clusterNodes, "cluster", 0, "run a JetStream cluster of this many nats-server processes (3 or 5), every stream with 3 replicas, instead of the embedded server; client ports start at -nats's, route ports at 6222, monitoring at 8222")
+	fs.IntVar(&l.clusterPort, "cluster-port", clusterRoutePort, "with -cluster, the first node's route port on 127.0.0.1; node i takes this+i-1")
+	fs.IntVar(&l.monitorPort, "monitor-port", clusterMonitorPort, "with -cluster, the first node's monitoring port on 127.0.0.1; node i takes this+i-1")
 	fs.StringVar(&l.natsServer, "nats-server", "bin/nats-server", "nats-server binary for -cluster (make cluster builds it)")
 	fs.DurationVar(&l.nodeRestart, "node-restart", 10*time.Second, "with -cluster, start a node that exited (killed, crashed) again after this long; 0 leaves it down")
 	fs.StringVar(&l.shapingFile, "shaping-file", defaultShapingFile, "shaping file of the generated configuration (deliverer.shaping.file): by default the provider limits shipped in the repository, skipped when run elsewhere; empty for none (not with -config: its deliverer.shaping.file)")
@@ -104,6 +106,14 @@ func parseFlags(args []string) (*launch, error) {
 	}
 	if l.clusterNodes != 0 && l.clusterNodes != 3 && l.clusterNodes != 5 {
 		return nil, fmt.Errorf("-cluster %d: want 3 or 5 nodes (every stream has 3 replicas)", l.clusterNodes)
+	}
+	for _, p := range []struct {
+		flag string
+		port int
+	}{{"-cluster-port", l.clusterPort}, {"-monitor-port", l.monitorPort}} {
+		if l.clusterNodes > 0 && (p.port <= 0 || p.port+l.clusterNodes > 65536) {
+			return nil, fmt.Errorf("%s %d: out of range for %d nodes", p.flag, p.port, l.clusterNodes)
+		}
 	}
 	if l.metricsPort < 0 || l.metricsPort+9+l.deliverers > 65535 {
 		return nil, fmt.Errorf("-metrics-port %d: out of range", l.metricsPort)
@@ -247,7 +257,7 @@ func main() {
 	var nodes *cluster.Cluster
 	if l.clusterNodes > 0 {
 		var err error
-		nodes, err = startCluster(l.natsServer, filepath.Join(dataDir, "cluster"), l.natsAddr, l.clusterNodes, l.syncAlways)
+		nodes, err = startCluster(l.natsServer, filepath.Join(dataDir, "cluster"), l.natsAddr, l.clusterNodes, l.clusterPort, l.monitorPort, l.syncAlways)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "sluice-local:", err)
 			os.Exit(1)

@@ -77,6 +77,8 @@ func TestParseFlags(t *testing.T) {
 		{"-config", "my.yaml", "-route", "example.net=127.0.0.1:25"},
 		{"-metrics-port", "65530"},
 		{"-cluster", "2"},
+		{"-cluster", "3", "-cluster-port", "65534"},
+		{"-cluster", "3", "-monitor-port", "0"},
 	} {
 		if _, err := parseFlags(args); err == nil {
 			t.Errorf("%q accepted", args)
