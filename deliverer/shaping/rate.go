@@ -59,6 +59,24 @@ func (r Rate) window(now time.Time) (idx int64, quota int, end time.Time) {
 	return idx, quota, time.Unix(0, (idx+1)*w)
 }
 
+// Sent is the number of messages counted against r over the last period at
+// now: in the current window and the ones before it that make up one
+// period, from windows, the counts by window number (State.Windows).
+func (r Rate) Sent(windows map[int64]int, now time.Time) int {
+	if r.N == 0 {
+		return 0
+	}
+	k := int64(min(10, r.N))
+	idx, _, _ := r.window(now)
+	n := 0
+	for i, c := range windows {
+		if i > idx-k && i <= idx {
+			n += c
+		}
+	}
+	return n
+}
+
 // retryAfter is how long a job waits for the window that ends at end,
 // spread over the next window. It is positive even when the window ended
 // while the bucket answered (a loaded machine): a zero wait means

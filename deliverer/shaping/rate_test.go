@@ -103,3 +103,51 @@ func TestRetryAfterEndedWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestRateSent: what show reports as sent against a rate counts the windows
+// of the last period only, as two deliverers took them in the bucket; a
+// window of the period before is not counted.
+func TestRateSent(t *testing.T) {
+	r := Rate{N: 600, Per: time.Minute} // ten windows of 6 s
+	now := time.Unix(0, 1_000*int64(6*time.Second)+int64(time.Second))
+	windows := map[int64]int{1000: 7, 999: 50, 991: 3, 990: 40, 1001: 9}
+	if got := r.Sent(windows, now); got != 60 {
+		t.Errorf("Sent = %d, want 60 (windows 991..1000; 990 is the period before, 1001 not begun)", got)
+	}
+	if got := (Rate{}).Sent(windows, now); got != 0 {
+		t.Errorf("no rate: Sent = %d", got)
+	}
+
+	ns := natstest.Start(t)
+	cfg := testConfig()
+	cfg.Default.MaxMessageRate = "100/1m"
+	a, _ := deliverer(t, ns, cfg, "a")
+	b, _ := deliverer(t, ns, cfg, "b")
+	ctx := context.Background()
+	site := a.Rules().Site("rated.test", "mx.rated.test")
+	taken := 0
+	for i := range 6 {
+		d := a
+		if i%2 == 1 {
+			d = b
+		}
+		wait, err := d.Take(ctx, site)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wait == 0 {
+			taken++
+		}
+	}
+	snap, err := b.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := snap[site.Key]
+	if st == nil {
+		t.Fatalf("snapshot %v has no state for %s", snap, site.Key)
+	}
+	if got := site.Rate().Sent(st.Windows, time.Now()); taken == 0 || got != taken {
+		t.Errorf("sent %d (windows %v), want the %d messages taken", got, st.Windows, taken)
+	}
+}

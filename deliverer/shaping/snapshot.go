@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 
 // State is the fleet-wide state of a site as the bucket holds it.
 type State struct {
+	// Site is empty for a site the bucket holds only rate windows of,
+	// which name it by key alone.
 	Site string
 	Key  string
 	// Connections are the slots held, Holders by deliverer instance.
@@ -25,6 +28,9 @@ type State struct {
 	Limit          int
 	SuspendedUntil time.Time
 	Reason         string
+	// Windows are the counts of the message rate's windows the bucket
+	// still holds, by window number (see Rate.Sent).
+	Windows map[int64]int
 }
 
 // Snapshot reads the state of every site that has any, by site key.
@@ -47,15 +53,27 @@ func (s *Shaper) Snapshot(ctx context.Context) (map[string]*State, error) {
 				return out, nil
 			}
 			kind, rest, _ := strings.Cut(e.Key(), ".")
-			key, _, _ := strings.Cut(rest, ".")
-			var v Value
-			if kind == "rate" || kind == "crate" || json.Unmarshal(e.Value(), &v) != nil {
-				continue // rate windows hold a bare count
-			}
+			key, win, _ := strings.Cut(rest, ".")
 			st := out[key]
 			if st == nil {
-				st = &State{Site: v.Site, Key: key, Holders: map[string]int{}}
+				st = &State{Key: key, Holders: map[string]int{}, Windows: map[int64]int{}}
 				out[key] = st
+			}
+			if kind == "rate" {
+				// A window holds a bare count, and its site only by key.
+				idx, err1 := strconv.ParseInt(win, 10, 64)
+				n, err2 := strconv.Atoi(string(e.Value()))
+				if err1 == nil && err2 == nil {
+					st.Windows[idx] = n
+				}
+				continue
+			}
+			var v Value
+			if kind == "crate" || json.Unmarshal(e.Value(), &v) != nil {
+				continue
+			}
+			if st.Site == "" {
+				st.Site = v.Site
 			}
 			switch kind {
 			case "conn":

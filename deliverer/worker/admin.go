@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/sluice-mta/sluice/deliverer/shaping"
 	"github.com/sluice-mta/sluice/proto/admin"
+	"github.com/sluice-mta/sluice/proto/wire"
 )
 
 // ServeShaping adds the traffic shaping endpoints (admin.ShapingPrefix:
@@ -63,23 +65,114 @@ func (s *Service) shapingShow(ctx context.Context, r admin.ShapingRequest) (admi
 		only = &site
 	}
 	var out admin.ShapingResponse
+	q, err := s.queuedBySite(ctx)
+	if err != nil {
+		out.QueuedUnknown = err.Error()
+	}
+	out.QueuedElsewhere = q.elsewhere
+	// The bucket holds only rate windows of some sites, which name them
+	// by key alone: the sites with jobs name them.
+	for name := range q.bySite {
+		if st := snap[s.siteNamed(name).Key]; st != nil && st.Site == "" {
+			st.Site = name
+		}
+	}
+	shown := map[string]bool{}
+	add := func(site shaping.Site, st *shaping.State) {
+		row := s.siteRow(site, st)
+		base, _, _ := strings.Cut(row.Site, "@") // per source: the site's jobs, whatever sends them
+		row.Queued = q.bySite[base]
+		shown[base] = true
+		out.Sites = append(out.Sites, row)
+	}
 	for key, st := range snap {
-		if only != nil && key != only.Key {
+		if only != nil && key != only.Key || st.Site == "" {
 			continue
 		}
-		out.Sites = append(out.Sites, s.siteRow(s.siteNamed(st.Site), st))
+		add(s.siteNamed(st.Site), st)
 	}
 	if only != nil && len(out.Sites) == 0 {
-		out.Sites = append(out.Sites, s.siteRow(*only, &shaping.State{Site: only.Name, Key: only.Key}))
+		add(*only, &shaping.State{Site: only.Name, Key: only.Key})
+	}
+	// Sites with jobs waiting are shown even when the bucket holds nothing
+	// of theirs (no connection now, slow start at its initial value).
+	for name, n := range q.bySite {
+		if site := s.siteNamed(name); n > 0 && !shown[name] && only == nil {
+			add(site, &shaping.State{Site: name, Key: site.Key})
+		}
 	}
 	sort.Slice(out.Sites, func(i, j int) bool {
 		a, b := out.Sites[i], out.Sites[j]
 		if a.Connections != b.Connections {
 			return a.Connections > b.Connections
 		}
+		if a.Queued != b.Queued {
+			return a.Queued > b.Queued
+		}
 		return a.Site < b.Site
 	})
 	return out, "", nil
+}
+
+// queuedTop bounds the destination domains show resolves to their sites:
+// the ones with the most jobs. The jobs of the others are counted in
+// ShapingResponse.QueuedElsewhere.
+const queuedTop = 200
+
+// queued are the jobs in the queue by site name, and those of domains not
+// resolved to one.
+type queued struct {
+	bySite    map[string]int
+	elsewhere int
+}
+
+// queuedBySite counts the jobs in the queue per site: a scheduler counts
+// them per destination domain (the queue stats endpoint, `sluice queue
+// stats`), and each domain is resolved to its site as a job's is (MX
+// lookup, deliverer.routes, deliverer.shaping.domains).
+func (s *Service) queuedBySite(ctx context.Context) (queued, error) {
+	q := queued{bySite: map[string]int{}}
+	data, err := json.Marshal(admin.QueueStatsRequest{Top: queuedTop})
+	if err != nil {
+		return q, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	msg, err := s.js.Conn().RequestWithContext(rctx, wire.AdminQueueSubject(wire.AdminStats), data)
+	if err != nil {
+		return q, fmt.Errorf("no scheduler answered for the queued jobs: %v", err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return q, fmt.Errorf("the scheduler could not count the queued jobs: %s", msg.Header.Get(micro.ErrorHeader))
+	}
+	var stats admin.QueueStatsResponse
+	if err := json.Unmarshal(msg.Data, &stats); err != nil {
+		return q, fmt.Errorf("unreadable queue stats: %v", err)
+	}
+	// Resolved a few at a time: mostly answered by the resolver's cache,
+	// these are the domains the deliverers are sending to.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	resolved := 0
+	for _, row := range stats.Domains {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			route, err := s.courier.Route(ctx, row.Domain)
+			if err != nil {
+				return
+			}
+			site := s.shaper.Rules().Site(row.Domain, route.Site)
+			mu.Lock()
+			q.bySite[site.Name] += row.Total
+			resolved += row.Total
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	q.elsewhere = stats.Jobs - resolved
+	return q, nil
 }
 
 func (s *Service) shapingSuspend(ctx context.Context, r admin.ShapingRequest) (admin.ShapingResponse, string, error) {
@@ -167,7 +260,8 @@ func (s *Service) siteRow(site shaping.Site, st *shaping.State) admin.ShapingSit
 	row := admin.ShapingSite{
 		Site: site.Name, Connections: st.Connections, Holders: st.Holders,
 		Limit: st.Limit, MaxConnections: site.Policy.MaxConnections,
-		Rate: site.Policy.MaxMessageRate, SuspendedUntil: st.SuspendedUntil, Reason: st.Reason,
+		Rate: site.Policy.MaxMessageRate, Sent: site.Rate().Sent(st.Windows, time.Now()),
+		SuspendedUntil: st.SuspendedUntil, Reason: st.Reason,
 	}
 	if row.Limit == 0 {
 		row.Limit = site.Policy.InitialConnections

@@ -43,10 +43,20 @@ type ShapingSite struct {
 	// policy's maximum.
 	Limit          int `json:"limit"`
 	MaxConnections int `json:"max_connections"`
-	// Rate is the policy's message rate ("600/1m"), empty without one.
+	// Rate is the policy's message rate ("600/1m"), empty without one, and
+	// Sent the messages the fleet counted against it over the last period
+	// (the current window and the ones before it; 0 without a rate, as
+	// nothing is counted then).
 	Rate           string    `json:"rate,omitempty"`
+	Sent           int       `json:"sent"`
 	SuspendedUntil time.Time `json:"suspended_until,omitzero"`
 	Reason         string    `json:"reason,omitempty"`
+	// Queued is the number of jobs in the queue (ready, active, deferred
+	// or held) whose destination domain is routed to the site, as the
+	// scheduler's index counts them per domain and the answering deliverer
+	// resolves each domain; with per-source shaping, the site's jobs
+	// whatever address sends them.
+	Queued int `json:"queued"`
 }
 
 // ShapingResponse lists sites, or the one a change was made to.
@@ -54,4 +64,10 @@ type ShapingResponse struct {
 	Sites []ShapingSite `json:"sites"`
 	// Instance is the deliverer that answered.
 	Instance string `json:"instance"`
+	// QueuedUnknown says why Queued is missing (no scheduler answered),
+	// and QueuedElsewhere counts the jobs of destination domains that
+	// were not resolved to a site: beyond the most queued ones show looks
+	// up, or without MX records now.
+	QueuedUnknown   string `json:"queued_unknown,omitempty"`
+	QueuedElsewhere int    `json:"queued_elsewhere,omitempty"`
 }

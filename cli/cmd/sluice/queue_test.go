@@ -23,6 +23,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sluice-mta/sluice/deliverer/shaping"
 	"github.com/sluice-mta/sluice/deliverer/worker"
 	api "github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
@@ -117,7 +118,10 @@ func (w *world) startDeliverer() {
 	dns := dnstest.Start(w.t)
 	s := worker.DefaultSettings()
 	s.Hostname, s.Instance, s.DNSServer, s.DNSTimeout = "deliverer.test", "deliverer-test", dns.Addr, dnstest.Timeout
-	s.Routes = map[string]string{"dest.test": w.dest.Addr, "other.test": w.dest.Addr}
+	s.Routes = map[string]string{"dest.test": w.dest.Addr, "other.test": w.dest.Addr, "apart.test": w.dest.Addr}
+	// apart.test is shaped as a site of its own ("domain:apart.test"),
+	// for tests that need two sites.
+	s.Shaping.Domains = map[string]shaping.Policy{"apart.test": {MaxConnections: 3}}
 	s.Concurrency, s.AckWait, s.MetricsListen = 4, 5*time.Second, ""
 	_, js := w.ns.Connect(w.t)
 	d, err := worker.New(s, worker.Deps{JS: js, Tracer: w.tracer.Tracer("deliverer"), Meter: noop.NewMeterProvider().Meter(""), Logger: w.logger()})

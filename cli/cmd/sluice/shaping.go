@@ -19,7 +19,8 @@ import (
 const shapingUsage = `usage: sluice shaping <command> [flags] [SITE|DOMAIN]
 
 commands:
-  show [SITE|DOMAIN]     every site with connections, a lowered concurrency or a suspension, or one
+  show [SITE|DOMAIN]     every site with connections, a lowered concurrency, a suspension or queued
+                         jobs, or one
   suspend SITE|DOMAIN    stop every deliverer connecting to the site (-for 1h, -reason TEXT)
   resume SITE|DOMAIN     end the site's suspension
 
@@ -117,24 +118,38 @@ func shapingCall(o *queueOpts, endpoint string, req any, resp *api.ShapingRespon
 
 func printShaping(w io.Writer, resp api.ShapingResponse, now time.Time) {
 	if len(resp.Sites) == 0 {
-		fmt.Fprintln(w, "no site has connections, a lowered concurrency or a suspension")
-		return
-	}
-	tw := newTable(w)
-	fmt.Fprintln(tw, "SITE\tCONNECTIONS\tLIMIT\tRATE\tSUSPENDED\tHOLDERS")
-	for _, s := range resp.Sites {
-		susp := "-"
-		if !s.SuspendedUntil.IsZero() {
-			susp = fmt.Sprintf("until %s (%s): %s", s.SuspendedUntil.Local().Format(time.DateTime),
-				s.SuspendedUntil.Sub(now).Round(time.Second), s.Reason)
+		fmt.Fprintln(w, "no site has connections, a lowered concurrency, a suspension or queued jobs")
+	} else {
+		tw := newTable(w)
+		fmt.Fprintln(tw, "SITE\tCONNECTIONS\tLIMIT\tQUEUED\tRATE (SENT OF LIMIT)\tSUSPENDED\tHOLDERS")
+		for _, s := range resp.Sites {
+			susp := "-"
+			if !s.SuspendedUntil.IsZero() {
+				susp = fmt.Sprintf("until %s (%s): %s", s.SuspendedUntil.Local().Format(time.DateTime),
+					s.SuspendedUntil.Sub(now).Round(time.Second), s.Reason)
+			}
+			var holders []string
+			for h, n := range s.Holders {
+				holders = append(holders, fmt.Sprintf("%s=%d", h, n))
+			}
+			sort.Strings(holders)
+			queued := fmt.Sprint(s.Queued)
+			if resp.QueuedUnknown != "" {
+				queued = "?"
+			}
+			rate := "-"
+			if s.Rate != "" {
+				rate = fmt.Sprintf("%d of %s", s.Sent, s.Rate)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d/%d\t%s\t%s\t%s\t%s\n", s.Site, s.Connections, s.Limit, s.MaxConnections,
+				queued, rate, cell(susp, 120), orDash(strings.Join(holders, ",")))
 		}
-		var holders []string
-		for h, n := range s.Holders {
-			holders = append(holders, fmt.Sprintf("%s=%d", h, n))
-		}
-		sort.Strings(holders)
-		fmt.Fprintf(tw, "%s\t%d\t%d/%d\t%s\t%s\t%s\n", s.Site, s.Connections, s.Limit, s.MaxConnections,
-			orDash(s.Rate), cell(susp, 120), orDash(strings.Join(holders, ",")))
+		tw.Flush()
 	}
-	tw.Flush()
+	if resp.QueuedUnknown != "" {
+		fmt.Fprintf(w, "queued jobs unknown: %s\n", resp.QueuedUnknown)
+	}
+	if resp.QueuedElsewhere > 0 {
+		fmt.Fprintf(w, "%d queued jobs of destination domains not resolved to a site (beyond the most queued domains, or without MX now)\n", resp.QueuedElsewhere)
+	}
 }

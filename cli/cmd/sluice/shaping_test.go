@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -77,5 +78,68 @@ func TestShapingCommands(t *testing.T) {
 	}
 	if code, _, _ := w.shaping("suspend"); code != 2 {
 		t.Errorf("suspend without a site: exit %d, want 2", code)
+	}
+}
+
+// TestShapingShowQueued: show counts the jobs waiting in the queue for each
+// site, from the scheduler's index resolved through the deliverer's routes:
+// three messages to dest.test (its capture server's site) and two to
+// apart.test (shaped apart, "domain:apart.test"), both sites suspended so
+// that the jobs wait.
+func TestShapingShowQueued(t *testing.T) {
+	w := newWorld(t, time.Second)
+	site := w.dest.Addr
+	for _, name := range []string{"dest.test", "domain:apart.test"} {
+		if code, out, errs := w.shaping("suspend", name, "-for", "10m", "-reason", "test"); code != 0 {
+			t.Fatalf("suspend %s: exit %d\n%s%s", name, code, out, errs)
+		}
+	}
+	for i := range 3 {
+		w.send("a@origin.test", fmt.Sprintf("r%d@dest.test", i))
+	}
+	for i := range 2 {
+		w.send("a@origin.test", fmt.Sprintf("r%d@apart.test", i))
+	}
+	var got map[string]int
+	var resp api.ShapingResponse
+	w.eventually("show counts the queued jobs per site", 15*time.Second, func() bool {
+		code, out, _ := w.shaping("show", "-json")
+		got = map[string]int{}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var s api.ShapingSite
+			if json.Unmarshal([]byte(line), &s) == nil {
+				got[s.Site] = s.Queued
+			}
+		}
+		return code == 0 && got[site] == 3 && got["domain:apart.test"] == 2
+	})
+	if len(got) != 2 {
+		t.Errorf("show lists %v, want the two sites", got)
+	}
+	if w.dest.Count() != 0 {
+		t.Errorf("%d messages delivered to suspended sites", w.dest.Count())
+	}
+	if err := shapingCall(&queueOpts{server: w.ns.ClientURL(), timeout: 3 * time.Second}, api.ShapingShow, api.ShapingRequest{}, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.QueuedUnknown != "" || resp.QueuedElsewhere != 0 {
+		t.Errorf("queued unknown %q, elsewhere %d", resp.QueuedUnknown, resp.QueuedElsewhere)
+	}
+	// The table: a QUEUED column with the counts; one site by name.
+	code, out, errs := w.shaping("show", "apart.test")
+	if code != 0 || !strings.Contains(out, "QUEUED") {
+		t.Fatalf("show apart.test: exit %d\n%s%s", code, out, errs)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[1], "domain:apart.test") || strings.Fields(lines[1])[3] != "2" {
+		t.Errorf("show apart.test:\n%s\nwant one row with 2 queued", out)
+	}
+	t.Logf("sluice shaping show apart.test:\n%s", out)
+
+	// Without a scheduler the count is unknown, and says so.
+	w.stopScheduler()
+	code, out, errs = w.shaping("show")
+	if code != 0 || !strings.Contains(out, "queued jobs unknown") || !strings.Contains(out, "?") {
+		t.Errorf("show without a scheduler: exit %d\n%s%s", code, out, errs)
 	}
 }
