@@ -119,6 +119,7 @@ func TestClusterSluiceLocal(t *testing.T) {
 	killedAt := time.Now()
 	t.Logf("killed node %s (pid %d)", nodes[0][1], victim)
 	sendRetrying(t, smtpAddr, "you@example.test", "Subject: second\r\nMessage-ID: <second@example.com>\r\n\r\nafter the kill\r\n")
+	t.Logf("second message accepted %s after the kill", time.Since(killedAt).Round(100*time.Millisecond))
 	waitCaptured(t, capture, 2, time.Minute)
 	t.Logf("second message captured %s after the kill", time.Since(killedAt).Round(100*time.Millisecond))
 
