@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sluice-mta/sluice/deliverer/shaping"
 	"github.com/sluice-mta/sluice/proto/admin"
@@ -198,6 +200,7 @@ func (s *Service) shapingSuspend(ctx context.Context, r admin.ShapingRequest) (a
 		return admin.ShapingResponse{}, "500", err
 	}
 	s.log.Info("site suspended by an operator", "site", site.Name, "for", d, "actor", r.Actor, "reason", r.Reason)
+	s.m.siteSuspensions.Add(context.Background(), 1, metric.WithAttributes(attribute.String("site", s.m.sites.label(site)), attribute.String("by", "operator")))
 	return s.shapingShow(ctx, admin.ShapingRequest{Site: site.Name})
 }
 

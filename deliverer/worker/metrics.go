@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -36,6 +37,22 @@ import (
 //	    holds per receiving site: the 10 sites it holds most to, by name,
 //	    and site="other" for the rest, so the label stays bounded
 //	sluice_deliverer_sites_suspended          sites suspended now
+//	sluice_deliverer_site_concurrency_limit{site}
+//	    the site's current concurrency (slow start) as this deliverer
+//	    sees it, for the sites named in the two counters below (no
+//	    "other": a sum of limits means nothing)
+//	sluice_deliverer_site_suspensions_total{site, by}
+//	    suspensions this deliverer put on a site; by: reply (a reply
+//	    that asked us to slow down) | operator (sluice shaping suspend)
+//	sluice_deliverer_site_throttled_total{site, why}
+//	    jobs of the site handed back without an attempt; why as in
+//	    sluice_deliverer_jobs_throttled_total
+//
+// The site label of these three names the first 10 sites shaping acted
+// on since the deliverer started (a wait, a suspension or a change of
+// concurrency), and "other" for the rest: a site keeps its label, so a
+// counter never moves from one series to another, and there are at most
+// 11 series per label value of by or why.
 //
 // sluice_deliverer_connections_active is declared in smtpclient and
 // sluice_deliverer_dns_lookup_duration_seconds in mx.
@@ -49,6 +66,10 @@ type instruments struct {
 	poisoned        metric.Int64Counter
 	redelivered     metric.Int64Counter
 	throttled       metric.Int64Counter
+	// sites names the sites of the site-labelled counters.
+	sites           *siteLabels
+	siteSuspensions metric.Int64Counter
+	siteThrottled   metric.Int64Counter
 }
 
 func newInstruments(m metric.Meter) (instruments, error) {
@@ -93,7 +114,50 @@ func newInstruments(m metric.Meter) (instruments, error) {
 		metric.WithDescription("Jobs handed back without an attempt because their receiving site was busy or suspended.")); err != nil {
 		return i, err
 	}
+	i.sites = newSiteLabels(topSites)
+	if i.siteSuspensions, err = m.Int64Counter("sluice_deliverer_site_suspensions_total",
+		metric.WithDescription("Suspensions this deliverer put on a receiving site, by site (the first 10 shaping acted on, the rest as site=\"other\") and by: reply or operator.")); err != nil {
+		return i, err
+	}
+	if i.siteThrottled, err = m.Int64Counter("sluice_deliverer_site_throttled_total",
+		metric.WithDescription("Jobs handed back without an attempt, by site (the first 10 shaping acted on, the rest as site=\"other\") and why: busy, suspended, parked, rate or connection_rate.")); err != nil {
+		return i, err
+	}
 	return i, nil
+}
+
+// siteLabels bounds the site label of the site-labelled counters: the
+// first n sites asked for get their name, the others "other".
+type siteLabels struct {
+	mu    sync.Mutex
+	n     int
+	named map[string]shaping.Site // by name
+}
+
+func newSiteLabels(n int) *siteLabels {
+	return &siteLabels{n: n, named: map[string]shaping.Site{}}
+}
+
+// label returns the site's label value, naming it while there is room.
+func (l *siteLabels) label(site shaping.Site) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.named[site.Name]; ok || len(l.named) < l.n {
+		l.named[site.Name] = site // the latest policy, for the limit
+		return site.Name
+	}
+	return "other"
+}
+
+// sites returns the named sites.
+func (l *siteLabels) sites() []shaping.Site {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]shaping.Site, 0, len(l.named))
+	for _, s := range l.named {
+		out = append(out, s)
+	}
+	return out
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
@@ -101,7 +165,7 @@ func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
 // topSites is how many sites sluice_deliverer_site_connections names.
 const topSites = 10
 
-func registerSiteMetrics(m metric.Meter, sh *shaping.Shaper) (metric.Registration, error) {
+func registerSiteMetrics(m metric.Meter, sh *shaping.Shaper, labels *siteLabels) (metric.Registration, error) {
 	conns, err := m.Int64ObservableGauge("sluice_deliverer_site_connections",
 		metric.WithDescription("Connection slots this deliverer holds per receiving site: the top 10 sites by name, the rest as site=\"other\"."))
 	if err != nil {
@@ -112,6 +176,11 @@ func registerSiteMetrics(m metric.Meter, sh *shaping.Shaper) (metric.Registratio
 	if err != nil {
 		return nil, err
 	}
+	limit, err := m.Int64ObservableGauge("sluice_deliverer_site_concurrency_limit",
+		metric.WithDescription("Current concurrency (slow start) of the receiving sites shaping acted on, the first 10 by name, as this deliverer sees it."))
+	if err != nil {
+		return nil, err
+	}
 	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		top, other := sh.Top(topSites)
 		for _, c := range top {
@@ -119,6 +188,9 @@ func registerSiteMetrics(m metric.Meter, sh *shaping.Shaper) (metric.Registratio
 		}
 		o.ObserveInt64(conns, int64(other), metric.WithAttributes(attribute.String("site", "other")))
 		o.ObserveInt64(suspended, int64(sh.SuspendedSites()))
+		for _, site := range labels.sites() {
+			o.ObserveInt64(limit, int64(sh.Limit(site)), metric.WithAttributes(attribute.String("site", site.Name)))
+		}
 		return nil
-	}, conns, suspended)
+	}, conns, suspended, limit)
 }

@@ -323,7 +323,7 @@ func (s *Service) Start(ctx context.Context) error {
 		err = s.shaper.Start(ctx)
 	}
 	if err == nil {
-		s.siteMetrics, err = registerSiteMetrics(s.meter, s.shaper)
+		s.siteMetrics, err = registerSiteMetrics(s.meter, s.shaper, s.m.sites)
 	}
 	if err == nil {
 		err = s.startTLSPolicy(ctx)

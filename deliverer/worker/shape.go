@@ -264,6 +264,7 @@ func (s *Service) throttled(ctx context.Context, job *sluicev1.Job, site shaping
 		attribute.String("sluice.throttle.why", why),
 		attribute.Int64("sluice.throttle.delay_ms", delay.Milliseconds())))
 	s.m.throttled.Add(context.Background(), 1, metric.WithAttributes(attribute.String("why", kind)))
+	s.m.siteThrottled.Add(context.Background(), 1, metric.WithAttributes(attribute.String("site", s.m.sites.label(site)), attribute.String("why", kind)))
 	state := ""
 	if kind == "parked" {
 		state = admin.StateDeferred
@@ -303,6 +304,10 @@ func (s *Service) adapt(ctx context.Context, job *sluicev1.Job, site shaping.Sit
 	}
 	if c == nil {
 		return
+	}
+	label := s.m.sites.label(site) // its concurrency changed: name it for the limit gauge
+	if !c.Until.IsZero() {
+		s.m.siteSuspensions.Add(context.Background(), 1, metric.WithAttributes(attribute.String("site", label), attribute.String("by", "reply")))
 	}
 	why := "throttled by site " + c.String()
 	trace.SpanFromContext(ctx).AddEvent("sluice.site_slowed", trace.WithAttributes(
