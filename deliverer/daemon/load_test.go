@@ -1,14 +1,25 @@
 package daemon
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluice-mta/sluice/deliverer/shaping"
+	"github.com/sluice-mta/sluice/deliverer/worker"
+	"github.com/sluice-mta/sluice/proto/admin"
+	"github.com/sluice-mta/sluice/services/dnstest"
+	"github.com/sluice-mta/sluice/services/lifecycle"
+	"github.com/sluice-mta/sluice/services/natstest"
 )
 
 func write(t *testing.T, path, content string) {
@@ -142,4 +153,74 @@ func TestReloadReadsShapingFile(t *testing.T) {
 	if _, err := Load(conf); err == nil {
 		t.Error("a broken file reloaded without error")
 	}
+}
+
+// TestHangupReloadsShapingFile runs a deliverer as its main does, with
+// WithReload(Load): after its shaping file changes, a SIGHUP puts the new
+// limits in force, as `sluice shaping show` (the admin API) reports them.
+func TestHangupReloadsShapingFile(t *testing.T) {
+	// The test's own handler first: a SIGHUP that arrived before Run's
+	// would otherwise end the test process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	ns := natstest.Start(t)
+	dns := dnstest.Start(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "providers.yaml")
+	write(t, file, "sites:\n  limited.test: {max_connections: 7, initial_connections: 2}\n")
+	conf := filepath.Join(dir, "sluice.yaml")
+	write(t, conf, fmt.Sprintf("nats: {url: %q}\ndeliverer:\n  hostname: deliverer.test\n  instance: reload-test\n  dns_server: %q\n"+
+		"  metrics_listen: \"\"\n  shaping: {file: providers.yaml}\n", ns.ClientURL(), dns.Addr))
+	cfg, err := Load(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, cfg, lifecycle.Host{LogOutput: io.Discard}, WithReload(func() (worker.Config, error) { return Load(conf) }))
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	nc, _ := ns.Connect(t)
+	maxConns := func() int {
+		data, _ := json.Marshal(admin.ShapingRequest{Site: "mx1.limited.test,mx2.limited.test"})
+		msg, err := nc.Request(admin.ShapingPrefix+"."+admin.ShapingShow, data, 2*time.Second)
+		if err != nil {
+			return -1
+		}
+		var resp admin.ShapingResponse
+		if json.Unmarshal(msg.Data, &resp) != nil || len(resp.Sites) != 1 {
+			return -1
+		}
+		return resp.Sites[0].MaxConnections
+	}
+	waitFor := func(want int, what string) {
+		t.Helper()
+		got := -1
+		for deadline := time.Now().Add(30 * time.Second); got != want; time.Sleep(50 * time.Millisecond) {
+			if got = maxConns(); got != want && time.Now().After(deadline) {
+				t.Fatalf("%s: max_connections %d, want %d", what, got, want)
+			}
+		}
+	}
+	waitFor(7, "from the shaping file at start")
+	write(t, file, "sites:\n  limited.test: {max_connections: 3, initial_connections: 2}\n")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(3, "after the file changed and SIGHUP")
+	// A broken file is refused and the limits in force stay.
+	write(t, file, "sites:\n  limited.test: {max_conections: 1}\n")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	waitFor(3, "after a broken file and SIGHUP")
 }
