@@ -138,7 +138,10 @@ func (s *Service) queuedBySite(ctx context.Context) (queued, error) {
 	if err != nil {
 		return q, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	// Both steps are bounded so that show answers within the CLI's
+	// default 5 s even when the scheduler or DNS is slow: what is not
+	// resolved in time is counted as elsewhere.
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	msg, err := s.js.Conn().RequestWithContext(rctx, wire.AdminQueueSubject(wire.AdminStats), data)
 	if err != nil {
@@ -151,8 +154,10 @@ func (s *Service) queuedBySite(ctx context.Context) (queued, error) {
 	if err := json.Unmarshal(msg.Data, &stats); err != nil {
 		return q, fmt.Errorf("unreadable queue stats: %v", err)
 	}
-	// Resolved a few at a time: mostly answered by the resolver's cache,
-	// these are the domains the deliverers are sending to.
+	// Resolved a few at a time, mostly from the resolver's cache (records
+	// kept for their TTL): these are the domains the deliverers send to.
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
@@ -161,7 +166,7 @@ func (s *Service) queuedBySite(ctx context.Context) (queued, error) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			route, err := s.courier.Route(ctx, row.Domain)
+			route, err := s.courier.Route(dctx, row.Domain)
 			if err != nil {
 				return
 			}
