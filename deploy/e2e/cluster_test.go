@@ -758,9 +758,10 @@ func TestClusterSchedulerInstanceLost(t *testing.T) {
 // messages they were sending when it died were promised nothing unless
 // they got their 250. Then it freezes one deliverer with SIGSTOP for 30 s:
 // the other goes on delivering, and the jobs the frozen one held come back
-// after the deliverer's AckWait, set here to production's 30 s (the other
-// tests' worlds use 5 s) so that the freeze is as long as the wait. When
-// thawed, the frozen deliverer finishes or abandons what it held. Nothing
+// after the deliverer's AckWait, set here to production's 10 s (the other
+// tests' worlds use 5 s): the other deliverer asks the frozen one about
+// them, gets no answer and delivers them. When thawed, the frozen
+// deliverer finishes or abandons what it held. Nothing
 // accepted is lost, duplicates stay under 1%, and the queue drains within
 // a bound after the thaw. Both failures share one load of up to 6,000
 // messages (about 4,500 are sent): one cluster start instead of two, and
@@ -769,7 +770,7 @@ func TestClusterSchedulerInstanceLost(t *testing.T) {
 func TestClusterIngressKilledDelivererFrozen(t *testing.T) {
 	const (
 		freeze  = 30 * time.Second
-		ackWait = 30 * time.Second
+		ackWait = 10 * time.Second
 	)
 	c := readyCluster(t)
 	w := newWorld(t, worldOpts{cluster: c, deliverers: 2, instances: map[string]int{"ingress": 2},
