@@ -18,6 +18,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/consume"
 )
 
 // A job is handed out again when its acknowledgement wait runs out: the
@@ -160,39 +161,33 @@ func (s *Service) askLive(ctx context.Context, instance, key string) string {
 	return string(reply.Data)
 }
 
-// checkLive reports whether job, handed out again, may be attempted: not
-// while the deliverer of its latest attempt still runs it or has finished
-// it. When it may not, the job has been settled. A first delivery passes
-// at once.
-func (s *Service) checkLive(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) bool {
+// checkLive reports whether job, handed out again, must not be attempted
+// (the deliverer of its latest attempt still runs it or has finished it),
+// and then what becomes of it. A first delivery passes at once.
+func (s *Service) checkLive(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (consume.Outcome, bool) {
 	md, err := msg.Metadata()
 	if err != nil || md.NumDelivered <= 1 {
-		return true
+		return consume.Outcome{}, false
 	}
 	instance, err := s.latestAttempt(ctx, job, md.Sequence.Stream)
 	if err != nil {
 		// Cannot tell: waiting is safe, a second copy of the mail is not.
 		log.WarnContext(ctx, "cannot look up the job's latest attempt; job returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return false
+		return consume.RetryAfter(infraRetry), true
 	}
 	if instance == "" {
-		return true
+		return consume.Outcome{}, false
 	}
 	switch state := s.askLive(ctx, instance, liveKey(job)); state {
 	case liveRunning:
 		trace.SpanFromContext(ctx).AddEvent("sluice.still_running", trace.WithAttributes(attribute.String("sluice.deliverer", instance)))
 		log.InfoContext(ctx, "job handed out again while its delivery still runs; it waits", "deliverer", instance)
 		s.steered.Add(context.Background(), 1, metric.WithAttributes(attribute.String("action", "still_running")))
-		_ = msg.NakWithDelay(s.cfg.AckWait)
-		return false
+		return consume.RetryAfter(s.cfg.AckWait), true
 	case liveFinished:
 		log.InfoContext(ctx, "job handed out again after its delivery finished; acknowledged", "deliverer", instance)
 		s.steered.Add(context.Background(), 1, metric.WithAttributes(attribute.String("action", "finished")))
-		if err := s.confirmAck(ctx, msg); err != nil {
-			log.WarnContext(ctx, "ack of a finished job not confirmed", "err", err)
-		}
-		return false
+		return s.confirmed(), true
 	}
-	return true
+	return consume.Outcome{}, false
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-mta/sluice/deliverer/status"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/consume"
 )
 
 // A poison job is one whose handling never ends: the deliverer crashes or
@@ -58,12 +59,12 @@ func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error)
 }
 
 // checkStrikes counts a strike when msg was handed out before and reports
-// whether the job may be attempted. When it may not (poison, or strikes
-// cannot be counted), the job has been settled.
-func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) bool {
+// whether the job must not be attempted (poison, or strikes cannot be
+// counted), and then what becomes of it.
+func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (consume.Outcome, bool) {
 	md, err := msg.Metadata()
 	if err != nil || md.NumDelivered <= 1 {
-		return true
+		return consume.Outcome{}, false
 	}
 	// Handed out before and now at the attempt: a possible duplicate (an
 	// earlier delivery may have reached the attempt too). Jobs handed back
@@ -74,11 +75,10 @@ func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *slui
 	n, err := s.strike(ctx, job)
 	if err != nil {
 		log.WarnContext(ctx, "cannot count a strike; job returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return false
+		return consume.RetryAfter(infraRetry), true
 	}
 	if n < uint64(s.cfg.MaxStrikes) {
-		return true
+		return consume.Outcome{}, false
 	}
 	// Poison: end it with a failure the scheduler bounces.
 	e := status.Permanent(sluicev1.Reason_REASON_INTERNAL, 554, "5.3.0", fmt.Sprintf(
@@ -90,13 +90,9 @@ func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *slui
 	job.Body = nil
 	if err := s.publish(ctx, job, res); err != nil {
 		log.ErrorContext(ctx, "cannot store the failure of a poison job; job returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return false
+		return consume.RetryAfter(infraRetry), true
 	}
 	s.m.poisoned.Add(context.Background(), 1, metric.WithAttributes(attribute.String("priority", wire.ClassName(job.Priority))))
 	log.ErrorContext(ctx, "poison job failed for good", "strikes", n, "deliveries", md.NumDelivered)
-	if err := s.confirmAck(ctx, msg); err != nil {
-		log.WarnContext(ctx, "ack of a poison job not confirmed", "err", err)
-	}
-	return false
+	return s.confirmed(), true
 }

@@ -107,7 +107,7 @@ const (
 	// resultBudget is how long a stored attempt's result is tried again
 	// (with the same message id, so JetStream stores it once) before the
 	// job is given back: giving it back delivers the mail a second time,
-	// and an election takes seconds. keepAlive holds the job meanwhile.
+	// and an election takes seconds. In-progress acks hold the job meanwhile.
 	resultBudget = time.Minute
 )
 
@@ -179,8 +179,10 @@ type Service struct {
 	closeOnce sync.Once
 	started   atomic.Bool
 
-	// consumeMetrics count settlements and panics as every consumer does.
-	consumeMetrics *consume.Metrics
+	// runner runs each job as every consumer of every service runs its
+	// inputs, with the same metrics (sluice_deliverer_inputs_settled_total,
+	// sluice_deliverer_panics_total).
+	runner consume.Runner
 	// strikes counts unfinished deliveries per job attempt (poison.go).
 	strikes jetstream.KeyValue
 	// live are the job attempts running here, and liveSub answers other
@@ -243,23 +245,24 @@ func New(s Settings, d Deps) (*Service, error) {
 		return nil, err
 	}
 	tlsReports := tlsrpt.NewRecorder(d.TLSPolicy.Now)
+	log := d.Logger.With("instance", s.Instance)
 	return &Service{
 		steered: steered,
 		cfg:     s,
 		js:      d.JS,
 		tracer:  d.Tracer,
-		log:     d.Logger.With("instance", s.Instance),
+		log:     log,
 		courier: courier.New(res, dialer, d.Tracer, courier.WithSigner(signer),
 			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency}),
 			courier.WithTLSPolicy(tlsPolicy, d.Meter), courier.WithTLSReports(tlsReports)),
-		tlsPolicy:      tlsPolicy,
-		tlsReports:     tlsReports,
-		m:              m,
-		consumeMetrics: cm,
-		parkAfter:      parkAfter,
-		meter:          d.Meter,
-		slots:          make(chan struct{}, s.Concurrency),
-		pollDone:       make(chan struct{}, 1),
+		tlsPolicy:  tlsPolicy,
+		tlsReports: tlsReports,
+		m:          m,
+		runner:     consume.Runner{Input: "jobs", KeepAlive: s.AckWait / 3, RetryDelay: infraRetry, Log: log, Metrics: cm},
+		parkAfter:  parkAfter,
+		meter:      d.Meter,
+		slots:      make(chan struct{}, s.Concurrency),
+		pollDone:   make(chan struct{}, 1),
 	}, nil
 }
 
@@ -601,7 +604,11 @@ func (s *Service) worker() {
 	}
 }
 
-// run works on one job and then gives back its slot.
+// run works on one job through the consumer runner every service uses
+// (in-progress acknowledgements, panics recovered and counted, the
+// handler's outcome settled) and then gives back its slot. A panic is a
+// retry here, never poison: a job that panics every time ends as poison
+// by its strikes (poison.go), as a failure the scheduler bounces.
 func (s *Service) run(f fetched) {
 	defer func() {
 		s.m.inFlight.Add(context.Background(), -1)
@@ -609,52 +616,24 @@ func (s *Service) run(f fetched) {
 		<-s.slots
 		s.jobs.Done()
 	}()
-	stop := s.keepAlive(f.msg)
-	defer stop()
-	// Every settlement of the job is counted like every other consumer's
-	// (sluice_deliverer_inputs_settled_total{input="jobs"}).
-	msg := s.consumeMetrics.Counted("jobs", f.msg)
-	defer func() {
-		// attempt turns panics of a delivery into results; this is the
-		// last resort for the rest of the handling. A job that panics
-		// every time ends as poison (see poison.go), not terminated here.
-		if p := recover(); p != nil {
-			s.consumeMetrics.Recovered(context.Background(), "jobs", msg, s.log, p)
-			s.log.Debug("panic stack", "stack", string(debug.Stack()))
-			_ = msg.NakWithDelay(infraRetry)
-		}
-	}()
-	s.handle(s.workCtx, msg)
+	r := s.runner
+	if s.noProgress.Load() {
+		r.KeepAlive = time.Hour
+	}
+	var key string
+	o, err := r.Run(s.workCtx, f.msg, func(ctx context.Context, msg jetstream.Msg) consume.Outcome {
+		return s.handle(ctx, msg, &key)
+	})
+	if key != "" {
+		// Still "running" to other deliverers until the outcome is
+		// settled; "finished" for a while if its ack was not confirmed.
+		s.live.end(key, o.Confirms() && err != nil)
+	}
 }
 
-// keepAlive tells JetStream every third of AckWait that the job is still
-// being worked on, so a long delivery is not handed to another deliverer.
-func (s *Service) keepAlive(msg jetstream.Msg) func() {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if s.noProgress.Load() {
-			<-done
-			return
-		}
-		t := time.NewTicker(s.cfg.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				_ = msg.InProgress()
-			case <-done:
-				return
-			}
-		}
-	}()
-	return func() { close(done); wg.Wait() }
-}
-
-// handle works on one job; every path ends in Ack, Nak or Term.
-func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+// handle works on one job and says what becomes of it; key is set to the
+// job attempt's key once it counts as running here (live.go).
+func (s *Service) handle(ctx context.Context, msg jetstream.Msg, key *string) consume.Outcome {
 	job := &sluicev1.Job{}
 	if err := proto.Unmarshal(msg.Data(), job); err != nil || job.JobId == "" || len(job.Recipients) == 0 {
 		why := "invalid"
@@ -663,8 +642,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		s.log.Error("terminating bad job", "subject", msg.Subject(), "why", why, "err", err)
 		s.m.terminated.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", why)))
-		_ = msg.TermWithReason(why + " job")
-		return
+		return consume.Poison(why + " job")
 	}
 	ctx = telemetry.Extract(ctx, msg.Headers())
 	s.queueWaitSpan(ctx, job)
@@ -686,16 +664,15 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	log := s.log.With("queue_id", job.QueueId, "job_id", job.JobId, "attempt", job.Attempt, "domain", job.Domain)
 
 	// An operator may have held or deleted the job since it was queued.
-	if s.steer(ctx, msg, job, log) {
-		return
+	if o, settled := s.steer(ctx, msg, job, log); settled {
+		return o
 	}
 	// Handed out again: not while another delivery of it runs (live.go).
-	if !s.checkLive(ctx, msg, job, log) {
-		return
+	if o, stop := s.checkLive(ctx, msg, job, log); stop {
+		return o
 	}
-	key, unconfirmed := liveKey(job), false
-	s.live.start(key)
-	defer func() { s.live.end(key, unconfirmed) }()
+	*key = liveKey(job)
+	s.live.start(*key)
 	// Route to a site, and take a connection slot of it or wait.
 	route, routeErr := s.courier.Route(ctx, job.Domain)
 	var site shaping.Site
@@ -710,20 +687,21 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		if s.shaper.Config().Disabled {
 			ticket = s.unshaped(site)
 		} else {
+			var o consume.Outcome
 			var ok bool
-			if ticket, gate, ok = s.admit(ctx, msg, job, site, log); !ok {
-				return
+			if ticket, gate, o, ok = s.admit(ctx, msg, job, site, log); !ok {
+				return o
 			}
 		}
 	}
 	// Whatever happens next, the slot's release is let through.
 	defer gate.settle()
 	// A job handed out again may be poison (see poison.go).
-	if !s.checkStrikes(ctx, msg, job, log) {
+	if o, stop := s.checkStrikes(ctx, msg, job, log); stop {
 		if ticket != nil {
 			ticket.Release()
 		}
-		return
+		return o
 	}
 	if s.beforeAttempt != nil {
 		func() {
@@ -739,25 +717,23 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		}()
 	}
 	// The attempt is recorded, and the job copy claimed, before it is made.
-	if !s.claimAttempt(ctx, msg, job, log) {
+	if o, stop := s.claimAttempt(ctx, msg, job, log); stop {
 		if ticket != nil {
 			ticket.Release()
 		}
-		return
+		return o
 	}
 	results, headers, infraErr := s.attempt(ctx, job, route, routeErr, ticket, log)
 	if infraErr != nil {
 		span.SetStatus(codes.Error, infraErr.Error())
 		log.WarnContext(ctx, "job returned to the queue", "err", infraErr)
-		_ = msg.NakWithDelay(infraRetry)
-		return
+		return consume.RetryAfter(infraRetry)
 	}
 	if ctx.Err() != nil && !anyDelivered(results) {
 		// Interrupted by shutdown: another deliverer retries at once
 		// instead of the scheduler after a backoff.
 		span.SetStatus(codes.Error, "interrupted by shutdown")
-		_ = msg.Nak()
-		return
+		return consume.RetryAfter(0)
 	}
 	if routeErr == nil && !s.shaper.Config().Disabled {
 		s.adapt(ctx, job, site, results, log)
@@ -786,8 +762,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if err := s.publish(ctx, job, res); err != nil {
 		s.m.publishFailures.Add(context.Background(), 1)
 		log.ErrorContext(ctx, "cannot store result; job returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return
+		return consume.RetryAfter(infraRetry)
 	}
 	s.m.attempts.Add(context.Background(), 1, metric.WithAttributes(attribute.String("result", result), attribute.String("reason", reason)))
 	s.m.duration.Record(context.Background(), finished.Sub(started).Seconds(), metric.WithAttributes(attribute.String("result", result)))
@@ -809,34 +784,17 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	// lost while the stream's leader changes (a node restarting) makes
 	// JetStream hand the job out again after AckWait, and the mail is
 	// delivered twice. It costs a round trip per job; a rolling restart
-	// of three nodes produced over 1% duplicates with a plain ack.
-	if err := s.confirmAck(ctx, msg); err != nil {
-		// Handed out again, the job is acknowledged by whoever gets it,
-		// once this deliverer says it finished (live.go).
-		unconfirmed = true
-		log.WarnContext(ctx, "ack not confirmed after the result was stored; the job is acknowledged when handed out again", "err", err)
-	}
+	// of three nodes produced over 1% duplicates with a plain ack. Should
+	// it not be confirmed, the job handed out again is acknowledged by
+	// whoever gets it, once this deliverer says it finished (live.go).
+	return s.confirmed()
 }
 
-// confirmAck acknowledges msg and waits for JetStream's confirmation,
-// trying again for up to half of AckWait (the job is handed out again
-// after AckWait, so later tries could only confirm a duplicate).
-func (s *Service) confirmAck(ctx context.Context, msg jetstream.Msg) error {
-	ctx = context.WithoutCancel(ctx)
-	deadline := time.Now().Add(s.cfg.AckWait / 2)
-	for {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := msg.DoubleAck(actx)
-		cancel()
-		if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
-			return nil
-		}
-		if time.Now().Add(250 * time.Millisecond).After(deadline) {
-			return err
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
+// confirmed is the outcome of a job whose result is stored: an ack
+// confirmed by JetStream, asked again for up to half of AckWait (the job
+// is handed out again after AckWait, so later tries could only confirm a
+// duplicate).
+func (s *Service) confirmed() consume.Outcome { return consume.Confirmed(s.cfg.AckWait / 2) }
 
 // attempt reads the body and runs the courier on the route with the ticket
 // (or reports the route's error). A non-nil error means our own

@@ -21,6 +21,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/consume"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -87,41 +88,39 @@ func (g *gatedSlot) settle() {
 }
 
 // admit returns the ticket the job's attempt may use, with the gate of its
-// new slot (nil for an idle session), or settles the job (Nak) and returns
-// false.
-func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, bool) {
-	t, gate, ok := s.take(ctx, msg, job, site, log)
+// new slot (nil for an idle session), or false and what becomes of the job
+// (a wait, or parked).
+func (s *Service) admit(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, consume.Outcome, bool) {
+	t, gate, o, ok := s.take(ctx, msg, job, site, log)
 	if ok && gate != nil {
 		// The site may have been suspended while the slot was taken (by the
 		// attempt that had it): look again before connecting.
 		if _, _, suspended := s.shaper.Suspended(site); suspended {
 			gate.settle()
 			t.Release()
-			if t, gate, ok = s.take(ctx, msg, job, site, log); !ok {
-				return nil, nil, false
+			if t, gate, o, ok = s.take(ctx, msg, job, site, log); !ok {
+				return nil, nil, o, false
 			}
 		}
 	}
 	if !ok {
-		return nil, nil, false
+		return nil, nil, o, false
 	}
 	// The site's message rate, counted last: a message counted is a
 	// message sent.
 	wait, err := s.shaper.Take(ctx, site)
 	if err == nil && wait == 0 {
-		return t, gate, true
+		return t, gate, consume.Outcome{}, true
 	}
 	gate.settle()
 	s.courier.Unused(t)
 	if err != nil {
 		log.WarnContext(ctx, "cannot count the message against its site's rate; job returned to the queue", "site", site.Name, "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return nil, nil, false
+		return nil, nil, consume.RetryAfter(infraRetry), false
 	}
 	r := site.Rate()
 	why := fmt.Sprintf("throttled by site %s: its rate of %d messages per %s is used up for now", site.Name, r.N, r.Per)
-	s.wait(ctx, msg, job, site, "rate", "", why, wait, log)
-	return nil, nil, false
+	return nil, nil, s.wait(ctx, job, site, "rate", "", why, wait, log), false
 }
 
 // unshaped is admit with shaping disabled: an idle session of the site,
@@ -134,7 +133,7 @@ func (s *Service) unshaped(site shaping.Site) *courier.Ticket {
 }
 
 // take is admit's decision.
-func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, bool) {
+func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, log *slog.Logger) (*courier.Ticket, *gatedSlot, consume.Outcome, bool) {
 	if until, reason, ok := s.shaper.Suspended(site); ok {
 		delay := min(time.Until(until), s.shaper.Config().MaxWait)
 		// Spread the jobs of a long suspension over a second, so they do
@@ -145,13 +144,16 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 			// Parked like a retry: the queue shows the job deferred until
 			// then, and `sluice queue retry` finds it.
 			s.throttled(ctx, job, site, "parked", strconv.FormatInt(until.Unix(), 10), why, delay, log)
-			return nil, nil, false
+			// Should the ack be lost, the job comes back after AckWait and
+			// finds its schedule: the schedule's copy is then a second
+			// offer of the same attempt, which the attempt's message ids
+			// make harmless to record.
+			return nil, nil, consume.Confirmed(10 * time.Second), false
 		}
-		s.wait(ctx, msg, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log)
-		return nil, nil, false
+		return nil, nil, s.wait(ctx, job, site, "suspended", strconv.FormatInt(until.Unix(), 10), why, delay, log), false
 	}
 	if t := s.courier.Idle(site.Name); t != nil {
-		return t, nil, true
+		return t, nil, consume.Outcome{}, true
 	}
 	lease, err := s.shaper.Acquire(ctx, site)
 	switch {
@@ -162,16 +164,14 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 			lease.Release()
 			if err != nil {
 				log.WarnContext(ctx, "cannot count the connection against its site's rate; job returned to the queue", "site", site.Name, "err", err)
-				_ = msg.NakWithDelay(infraRetry)
-				return nil, nil, false
+				return nil, nil, consume.RetryAfter(infraRetry), false
 			}
 			r := site.ConnectionRate()
 			why := fmt.Sprintf("throttled by site %s: its rate of %d new connections per %s is used up for now", site.Name, r.N, r.Per)
-			s.wait(ctx, msg, job, site, "connection_rate", "", why, wait, log)
-			return nil, nil, false
+			return nil, nil, s.wait(ctx, job, site, "connection_rate", "", why, wait, log), false
 		}
 		g := &gatedSlot{lease: lease}
-		return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
+		return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, consume.Outcome{}, true
 	case errors.Is(err, shaping.ErrBusy):
 		// This deliverer's own connections to the site come back one by
 		// one as their transactions end: wait a moment for one, at most one
@@ -179,13 +179,13 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 		if held := s.shaper.HeldFor(site); held > 0 {
 			t, freed := s.courier.AwaitIdle(ctx, site.Name, held, s.shaper.Config().BusyDelay)
 			if t != nil {
-				return t, nil, true
+				return t, nil, consume.Outcome{}, true
 			}
 			if freed {
 				if lease, err := s.shaper.Acquire(ctx, site); err == nil {
 					if wait, err := s.shaper.TakeConnection(ctx, site); err == nil && wait == 0 {
 						g := &gatedSlot{lease: lease}
-						return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, true
+						return courier.NewTicket(site.Name, g, site.Policy.MaxMessagesPerConnection), g, consume.Outcome{}, true
 					}
 					lease.Release()
 				}
@@ -195,13 +195,11 @@ func (s *Service) take(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 		busy := s.shaper.Config().BusyDelay
 		delay := busy + rand.N(busy)
 		why := fmt.Sprintf("throttled by site %s: all %d connections the fleet may open to it are in use", site.Name, n)
-		s.wait(ctx, msg, job, site, "busy", "", why, delay, log)
-		return nil, nil, false
+		return nil, nil, s.wait(ctx, job, site, "busy", "", why, delay, log), false
 	default:
 		log.WarnContext(ctx, "cannot take a connection slot; job returned to the queue", "site", site.Name, "err", err)
 		trace.SpanFromContext(ctx).SetAttributes(attribute.String("sluice.result", "returned"))
-		_ = msg.NakWithDelay(infraRetry)
-		return nil, nil, false
+		return nil, nil, consume.RetryAfter(infraRetry), false
 	}
 }
 
@@ -213,7 +211,7 @@ const parkAfter = 15 * time.Second
 // stores the job as a one-shot message schedule on its schedule subject
 // (where the scheduler keeps retries, so `sluice queue retry`, `hold` and
 // `delete` find it the same way), firing into its class subject, and
-// acknowledges it. A delayed Nak would keep the job pending on the shared
+// has it acknowledged. A delayed Nak would keep the job pending on the shared
 // consumer, and enough of them (a suspended large provider) would fill its
 // MaxAckPending and stop every other site's mail with it. It reports false,
 // having changed nothing, when the schedule could not be stored.
@@ -239,19 +237,14 @@ func (s *Service) park(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job
 		log.WarnContext(ctx, "cannot park a job of a suspended site; it waits in the queue", "err", err)
 		return false
 	}
-	if err := msg.DoubleAck(pctx); err != nil {
-		// The job comes back after AckWait and finds its schedule: the
-		// schedule's copy is then a second offer of the same attempt,
-		// which the attempt's message ids make harmless to record.
-		log.WarnContext(ctx, "ack of a parked job failed", "err", err)
-	}
 	return true
 }
 
-// wait hands the job back to JetStream for delay and says why.
-func (s *Service) wait(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, site shaping.Site, kind, episode, why string, delay time.Duration, log *slog.Logger) {
+// wait records why the job waits, and hands it back to JetStream for
+// delay.
+func (s *Service) wait(ctx context.Context, job *sluicev1.Job, site shaping.Site, kind, episode, why string, delay time.Duration, log *slog.Logger) consume.Outcome {
 	s.throttled(ctx, job, site, kind, episode, why, delay, log)
-	_ = msg.NakWithDelay(delay)
+	return consume.RetryAfter(delay)
 }
 
 // throttled records a wait on the job's trace, history and metrics.

@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/claim"
+	"github.com/sluice-mta/sluice/services/consume"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -32,18 +33,17 @@ import (
 // memory: a mark reaches it within about a millisecond of the operator's
 // write, so only a job fetched in that instant can still be attempted.
 
-// steer applies an operator's mark to a fetched job and reports whether it
-// settled the job (so it must not be attempted).
-func (s *Service) steer(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) bool {
+// steer applies an operator's mark to a fetched job and reports whether
+// the job must not be attempted, and then what becomes of it.
+func (s *Service) steer(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (consume.Outcome, bool) {
 	mark, marked, err := s.marks.Get(ctx, job.JobId)
 	if err != nil {
 		// Without knowing, attempting could deliver a held job.
 		log.WarnContext(ctx, "cannot read hold mark; job returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return true
+		return consume.RetryAfter(infraRetry), true
 	}
 	if !marked {
-		return false
+		return consume.Outcome{}, false
 	}
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.String("sluice.operator_mark", mark.Action))
@@ -57,18 +57,12 @@ func (s *Service) steer(ctx context.Context, msg jetstream.Msg, job *sluicev1.Jo
 		defer cancel()
 		if _, err := s.js.PublishMsg(pctx, parkMsg(job, msg.Data(), msg.Headers(), s.cfg.Instance, nonce)); err != nil {
 			log.WarnContext(ctx, "cannot park held job; returned to the queue", "err", err)
-			_ = msg.NakWithDelay(infraRetry)
-			return true
+			return consume.RetryAfter(infraRetry), true
 		}
-	}
-	ackCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := msg.DoubleAck(ackCtx); err != nil {
-		log.WarnContext(ctx, "ack of steered job failed", "err", err)
 	}
 	s.steered.Add(context.Background(), 1, metric.WithAttributes(attribute.String("action", mark.Action)))
 	log.InfoContext(ctx, "job not attempted: "+mark.Action+" by an operator", "actor", mark.Actor)
-	return true
+	return consume.Confirmed(10 * time.Second), true
 }
 
 // parkMsg is the message parking job on its held subject: the job's own
@@ -92,8 +86,8 @@ func parkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string)
 // the history shows an attempt even when the deliverer dies during it. The
 // event also claims the job copy (package claim): an operator's prioritize
 // claims it the same way before it moves the job to another class, and
-// only one of the two claims is stored. It reports whether to attempt the
-// job; when not, the message has been settled:
+// only one of the two claims is stored. It reports whether not to attempt
+// the job, and then what becomes of it:
 //   - the copy was moved: given back to the queue, where the scheduler
 //     removes it once the moved copy is stored;
 //   - the claim could not be made (JetStream unreachable): returned to the
@@ -102,12 +96,11 @@ func parkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string)
 // A copy handed out again (after a crash or a Nak) finds its earlier
 // attempt's claim and is attempted again. The message id includes the
 // delivery count, so that second try is recorded too.
-func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) bool {
+func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (consume.Outcome, bool) {
 	md, err := msg.Metadata()
 	if err != nil {
 		log.WarnContext(ctx, "job without JetStream metadata; returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return false
+		return consume.RetryAfter(infraRetry), true
 	}
 	ev := &admin.QueueEvent{
 		Type: wire.EventAttempt, Time: time.Now().UTC(), QueueID: job.QueueId, JobID: job.JobId, State: admin.StateActive,
@@ -131,19 +124,17 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 	if err != nil {
 		trace.SpanFromContext(ctx).SetStatus(codes.Error, "cannot record the attempt")
 		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
-		_ = msg.NakWithDelay(infraRetry)
-		return false
+		return consume.RetryAfter(infraRetry), true
 	}
 	if out.Won {
-		return true
+		return consume.Outcome{}, false
 	}
 	// Moved to another class by an operator: its new copy is delivered.
 	// This one is given back rather than acknowledged: the scheduler
 	// removes it once the moved copy is stored, and should that fail, it
 	// gives the claim up and this copy is attempted after all.
-	_ = msg.NakWithDelay(movedRetry)
 	s.steered.Add(context.Background(), 1, metric.WithAttributes(attribute.String("action", out.Holder)))
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("sluice.operator_mark", out.Holder))
 	log.InfoContext(ctx, "job not attempted: "+out.Holder+" by an operator")
-	return false
+	return consume.RetryAfter(movedRetry), true
 }

@@ -50,6 +50,7 @@ type LoopConfig struct {
 // pulled are handled before Wait returns.
 type Loop struct {
 	cfg      LoopConfig
+	runner   Runner
 	work     chan jetstream.Msg
 	done     chan struct{}
 	stopOnce sync.Once
@@ -69,6 +70,8 @@ func StartLoop(ctx context.Context, cons jetstream.Consumer, cfg LoopConfig, h H
 	}
 	l := &Loop{
 		cfg: cfg, cons: cons, it: it,
+		runner: Runner{Input: cfg.Input, KeepAlive: cfg.KeepAlive, Timeout: cfg.Timeout, RetryDelay: cfg.RetryDelay,
+			PanicsArePoison: true, Log: cfg.Log, Metrics: cfg.Metrics},
 		work:    make(chan jetstream.Msg),
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -132,14 +135,7 @@ func (l *Loop) dispatch() {
 }
 
 func (l *Loop) handle(ctx context.Context, h Handler, msg jetstream.Msg) {
-	hctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
-	defer cancel()
-	stop := KeepInProgress(msg, l.cfg.KeepAlive)
-	o := l.cfg.Metrics.Guard(hctx, l.cfg.Input, msg, l.cfg.Log, l.cfg.RetryDelay, func() Outcome { return h(hctx, msg) })
-	stop()
-	if err := l.cfg.Metrics.Settle(ctx, l.cfg.Input, msg, o); err != nil {
-		l.cfg.Log.Warn("settle input", "input", l.cfg.Input, "settlement", o.Name(), "err", err)
-	}
+	_, _ = l.runner.Run(ctx, msg, h)
 }
 
 // recover provisions the consumer again and opens a new iterator on it,

@@ -2,6 +2,7 @@ package consume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -23,10 +24,11 @@ type Outcome struct {
 type kind int
 
 const (
-	kindDone    kind = iota // Ack
-	kindRetry               // Nak with delay: our own infrastructure failed
-	kindPoison              // Term: the input can never be processed
-	kindSettled             // the handler settled the input itself
+	kindDone      kind = iota // Ack
+	kindRetry                 // Nak with delay: our own infrastructure failed
+	kindPoison                // Term: the input can never be processed
+	kindSettled               // the handler settled the input itself
+	kindConfirmed             // Ack, confirmed by JetStream
 )
 
 // Done acknowledges the input: it was processed.
@@ -39,6 +41,12 @@ func RetryAfter(d time.Duration) Outcome { return Outcome{kind: kindRetry, delay
 // Poison terminates the input: it can never be processed (undecodable,
 // invalid, or it made the handler panic on every delivery).
 func Poison(reason string) Outcome { return Outcome{kind: kindPoison, reason: reason} }
+
+// Confirmed acknowledges the input and waits for JetStream to confirm it,
+// asking again for up to within: for an input whose second handling would
+// be visible (a mail delivered twice), where an ack lost while the
+// stream's leader changes must not hand it out again after AckWait.
+func Confirmed(within time.Duration) Outcome { return Outcome{kind: kindConfirmed, delay: within} }
 
 // Settled says the handler already told JetStream (e.g. a confirmed
 // acknowledgement, or the input moved to a schedule).
@@ -90,9 +98,10 @@ func NewMetrics(m metric.Meter, component string) (*Metrics, error) {
 	return &x, nil
 }
 
-// Settle tells JetStream o about msg and counts it. A failure to settle
-// is returned: the input comes back after AckWait, which every handler
-// must tolerate.
+// Settle tells JetStream o about msg and counts it (a Settled input was
+// counted where it was settled: see Counted). A failure to settle is
+// returned: the input comes back after AckWait, which every handler must
+// tolerate.
 func (x *Metrics) Settle(ctx context.Context, input string, msg jetstream.Msg, o Outcome) error {
 	var err error
 	switch o.kind {
@@ -102,9 +111,32 @@ func (x *Metrics) Settle(ctx context.Context, input string, msg jetstream.Msg, o
 		err = msg.NakWithDelay(o.delay)
 	case kindPoison:
 		err = msg.TermWithReason(o.reason)
+	case kindConfirmed:
+		err = confirmAck(ctx, msg, o.delay)
+	case kindSettled:
+		return nil
 	}
 	x.count(ctx, input, o.Name())
 	return err
+}
+
+// confirmAck acknowledges msg and waits for JetStream's confirmation,
+// asking again every 250 ms for up to within.
+func confirmAck(ctx context.Context, msg jetstream.Msg, within time.Duration) error {
+	ctx = context.WithoutCancel(ctx)
+	deadline := time.Now().Add(within)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := msg.DoubleAck(actx)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			return nil
+		}
+		if time.Now().Add(250 * time.Millisecond).After(deadline) {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func (x *Metrics) count(ctx context.Context, input, settlement string) {
@@ -176,12 +208,17 @@ const MaxPanics = 5
 // a client can provoke must not flood the log) and returns a retry after
 // retry, or Poison when the input has panicked MaxPanics times.
 func (x *Metrics) Guard(ctx context.Context, input string, msg jetstream.Msg, log *slog.Logger, retry time.Duration, h func() Outcome) (o Outcome) {
+	return x.guard(ctx, input, msg, log, retry, true, h)
+}
+
+// guard is Guard; without poison, a panic is always a retry.
+func (x *Metrics) guard(ctx context.Context, input string, msg jetstream.Msg, log *slog.Logger, retry time.Duration, poison bool, h func() Outcome) (o Outcome) {
 	defer func() {
 		p := recover()
 		if p == nil {
 			return
 		}
-		if delivered := x.Recovered(ctx, input, msg, log, p); delivered >= MaxPanics {
+		if delivered := x.Recovered(ctx, input, msg, log, p); poison && delivered >= MaxPanics {
 			o = Poison(fmt.Sprintf("%s: panicked on %d deliveries", input, delivered))
 			return
 		}
@@ -189,3 +226,6 @@ func (x *Metrics) Guard(ctx context.Context, input string, msg jetstream.Msg, lo
 	}()
 	return h()
 }
+
+// Confirms reports whether o is a Confirmed acknowledgement.
+func (o Outcome) Confirms() bool { return o.kind == kindConfirmed }
