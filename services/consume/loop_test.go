@@ -113,8 +113,28 @@ func TestLoopOutcomes(t *testing.T) {
 	if seen["ok"] != 1 || seen["later"] != 2 || seen["bad"] != 1 || seen["boom"] != MaxPanics || seen["after"] != 1 {
 		t.Fatalf("deliveries %v, want ok 1, later 2, bad 1, boom %d, after 1", seen, MaxPanics)
 	}
+	got := counters(t, reader)
+	// ok, later (2nd), after: ack; later (1st) and boom (4 panics): nak;
+	// bad and boom (5th): term.
+	want := map[string]int64{
+		"sluice_test_inputs_settled_total/ack":  3,
+		"sluice_test_inputs_settled_total/nak":  1 + MaxPanics - 1,
+		"sluice_test_inputs_settled_total/term": 2,
+		"sluice_test_panics_total":              MaxPanics,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d (all: %v)", k, got[k], v, got)
+		}
+	}
+}
+
+// counters reads reader's integer counters, keyed by name and, for the
+// settlements, name/settlement.
+func counters(t *testing.T, reader *sdkmetric.ManualReader) map[string]int64 {
+	t.Helper()
 	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
+	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]int64{}
@@ -133,17 +153,5 @@ func TestLoopOutcomes(t *testing.T) {
 			}
 		}
 	}
-	// ok, later (2nd), after: ack; later (1st) and boom (4 panics): nak;
-	// bad and boom (5th): term.
-	want := map[string]int64{
-		"sluice_test_inputs_settled_total/ack":  3,
-		"sluice_test_inputs_settled_total/nak":  1 + MaxPanics - 1,
-		"sluice_test_inputs_settled_total/term": 2,
-		"sluice_test_panics_total":              MaxPanics,
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s = %d, want %d (all: %v)", k, got[k], v, got)
-		}
-	}
+	return got
 }

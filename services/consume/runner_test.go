@@ -8,9 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/sluice-mta/sluice/services/natstest"
 )
@@ -97,24 +95,7 @@ func TestRunnerWithoutPanicPoison(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d inputs left after the panics, want boom", n)
 	}
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, mt := range sm.Metrics {
-			if sum, ok := mt.Data.(metricdata.Sum[int64]); ok {
-				for _, dp := range sum.DataPoints {
-					key := mt.Name
-					if v, ok := dp.Attributes.Value(attribute.Key("settlement")); ok {
-						key += "/" + v.AsString()
-					}
-					got[key] += dp.Value
-				}
-			}
-		}
-	}
+	got := counters(t, reader)
 	want := map[string]int64{
 		"sluice_test_inputs_settled_total/ack":     2,
 		"sluice_test_inputs_settled_total/nak":     MaxPanics + 2,
