@@ -29,7 +29,9 @@ type Settings struct {
 	// machine's host name; it should have forward-confirmed reverse DNS.
 	Hostname string `yaml:"hostname" env:"SLUICE_DELIVERER_HOSTNAME"`
 	// Instance names this process in results and logs; main defaults it to
-	// "<hostname>-<pid>".
+	// "<hostname>-<pid>". It must be unique in the fleet: the deliverer
+	// that gets a job handed out again asks the one named in the job's
+	// latest attempt whether it still runs it (live.go).
 	Instance string `yaml:"instance" env:"SLUICE_DELIVERER_INSTANCE"`
 	// DNSServer is the resolver as host:port; empty means the first
 	// nameserver of /etc/resolv.conf, which main reads.
