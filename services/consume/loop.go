@@ -37,7 +37,7 @@ type LoopConfig struct {
 }
 
 // Loop pulls from one durable consumer and hands each input to a fixed
-// pool of workers, which run the handler under Guard (a panic is counted,
+// pool of workers, which run it through a Runner (a panic is counted,
 // logged once and retried; an input that panics on every delivery is
 // terminated), keep the input alive with in-progress acknowledgements, and
 // Settle its outcome. Pulling is batched (one pull request asks for up to

@@ -3,8 +3,6 @@ package consume
 import (
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -99,7 +97,7 @@ func NewMetrics(m metric.Meter, component string) (*Metrics, error) {
 }
 
 // Settle tells JetStream o about msg and counts it (a Settled input was
-// counted where it was settled: see Counted). A failure to settle is
+// counted where it was settled: see counted). A failure to settle is
 // returned: the input comes back after AckWait, which every handler must
 // tolerate.
 func (x *Metrics) Settle(ctx context.Context, input string, msg jetstream.Msg, o Outcome) error {
@@ -143,10 +141,9 @@ func (x *Metrics) count(ctx context.Context, input, settlement string) {
 	x.settled.Add(ctx, 1, metric.WithAttributes(attribute.String("input", input), attribute.String("settlement", settlement)))
 }
 
-// Counted returns msg with its settlements counted as Settle counts them,
-// for a consumer whose handler settles inputs itself in several ways (the
-// deliverer: confirmed acks, parking, delayed naks).
-func (x *Metrics) Counted(input string, msg jetstream.Msg) jetstream.Msg {
+// counted returns msg with its settlements counted as Settle counts them,
+// for a handler that settles an input itself and says Settled.
+func (x *Metrics) counted(input string, msg jetstream.Msg) jetstream.Msg {
 	return countedMsg{Msg: msg, x: x, input: input}
 }
 
@@ -186,46 +183,9 @@ func (m countedMsg) TermWithReason(reason string) error {
 	return m.Msg.TermWithReason(reason)
 }
 
-// Recovered counts and logs a panic recovered while handling msg: once, at
-// warning level, without the stack (a panic that a client can provoke must
-// not flood the log). It returns how many times msg was delivered.
-func (x *Metrics) Recovered(ctx context.Context, input string, msg jetstream.Msg, log *slog.Logger, p any) uint64 {
-	x.panics.Add(ctx, 1, metric.WithAttributes(attribute.String("input", input)))
-	delivered := uint64(1)
-	if md, err := msg.Metadata(); err == nil {
-		delivered = md.NumDelivered
-	}
-	log.WarnContext(ctx, "panic handling input", "input", input, "subject", msg.Subject(), "panic", fmt.Sprint(p), "delivered", delivered)
-	return delivered
-}
-
 // MaxPanics is how many deliveries of one input may panic before it is
-// poison.
+// poison (Runner.PanicsArePoison).
 const MaxPanics = 5
-
-// Guard runs h and returns its outcome, or, when it panics, counts and
-// logs the panic once (at warning level, without the stack: a panic that
-// a client can provoke must not flood the log) and returns a retry after
-// retry, or Poison when the input has panicked MaxPanics times.
-func (x *Metrics) Guard(ctx context.Context, input string, msg jetstream.Msg, log *slog.Logger, retry time.Duration, h func() Outcome) (o Outcome) {
-	return x.guard(ctx, input, msg, log, retry, true, h)
-}
-
-// guard is Guard; without poison, a panic is always a retry.
-func (x *Metrics) guard(ctx context.Context, input string, msg jetstream.Msg, log *slog.Logger, retry time.Duration, poison bool, h func() Outcome) (o Outcome) {
-	defer func() {
-		p := recover()
-		if p == nil {
-			return
-		}
-		if delivered := x.Recovered(ctx, input, msg, log, p); poison && delivered >= MaxPanics {
-			o = Poison(fmt.Sprintf("%s: panicked on %d deliveries", input, delivered))
-			return
-		}
-		o = RetryAfter(retry)
-	}()
-	return h()
-}
 
 // Confirms reports whether o is a Confirmed acknowledgement.
 func (o Outcome) Confirms() bool { return o.kind == kindConfirmed }
