@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/claim"
 	"github.com/sluice-mta/sluice/services/consume"
 )
 
@@ -125,15 +125,8 @@ func (s *Service) serveLive() (*nats.Subscription, error) {
 // latestAttempt is the instance that recorded the latest attempt of msg's
 // copy of job, or "" when none did.
 func (s *Service) latestAttempt(ctx context.Context, job *sluicev1.Job, seq uint64) (string, error) {
-	st, err := s.js.Stream(ctx, wire.StreamEvents)
-	if err != nil {
-		return "", err
-	}
-	m, err := st.GetLastMsgForSubject(ctx, wire.ClaimFilter(job.QueueId, seq))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return "", nil
-	}
-	if err != nil {
+	m, err := claim.Latest(ctx, s.js, job.QueueId, seq)
+	if m == nil || err != nil {
 		return "", err
 	}
 	if wire.ClaimType(m.Subject) != wire.EventAttempt {

@@ -91,18 +91,29 @@ func Take(ctx context.Context, js jetstream.JetStream, m *nats.Msg, queueID stri
 // Holder is the type and sequence of the claim of the copy at seq, or ""
 // when there is none.
 func Holder(ctx context.Context, js jetstream.JetStream, queueID string, seq uint64) (string, uint64, error) {
+	msg, err := Latest(ctx, js, queueID, seq)
+	if msg == nil || err != nil {
+		return "", 0, err
+	}
+	return wire.ClaimType(msg.Subject), msg.Sequence, nil
+}
+
+// Latest is the last event on the claim subjects of the copy at seq (its
+// type is wire.ClaimType of its subject): the claim itself, or a later try
+// recorded on the same subject. It is nil when there is none.
+func Latest(ctx context.Context, js jetstream.JetStream, queueID string, seq uint64) (*jetstream.RawStreamMsg, error) {
 	st, err := js.Stream(ctx, wire.StreamEvents)
 	if err != nil {
-		return "", 0, fmt.Errorf("claim of %s/%s: %w", queueID, strconv.FormatUint(seq, 10), err)
+		return nil, fmt.Errorf("claim of %s/%s: %w", queueID, strconv.FormatUint(seq, 10), err)
 	}
 	msg, err := st.GetLastMsgForSubject(ctx, wire.ClaimFilter(queueID, seq))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return "", 0, nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("claim of %s/%s: %w", queueID, strconv.FormatUint(seq, 10), err)
+		return nil, fmt.Errorf("claim of %s/%s: %w", queueID, strconv.FormatUint(seq, 10), err)
 	}
-	return wire.ClaimType(msg.Subject), msg.Sequence, nil
+	return msg, nil
 }
 
 // conflict reports whether err is JetStream refusing the expected last
