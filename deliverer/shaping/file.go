@@ -1,7 +1,6 @@
 package shaping
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -22,7 +21,7 @@ func ReadFile(path string) (Config, error) {
 		return Config{}, fmt.Errorf("deliverer.shaping.file %s: %w", path, err)
 	}
 	if c.File != "" {
-		return Config{}, fmt.Errorf("deliverer.shaping.file %s: %w", path, errors.New("file: a shaping file cannot name another"))
+		return Config{}, fmt.Errorf("deliverer.shaping.file %s: file: a shaping file cannot name another", path)
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("deliverer.shaping.file %s: %w", path, err)

@@ -236,7 +236,7 @@ func New(s Settings, d Deps) (*Service, error) {
 		s.Instance = s.Hostname
 	}
 	steered, err := d.Meter.Int64Counter("sluice_deliverer_jobs_steered_total",
-		metric.WithDescription("Jobs not attempted because an operator held, deleted or reprioritised them, by action."))
+		metric.WithDescription("Jobs not attempted because an operator held, deleted or reprioritised them, or because another delivery of them still runs or has finished (still_running, finished), by action."))
 	if err != nil {
 		return nil, err
 	}
