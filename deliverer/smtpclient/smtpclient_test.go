@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net/textproto"
 	"reflect"
@@ -488,3 +489,45 @@ func BenchmarkDotWriter(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// failingBody gives its content, then fails: the queue lost mid-message.
+type failingBody struct {
+	content *strings.Reader
+	err     error
+}
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if b.content.Len() > 0 {
+		return b.content.Read(p)
+	}
+	return 0, b.err
+}
+
+// TestContentReadFailure: when the message content cannot be read from the
+// queue half-way through DATA, the attempt fails temporarily as our own
+// failure (REASON_INTERNAL, 451 4.3.0, with the cause), not as the
+// server's; the server gets no message and the session is not reused.
+func TestContentReadFailure(t *testing.T) {
+	srv := startSink(t, nil)
+	s := connect(t, testDialer(t), srv.Addr)
+	lost := errors.New("nats: connection closed")
+	body := &failingBody{content: strings.NewReader("Subject: x\r\n\r\n" + strings.Repeat("line of the body\r\n", 4000)), err: lost}
+	out := s.Send(ctx, env("a@example.net", "b@example.net"), body)
+	for i, o := range out {
+		e := o.Err
+		if e == nil {
+			t.Fatalf("recipient %d delivered from a body that could not be read", i)
+		}
+		if e.Permanent || e.Code != 451 || e.Enhanced != "4.3.0" || e.Reason != sluicev1.Reason_REASON_INTERNAL ||
+			e.Text != "reading the message content from the queue failed: nats: connection closed" ||
+			!errors.Is(e, lost) || e.RemoteHost != "mx.test[127.0.0.1]" {
+			t.Errorf("recipient %d: %d %s %q permanent=%v reason=%v host=%q", i, e.Code, e.Enhanced, e.Text, e.Permanent, e.Reason, e.RemoteHost)
+		}
+	}
+	if got := srv.messages(); len(got) != 0 {
+		t.Fatalf("the server accepted %d messages from a body cut short", len(got))
+	}
+	if s.Reusable() {
+		t.Error("a session left in the middle of DATA would be reused")
+	}
+}
