@@ -202,17 +202,17 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 		return out
 	}
 
-	if err := s.content(body); err != nil {
+	src := &source{r: body}
+	if err := s.content(src); err != nil {
 		// The content could not be sent; what the server does with a
 		// half message is its business, the attempt has failed.
 		s.broken = true
-		var se *sourceError
-		if errors.As(err, &se) {
+		if src.err != nil {
 			// Our queue failed, not the server: a postmaster looking at
 			// the attempt must not go looking at the destination.
 			e := status.Temporary(sluicev1.Reason_REASON_INTERNAL, 451, "4.3.0",
-				"reading the message content from the queue failed: "+se.err.Error())
-			e.RemoteHost, e.Err = s.RemoteHost(), se.err
+				"reading the message content from the queue failed: "+src.err.Error())
+			e.RemoteHost, e.Err = s.RemoteHost(), src.err
 			return failAll(e, open)
 		}
 		e := s.classify(err, sluicev1.Reason_REASON_REMOTE)
@@ -240,18 +240,12 @@ func (s *Session) Send(ctx context.Context, env Envelope, body io.Reader) []Outc
 	return out
 }
 
-// content sends the message, dot-stuffed, and the end-of-data line. A
-// failure to read body is a *sourceError, told apart from a failure to
-// write to the server.
+// content sends the message, dot-stuffed, and the end-of-data line.
 func (s *Session) content(body io.Reader) error {
 	dw := &dotWriter{w: s.w}
-	src := &source{r: body}
 	buf := copyBuffers.Get().(*[]byte)
-	_, err := io.CopyBuffer(dw, src, *buf)
+	_, err := io.CopyBuffer(dw, body, *buf)
 	copyBuffers.Put(buf)
-	if src.err != nil {
-		return &sourceError{err: src.err}
-	}
 	if err != nil {
 		return err
 	}
@@ -260,7 +254,8 @@ func (s *Session) content(body io.Reader) error {
 }
 
 // source keeps the error of the reader the content comes from (the body
-// from the queue), which io.CopyBuffer returns like a write error.
+// from the queue), which io.CopyBuffer returns like a write error: Send
+// tells the two apart by it.
 type source struct {
 	r   io.Reader
 	err error
@@ -273,12 +268,6 @@ func (s *source) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
-
-// sourceError: the content could not be read.
-type sourceError struct{ err error }
-
-func (e *sourceError) Error() string { return "read message content: " + e.err.Error() }
-func (e *sourceError) Unwrap() error { return e.err }
 
 // copyBuffers hold the buffers content copies bodies through: io.Copy
 // would allocate one of 32 KiB per message, the largest allocation of a
