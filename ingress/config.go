@@ -111,6 +111,13 @@ type Settings struct {
 	// again with the same message id, which JetStream stores once. The
 	// client waits meanwhile (RFC 5321 gives it 10 minutes for this reply).
 	StoreTimeout time.Duration `yaml:"store_timeout" env:"SLUICE_INGRESS_STORE_TIMEOUT"`
+	// InflowBacklog and InflowDelay slow clients down when delivery falls
+	// behind (package inflow, Postfix's in_flow_delay): while more than
+	// InflowBacklog messages and ready jobs wait for a scheduler or a
+	// deliverer, a MAIL FROM waits until the backlog falls or InflowDelay
+	// has passed, and is then answered as usual. 0 in either turns it off.
+	InflowBacklog int           `yaml:"inflow_backlog" env:"SLUICE_INGRESS_INFLOW_BACKLOG"`
+	InflowDelay   time.Duration `yaml:"inflow_delay" env:"SLUICE_INGRESS_INFLOW_DELAY"`
 
 	config.Telemetry `yaml:",inline"`
 }
@@ -181,6 +188,8 @@ func DefaultSettings() Settings {
 		// Guard limits (see the fields for their Postfix counterparts).
 		DataTimeout:             10 * time.Minute,
 		StoreTimeout:            30 * time.Second,
+		InflowBacklog:           1000,
+		InflowDelay:             time.Second,
 		MaxHeaderBytes:          256 << 10,
 		MaxConnections:          1000,
 		MaxConnectionsPerClient: 20,
@@ -311,6 +320,12 @@ func (s Settings) validateGuard() error {
 	}
 	if s.MaxHeaderBytes <= 0 {
 		return errors.New("ingress.max_header_bytes: must be positive")
+	}
+	if s.InflowBacklog < 0 {
+		return fmt.Errorf("ingress.inflow_backlog: %d, want 0 (off) or more", s.InflowBacklog)
+	}
+	if s.InflowDelay < 0 || s.InflowDelay > time.Minute {
+		return fmt.Errorf("ingress.inflow_delay: %s, want 0 (off) to 1m (the wait is at every MAIL FROM while delivery is behind)", s.InflowDelay)
 	}
 	for _, f := range []struct {
 		name string

@@ -23,6 +23,9 @@ func TestGuardSettingsValidate(t *testing.T) {
 		{"per client over total", func(s *Settings) { s.MaxConnections, s.MaxConnectionsPerClient = 10, 11 }, "ingress.max_connections_per_client:"},
 		{"negative errors", func(s *Settings) { s.MaxErrors = -1 }, "ingress.max_errors:"},
 		{"negative commands", func(s *Settings) { s.MaxCommandsWithoutMail = -2 }, "ingress.max_commands_without_mail:"},
+		{"negative inflow backlog", func(s *Settings) { s.InflowBacklog = -1 }, "ingress.inflow_backlog:"},
+		{"inflow delay over a minute", func(s *Settings) { s.InflowDelay = 2 * time.Minute }, "ingress.inflow_delay:"},
+		{"negative inflow delay", func(s *Settings) { s.InflowDelay = -time.Second }, "ingress.inflow_delay:"},
 		{"dns server without port", func(s *Settings) { s.DNSServer = "192.0.2.53" }, "ingress.dns_server:"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -35,6 +38,7 @@ func TestGuardSettingsValidate(t *testing.T) {
 	}
 	s := DefaultSettings()
 	s.MaxConnections, s.MaxConnectionsPerClient, s.MaxErrors, s.MaxCommandsWithoutMail = 0, 0, 0, 0
+	s.InflowBacklog, s.InflowDelay = 0, 0
 	s.DNSServer = "[::1]:53"
 	if err := s.Validate(); err != nil {
 		t.Errorf("zero limits (none) and an IPv6 resolver: %v", err)

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/sluice-mta/sluice/ingress"
+	"github.com/sluice-mta/sluice/ingress/inflow"
 	"github.com/sluice-mta/sluice/ingress/smtpd"
 	"github.com/sluice-mta/sluice/ingress/store"
 	"github.com/sluice-mta/sluice/services/config"
@@ -43,7 +44,19 @@ func Run(ctx context.Context, cfg ingress.Config, host lifecycle.Host) error {
 		p.Stop()
 		return err
 	}
-	srv, err := smtpd.New(smtpd.Options{Settings: cfg.Ingress, Store: st, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
+	// Delivery behind: MAIL FROM waits (ingress.inflow_backlog and
+	// inflow_delay), as Postfix's in_flow_delay.
+	gate, err := inflow.New(inflow.JetStreamBacklog(p.JS), inflow.Options{Backlog: uint64(cfg.Ingress.InflowBacklog),
+		MaxDelay: cfg.Ingress.InflowDelay, Timeout: cfg.NATS.RequestTimeout, Meter: p.Tel.Meter, Logger: log})
+	if err != nil {
+		p.Stop()
+		return err
+	}
+	gctx, stopGate := context.WithCancel(ctx)
+	gateDone := make(chan struct{})
+	go func() { defer close(gateDone); gate.Run(gctx) }()
+	defer func() { stopGate(); <-gateDone }()
+	srv, err := smtpd.New(smtpd.Options{Settings: cfg.Ingress, Store: st, Inflow: gate, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
 	if err == nil {
 		err = srv.Start()
 	}

@@ -35,6 +35,7 @@ import (
 	"github.com/sluice-mta/sluice/ingress/auth"
 	"github.com/sluice-mta/sluice/ingress/authres"
 	"github.com/sluice-mta/sluice/ingress/guard"
+	"github.com/sluice-mta/sluice/ingress/inflow"
 	"github.com/sluice-mta/sluice/ingress/recipients"
 	"github.com/sluice-mta/sluice/ingress/relay"
 	"github.com/sluice-mta/sluice/ingress/smtpconn"
@@ -59,9 +60,12 @@ type Options struct {
 	// Settings.MX.AcceptedDomains.
 	LocalDomains []string
 	Store        Storer
-	Tracer       trace.Tracer
-	Meter        metric.Meter
-	Logger       *slog.Logger
+	// Inflow, when set, makes MAIL FROM wait while delivery is behind
+	// (package inflow); nil never waits.
+	Inflow *inflow.Gate
+	Tracer trace.Tracer
+	Meter  metric.Meter
+	Logger *slog.Logger
 }
 
 // Server is a running SMTP ingress.

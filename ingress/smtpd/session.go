@@ -67,6 +67,8 @@ type envelope struct {
 	opts       smtp.MailOptions
 	rcpts      []*sluicev1.Recipient
 	mtPriority *int
+	// inflowWait is how long MAIL FROM waited for delivery to catch up.
+	inflowWait time.Duration
 }
 
 var (
@@ -132,6 +134,9 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 		v := prio.Value
 		env.mtPriority = &v
 	}
+	// Delivery behind: the client waits here, before it sends anything
+	// (at most ingress.inflow_delay), rather than the queue growing.
+	env.inflowWait = se.s.opts.Inflow.Wait(se.s.ctx)
 	se.mu.Lock()
 	defer se.mu.Unlock()
 	se.env = env
@@ -348,6 +353,10 @@ func (se *session) Data(r io.Reader) error {
 		attribute.String("messaging.destination.name", wire.MessageSubject(qid)),
 		attribute.Int64("messaging.message.body.size", size),
 	)
+	if env.inflowWait > 0 {
+		// The trace shows where the message waited and why.
+		span.SetAttributes(attribute.Int64("sluice.inflow_wait_ms", env.inflowWait.Milliseconds()))
+	}
 
 	m := &sluicev1.Message{
 		QueueId:          qid,

@@ -80,6 +80,13 @@ func start(t *testing.T, tune func(*ingress.Settings, *config.Queue)) *harness {
 // startLogging is start with the server's logger given.
 func startLogging(t *testing.T, tune func(*ingress.Settings, *config.Queue), log *slog.Logger) *harness {
 	t.Helper()
+	return startWith(t, tune, log, nil)
+}
+
+// startWith is startLogging with the server's options adjusted by opts
+// once the JetStream server and the store exist.
+func startWith(t *testing.T, tune func(*ingress.Settings, *config.Queue), log *slog.Logger, opts func(*harness, *Options)) *harness {
+	t.Helper()
 	set := ingress.DefaultSettings()
 	set.Listen = "127.0.0.1:0"
 	set.Hostname = "mx.sluice.test"
@@ -108,7 +115,11 @@ func startLogging(t *testing.T, tune func(*ingress.Settings, *config.Queue), log
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(h.spans))
 	h.metrics = sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(h.metrics))
-	h.srv, err = New(Options{Settings: set, Store: h.store, Tracer: tp.Tracer("test"), Meter: mp.Meter("test"), Logger: log})
+	o := Options{Settings: set, Store: h.store, Tracer: tp.Tracer("test"), Meter: mp.Meter("test"), Logger: log}
+	if opts != nil {
+		opts(h, &o)
+	}
+	h.srv, err = New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
