@@ -170,16 +170,26 @@ func running(t *testing.T, g *Gate, want uint64) {
 	}
 }
 
-func TestWaitEndsWhenDeliveryCatchesUp(t *testing.T) {
+// gated returns a running gate with o over a queue holding jobs ready
+// jobs and msgs messages, once it has read that backlog, and the reader of
+// its metrics.
+func gated(t *testing.T, jobs, msgs int, o Options) (*queue, *Gate, *sdkmetric.ManualReader) {
+	t.Helper()
 	q := newQueue(t)
 	q.consumers(t)
-	q.publish(t, 6, 0)
+	q.publish(t, jobs, msgs)
 	mp, reader := metered()
-	g, err := New(JetStreamBacklog(q.js), Options{Backlog: 3, MaxDelay: 30 * time.Second, Interval: 20 * time.Millisecond, Meter: mp.Meter("test")})
+	o.Meter, o.Interval = mp.Meter("test"), 20*time.Millisecond
+	g, err := New(JetStreamBacklog(q.js), o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	running(t, g, 6)
+	running(t, g, uint64(jobs+msgs))
+	return q, g, reader
+}
+
+func TestWaitEndsWhenDeliveryCatchesUp(t *testing.T) {
+	q, g, reader := gated(t, 6, 0, Options{Backlog: 3, MaxDelay: 30 * time.Second})
 
 	waited := make(chan time.Duration, 1)
 	go func() { waited <- g.Wait(context.Background()) }()
@@ -208,15 +218,7 @@ func TestWaitEndsWhenDeliveryCatchesUp(t *testing.T) {
 }
 
 func TestWaitIsBoundedByMaxDelay(t *testing.T) {
-	q := newQueue(t)
-	q.consumers(t)
-	q.publish(t, 0, 4)
-	mp, reader := metered()
-	g, err := New(JetStreamBacklog(q.js), Options{Backlog: 1, MaxDelay: 400 * time.Millisecond, Interval: 20 * time.Millisecond, Meter: mp.Meter("test")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	running(t, g, 4)
+	_, g, reader := gated(t, 0, 4, Options{Backlog: 1, MaxDelay: 400 * time.Millisecond})
 	start := time.Now()
 	d := g.Wait(context.Background())
 	if d < 400*time.Millisecond || time.Since(start) > 10*time.Second {
