@@ -66,11 +66,14 @@ func TestMetricsMoveAsMailFlows(t *testing.T) {
 		}
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		seen, depthSeries := 0, 0
+		seen, depthSeries, inflow := 0, 0, ""
 		for sc.Scan() {
 			line := sc.Text()
 			if strings.HasPrefix(line, "sluice_scheduler_queue_depth{") {
 				depthSeries++
+			}
+			if strings.HasPrefix(line, "sluice_ingress_inflow_backlog") {
+				inflow = line
 			}
 			if strings.HasPrefix(line, "#") || !strings.HasPrefix(line, "sluice_") {
 				continue
@@ -89,6 +92,11 @@ func TestMetricsMoveAsMailFlows(t *testing.T) {
 		}
 		if proc == "scheduler" && depthSeries != 12 {
 			t.Errorf("scheduler exports %d queue depth series, want 3 classes x 4 states", depthSeries)
+		}
+		// The ingress reads the delivery backlog (in-flow control): nothing
+		// waits once the queue has drained.
+		if f := strings.Fields(inflow); proc == "ingress" && (len(f) < 2 || f[len(f)-1] != "0") {
+			t.Errorf("ingress exports the in-flow backlog as %q, want it read and 0", inflow)
 		}
 	}
 	// The queue depth gauge has every class and state.
