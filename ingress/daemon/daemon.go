@@ -52,10 +52,6 @@ func Run(ctx context.Context, cfg ingress.Config, host lifecycle.Host) error {
 		p.Stop()
 		return err
 	}
-	gctx, stopGate := context.WithCancel(ctx)
-	gateDone := make(chan struct{})
-	go func() { defer close(gateDone); gate.Run(gctx) }()
-	defer func() { stopGate(); <-gateDone }()
 	srv, err := smtpd.New(smtpd.Options{Settings: cfg.Ingress, Store: st, Inflow: gate, Tracer: p.Tel.Tracer, Meter: p.Tel.Meter, Logger: log})
 	if err == nil {
 		err = srv.Start()
@@ -64,6 +60,11 @@ func Run(ctx context.Context, cfg ingress.Config, host lifecycle.Host) error {
 		p.Stop()
 		return err
 	}
+	// The gate reads the backlog from now until the server has stopped;
+	// until its first reading nothing waits.
+	gctx, stopGate := context.WithCancel(ctx)
+	gateDone := make(chan struct{})
+	go func() { defer close(gateDone); gate.Run(gctx) }()
 	p.Ready(nil)
 	log.Info("started", "smtp_listen", addrString(srv.ListenerAddr(smtpd.ListenerSMTP)),
 		"submission_listen", addrString(srv.ListenerAddr(smtpd.ListenerSubmission)),
@@ -89,7 +90,10 @@ wait:
 	log.Info("stopping", "grace", cfg.Ingress.ShutdownGrace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Ingress.ShutdownGrace)
 	defer cancel()
-	p.Stop(srv.Shutdown(sctx))
+	err = srv.Shutdown(sctx)
+	stopGate()
+	<-gateDone
+	p.Stop(err)
 	return nil
 }
 
