@@ -64,7 +64,6 @@ type Gate struct {
 
 	mu      sync.Mutex
 	backlog uint64
-	over    bool
 	open    chan struct{} // closed when the backlog falls to the limit
 	behind  bool          // the log said delivery is behind
 	under   time.Time     // since when the backlog is under the limit again
@@ -90,7 +89,7 @@ func New(count Counter, o Options) (*Gate, error) {
 	if o.Meter != nil {
 		var err error
 		if g.waits, err = o.Meter.Float64Histogram("sluice_ingress_inflow_delay_seconds",
-			metric.WithDescription("How long transactions waited at MAIL FROM because delivery was behind (ingress.inflow_backlog), by outcome: released (the backlog fell) or timeout (ingress.inflow_delay passed)."),
+			metric.WithDescription("How long transactions waited at MAIL FROM because delivery was behind (ingress.inflow_backlog), by outcome: released (the backlog fell), timeout (ingress.inflow_delay passed) or cancelled (the session or the server ended)."),
 			metric.WithUnit("s"),
 			metric.WithExplicitBucketBoundaries(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)); err != nil {
 			return nil, fmt.Errorf("inflow metrics: %w", err)
@@ -146,18 +145,18 @@ func (g *Gate) Run(ctx context.Context) {
 func (g *Gate) set(n uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	was := g.overLocked()
 	g.backlog = n
 	if g.current != nil {
 		g.current.Record(context.Background(), int64(min(n, 1<<62)))
 	}
-	over := n > g.o.Backlog
+	over := g.overLocked()
 	switch {
-	case over && !g.over:
+	case over && !was:
 		g.open = make(chan struct{})
-	case !over && g.over:
+	case !over && was:
 		close(g.open)
 	}
-	g.over = over
 	// Under a steady overload the backlog crosses the limit several times
 	// a second; the log says when a spell of it begins and when the
 	// backlog has stayed under the limit for quietAfter.
@@ -181,6 +180,10 @@ func (g *Gate) set(n uint64) {
 // says delivery caught up.
 const quietAfter = 10 * time.Second
 
+// overLocked reports whether the last reading is over the limit; g.mu is
+// held.
+func (g *Gate) overLocked() bool { return g.backlog > g.o.Backlog }
+
 // Backlog is the last reading.
 func (g *Gate) Backlog() uint64 {
 	g.mu.Lock()
@@ -196,7 +199,7 @@ func (g *Gate) Wait(ctx context.Context) time.Duration {
 		return 0
 	}
 	g.mu.Lock()
-	over, open := g.over, g.open
+	over, open := g.overLocked(), g.open
 	g.mu.Unlock()
 	if !over {
 		return 0
