@@ -40,6 +40,7 @@ import (
 // each output's message id is derived from the job, attempt and kind, so a
 // redelivered result yields nothing twice.
 func (s *Service) result(ctx context.Context, msg jetstream.Msg) consume.Outcome {
+	s.handled.Add(1)
 	ctx = telemetry.Extract(ctx, msg.Headers())
 	ctx, span := s.tracer.Start(ctx, "scheduler.result",
 		trace.WithSpanKind(trace.SpanKindConsumer),

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -98,6 +99,11 @@ type Service struct {
 	follower *index.Follower
 	admin    *admin.Server
 
+	// handled counts the inputs the two loops began to handle: the keeper
+	// places markers only while it moves (keeper.go).
+	handled atomic.Uint64
+	keeper  *keeper
+
 	mu      sync.Mutex
 	started bool
 	closed  bool
@@ -166,21 +172,21 @@ func (s *Service) Start(ctx context.Context) error {
 		msgDesc = "Sluice scheduler: splits accepted messages into delivery jobs"
 		resDesc = "Sluice scheduler: applies delivery results (done, bounce, retry)"
 	)
-	msgCons, err := s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, msgDesc)
+	msgCons, err := s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, msgDesc, wire.SubjectMessages)
 	if err != nil {
 		return err
 	}
-	resCons, err := s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, resDesc)
+	resCons, err := s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, resDesc, wire.SubjectResults)
 	if err != nil {
 		return err
 	}
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	set := s.cfg.Scheduler
 	msgReopen := func(ctx context.Context) (jetstream.Consumer, error) {
-		return s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, msgDesc)
+		return s.consumer(ctx, wire.StreamMessages, wire.ConsumerScheduler, msgDesc, wire.SubjectMessages)
 	}
 	resReopen := func(ctx context.Context) (jetstream.Consumer, error) {
-		return s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, resDesc)
+		return s.consumer(ctx, wire.StreamResults, wire.ConsumerResults, resDesc, wire.SubjectResults)
 	}
 	loopConfig := func(input string, reopen func(context.Context) (jetstream.Consumer, error)) consume.LoopConfig {
 		return consume.LoopConfig{
@@ -202,6 +208,8 @@ func (s *Service) Start(ctx context.Context) error {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	s.loops = []*consume.Loop{splitLoop, resLoop}
+	s.keeper = &keeper{js: s.js, handled: &s.handled, interval: keepEvery, log: s.log, done: make(chan struct{})}
+	go s.keeper.run(base)
 	s.cancel = cancel
 	s.started = true
 	if err := s.startAdmin(ctx); err != nil {
@@ -243,10 +251,13 @@ func (s *Service) startAdmin(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) consumer(ctx context.Context, stream, name, desc string) (jetstream.Consumer, error) {
+// consumer creates or updates the durable consumer name on stream, reading
+// the subjects under prefix (not the stream's marker, see keeper.go).
+func (s *Service) consumer(ctx context.Context, stream, name, desc, prefix string) (jetstream.Consumer, error) {
 	c, err := s.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:       name,
 		Description:   desc,
+		FilterSubject: prefix + ".>",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
@@ -285,7 +296,7 @@ func (s *Service) Close() error {
 		return nil
 	}
 	s.closed = true
-	loops, cancel := s.loops, s.cancel
+	loops, cancel, kp := s.loops, s.cancel, s.keeper
 	adm, fol := s.admin, s.follower
 	s.mu.Unlock()
 	if adm != nil {
@@ -306,6 +317,9 @@ func (s *Service) Close() error {
 	}
 	for _, l := range loops {
 		l.Wait(time.Minute)
+	}
+	if kp != nil {
+		<-kp.done
 	}
 	if fol != nil {
 		fol.Stop()

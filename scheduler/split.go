@@ -28,6 +28,7 @@ import (
 // between redelivers the message and the jobs' message ids ("<job id>/1")
 // make the second publish a no-op.
 func (s *Service) split(ctx context.Context, msg jetstream.Msg) consume.Outcome {
+	s.handled.Add(1)
 	ctx = telemetry.Extract(ctx, msg.Headers())
 	ctx, span := s.tracer.Start(ctx, "scheduler.split",
 		trace.WithSpanKind(trace.SpanKindConsumer),

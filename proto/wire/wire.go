@@ -62,7 +62,16 @@ const (
 	SubjectSchedule = "sluice.sched"
 	SubjectResults  = "sluice.result"
 	SubjectBounces  = "sluice.bounce"
+	// SubjectKeep is where the scheduler keeps one marker at the end of
+	// each stream a mail passes through, read by no consumer (KeepSubject).
+	SubjectKeep = "sluice.keep"
 )
+
+// KeepSubject is the subject of stream's marker: the newest message of the
+// stream while mail flows, so that removing the last job, result or
+// message never empties the stream's last block, which nats-server then
+// replaces with a new file (scheduler/keeper.go).
+func KeepSubject(stream string) string { return SubjectKeep + "." + stream }
 
 // Headers carried on Sluice's NATS messages besides W3C trace context.
 const (

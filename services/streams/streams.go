@@ -36,7 +36,7 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			// silently dropping the oldest mail.
 			Name:        wire.StreamMessages,
 			Description: "Sluice: accepted messages (envelope and body), kept until every job is done",
-			Subjects:    []string{wire.SubjectMessages + ".>"},
+			Subjects:    []string{wire.SubjectMessages + ".>", wire.KeepSubject(wire.StreamMessages)},
 			Retention:   jetstream.LimitsPolicy,
 			Discard:     jetstream.DiscardNew,
 			MaxBytes:    orUnlimited(q.MaxBytes),
@@ -59,7 +59,8 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			Description: "Sluice: delivery jobs by priority class, their retry schedules, and held jobs",
 			// Held jobs wait on their own subjects, which no consumer
 			// reads, until an operator releases them.
-			Subjects:          []string{wire.SubjectJobs + ".>", wire.SubjectSchedule + ".>", wire.SubjectHeld + ".>"},
+			// The keep subject holds the scheduler's marker (wire.KeepSubject).
+			Subjects:          []string{wire.SubjectJobs + ".>", wire.SubjectSchedule + ".>", wire.SubjectHeld + ".>", wire.KeepSubject(wire.StreamJobs)},
 			Retention:         jetstream.WorkQueuePolicy,
 			Discard:           jetstream.DiscardOld,
 			MaxBytes:          -1,
@@ -75,7 +76,7 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 		{
 			Name:        wire.StreamResults,
 			Description: "Sluice: deliverer reports, consumed by the scheduler",
-			Subjects:    []string{wire.SubjectResults + ".>"},
+			Subjects:    []string{wire.SubjectResults + ".>", wire.KeepSubject(wire.StreamResults)},
 			Retention:   jetstream.WorkQueuePolicy,
 			MaxAge:      maxAge,
 			MaxBytes:    -1,
