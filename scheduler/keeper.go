@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -23,8 +24,8 @@ import (
 // across the three streams (README, Performance). With a marker behind the
 // newest records the last block is not emptied. A marker is placed again
 // every keepEvery while the scheduler handles anything, since a block that
-// fills up starts a new one without it; the marker before is purged, so
-// each stream holds one (a few with several schedulers, briefly).
+// fills up starts a new one without it; the marker before is removed, so
+// each stream holds one per scheduler.
 //
 // A marker is an empty message. Nothing depends on it: a stream without
 // one works as before, and a failure to place one is only logged at debug.
@@ -44,8 +45,10 @@ type keeper struct {
 	interval time.Duration
 	log      logger
 	done     chan struct{}
-	// streams are the handles of keptStreams, looked up once.
+	// streams are the handles of keptStreams, looked up once, and prev
+	// the sequence of the marker this keeper placed last in each.
 	streams map[string]jetstream.Stream
+	prev    map[string]uint64
 }
 
 // logger is the part of slog.Logger the keeper uses.
@@ -77,13 +80,14 @@ func (k *keeper) run(ctx context.Context) {
 	}
 }
 
-// place publishes a marker at the end of stream and purges the ones
-// before it.
+// place publishes a marker at the end of stream and removes the one before
+// it.
 func (k *keeper) place(ctx context.Context, stream string) error {
 	ctx, cancel := context.WithTimeout(ctx, keepTimeout)
 	defer cancel()
 	subject := wire.KeepSubject(stream)
-	if _, err := k.js.Publish(ctx, subject, nil, jetstream.WithExpectStream(stream)); err != nil {
+	ack, err := k.js.Publish(ctx, subject, nil, jetstream.WithExpectStream(stream))
+	if err != nil {
 		return err
 	}
 	st := k.streams[stream]
@@ -94,8 +98,22 @@ func (k *keeper) place(ctx context.Context, stream string) error {
 		}
 		if k.streams == nil {
 			k.streams = map[string]jetstream.Stream{}
+			k.prev = map[string]uint64{}
 		}
 		k.streams[stream] = st
 	}
-	return st.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeKeep(1))
+	prev := k.prev[stream]
+	k.prev[stream] = ack.Sequence
+	if prev == 0 {
+		// The first marker of this keeper: purge those an earlier one
+		// left (a scheduler that stopped does not remove its last). A
+		// purge by subject reads the blocks that hold the subject, so
+		// it is done once; after that each marker replaces the one
+		// before it by sequence.
+		return st.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeKeep(1))
+	}
+	if err := st.DeleteMsg(ctx, prev); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	return nil
 }
