@@ -247,3 +247,36 @@ func TestSchedulerFiltersEarlierConsumers(t *testing.T) {
 		}
 	}
 }
+
+// Another scheduler's first marker purges the markers before it, this
+// keeper's last one included: placing the next one is no error.
+func TestKeeperMarkerRemovedByAnother(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := streams.Provision(ctx, js, Default().Queue); err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Uint64
+	k := &keeper{js: js, handled: &handled, interval: time.Hour, log: slog.Default(), done: make(chan struct{})}
+	if err := k.place(ctx, wire.StreamJobs); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, wire.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(wire.KeepSubject(wire.StreamJobs))); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.place(ctx, wire.StreamJobs); err != nil {
+		t.Errorf("a marker after the one before was purged: %v", err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(wire.KeepSubject(wire.StreamJobs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[wire.KeepSubject(wire.StreamJobs)]; n != 1 {
+		t.Errorf("%d markers, want 1", n)
+	}
+}
