@@ -67,10 +67,10 @@ const (
 	SubjectKeep = "sluice.keep"
 )
 
-// KeepSubject is the subject of stream's marker: the newest message of the
-// stream while mail flows, so that removing the last job, result or
-// message never empties the stream's last block, which nats-server then
-// replaces with a new file (scheduler/keeper.go).
+// KeepSubject is the subject of stream's marker, placed behind the
+// stream's newest records every 100 ms while mail flows, so that removing
+// the last job, result or message does not empty the stream's last block,
+// which nats-server then replaces with a new file (scheduler/keeper.go).
 func KeepSubject(stream string) string { return SubjectKeep + "." + stream }
 
 // Headers carried on Sluice's NATS messages besides W3C trace context.
