@@ -30,20 +30,7 @@ func BenchmarkSyncAlways(b *testing.B) {
 			publishers, streams := shape.publishers, shape.streams
 			name := fmt.Sprintf("sync_always=%t/publishers=%d/streams=%d", always, publishers, streams)
 			b.Run(name, func(b *testing.B) {
-				srv, err := Start(Options{Listen: "127.0.0.1:0", StoreDir: b.TempDir(), SyncAlways: always})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer srv.Shutdown()
-				nc, err := nats.Connect(srv.ClientURL())
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer nc.Close()
-				js, err := jetstream.New(nc)
-				if err != nil {
-					b.Fatal(err)
-				}
+				js := benchJetStream(b, Options{Listen: "127.0.0.1:0", StoreDir: b.TempDir(), SyncAlways: always})
 				ctx := context.Background()
 				for st := range streams {
 					cfg := jetstream.StreamConfig{Name: fmt.Sprintf("SYNC%d", st), Subjects: []string{fmt.Sprintf("sync%d.>", st)}, Storage: jetstream.FileStorage}
@@ -91,4 +78,25 @@ func BenchmarkSyncAlways(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchJetStream starts a server with opts and returns a JetStream client
+// of it; both end with the benchmark.
+func benchJetStream(b *testing.B, opts Options) jetstream.JetStream {
+	b.Helper()
+	srv, err := Start(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return js
 }
