@@ -48,12 +48,8 @@ func lastBlock(t *testing.T, dir, stream string) int {
 // marker (here SLUICE_BOUNCES, which the keeper leaves alone) gets a new
 // block file for almost every removal.
 func TestKeeperSparesTheLastBlock(t *testing.T) {
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
+	srv, js := provisioned(t)
 	ctx := context.Background()
-	if err := streams.Provision(ctx, js, Default().Queue); err != nil {
-		t.Fatal(err)
-	}
 	// Markers an earlier scheduler left behind.
 	for range 2 {
 		if _, err := js.Publish(ctx, wire.KeepSubject(wire.StreamResults), nil); err != nil {
@@ -75,13 +71,7 @@ func TestKeeperSparesTheLastBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	markers := func(st jetstream.Stream) uint64 {
-		info, err := st.Info(ctx, jetstream.WithSubjectFilter(wire.KeepSubject(st.CachedInfo().Config.Name)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return info.State.Subjects[wire.KeepSubject(st.CachedInfo().Config.Name)]
-	}
+	markers := func(st jetstream.Stream) uint64 { return markerCount(t, st) }
 	deadline := time.Now().Add(5 * time.Second)
 	for markers(results) == 0 {
 		if time.Now().After(deadline) {
@@ -179,11 +169,7 @@ func TestSchedulerReadsPastMarkers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, err := st.Info(h.ctx, jetstream.WithSubjectFilter(wire.KeepSubject(name)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.State.Subjects[wire.KeepSubject(name)] == 0 {
+		if markerCount(t, st) == 0 {
 			t.Errorf("%s lost its marker", name)
 		}
 	}
@@ -207,13 +193,9 @@ func eventuallyT(t *testing.T, what string, ok func() bool) {
 // consumers without a filter; the scheduler gives them theirs when it
 // starts, keeping their place in the stream.
 func TestSchedulerFiltersEarlierConsumers(t *testing.T) {
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
+	srv, js := provisioned(t)
 	ctx := context.Background()
 	cfg := Default()
-	if err := streams.Provision(ctx, js, cfg.Queue); err != nil {
-		t.Fatal(err)
-	}
 	for _, c := range []struct{ stream, consumer string }{{wire.StreamMessages, wire.ConsumerScheduler}, {wire.StreamResults, wire.ConsumerResults}} {
 		if _, err := js.CreateOrUpdateConsumer(ctx, c.stream, jetstream.ConsumerConfig{
 			Durable: c.consumer, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -251,12 +233,8 @@ func TestSchedulerFiltersEarlierConsumers(t *testing.T) {
 // Another scheduler's first marker purges the markers before it, this
 // keeper's last one included: placing the next one is no error.
 func TestKeeperMarkerRemovedByAnother(t *testing.T) {
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
+	_, js := provisioned(t)
 	ctx := context.Background()
-	if err := streams.Provision(ctx, js, Default().Queue); err != nil {
-		t.Fatal(err)
-	}
 	var handled atomic.Uint64
 	k := &keeper{js: js, handled: &handled, interval: time.Hour, log: slog.Default(), done: make(chan struct{})}
 	if err := k.place(ctx, wire.StreamJobs); err != nil {
@@ -272,11 +250,29 @@ func TestKeeperMarkerRemovedByAnother(t *testing.T) {
 	if err := k.place(ctx, wire.StreamJobs); err != nil {
 		t.Errorf("a marker after the one before was purged: %v", err)
 	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(wire.KeepSubject(wire.StreamJobs)))
+	if n := markerCount(t, st); n != 1 {
+		t.Errorf("%d markers, want 1", n)
+	}
+}
+
+// provisioned is a fresh server with Sluice's streams, and a client of it.
+func provisioned(t *testing.T) (*natstest.Server, jetstream.JetStream) {
+	t.Helper()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	if err := streams.Provision(context.Background(), js, Default().Queue); err != nil {
+		t.Fatal(err)
+	}
+	return srv, js
+}
+
+// markerCount is how many keeper markers st holds.
+func markerCount(t *testing.T, st jetstream.Stream) uint64 {
+	t.Helper()
+	keep := wire.KeepSubject(st.CachedInfo().Config.Name)
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(keep))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := info.State.Subjects[wire.KeepSubject(wire.StreamJobs)]; n != 1 {
-		t.Errorf("%d markers, want 1", n)
-	}
+	return info.State.Subjects[keep]
 }
