@@ -33,6 +33,7 @@ func main() {
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
 	lifecycle.HugePages(ctx)
+	lifecycle.AdaptProcs(ctx)
 	// SIGHUP reloads deliverer.shaping from the same file.
 	reload := daemon.WithReload(func() (worker.Config, error) { return daemon.Load(*path) })
 	if err := daemon.Run(ctx, cfg, lifecycle.Host{OTel: telemetry.EnvFrom(os.LookupEnv)}, reload); err != nil {

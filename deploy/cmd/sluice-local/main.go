@@ -9,8 +9,10 @@
 // embedded server in-process: they still meet only through JetStream, but no
 // NATS message costs a socket write and read, which on a small machine is a
 // fifth to a third of the CPU a message takes. With -processes each service
-// runs as a process of its binary, as production deploys them, with
-// GOMAXPROCS set to its share of the CPUs (-service-procs).
+// runs as a process of its binary, as production deploys them. Every
+// process, the launcher's and each service's, runs on one P while it uses
+// less than a CPU and on all of them when it needs more
+// (lifecycle.AdaptProcs; -service-procs fixes the services' GOMAXPROCS).
 //
 // With -cluster 3 (`make cluster`) the embedded server is replaced by a
 // JetStream cluster of three nats-server processes on loopback, every
@@ -29,7 +31,6 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -70,7 +71,7 @@ type launch struct {
 	// the next ones (see metricsAddrs). 0 picks free ports.
 	metricsPort int
 	// serviceProcs is -service-procs: GOMAXPROCS of each service process
-	// with -processes; 0 picks serviceProcsFor(runtime.NumCPU()).
+	// with -processes; 0 sets none (each service adapts its own).
 	serviceProcs int
 }
 
@@ -88,7 +89,7 @@ func parseFlags(args []string) (*launch, error) {
 	fs.IntVar(&l.deliverers, "deliverers", 1, "number of deliverers")
 	fs.IntVar(&l.metricsPort, "metrics-port", 9101, "metrics port of the ingress on 127.0.0.1; the scheduler, deliverer and bouncer take the next three, and with -deliverers N deliverer-i takes this+9+i; 0 picks free ports")
 	fs.BoolVar(&l.processes, "processes", false, "run each service as a process of its binary in -bin, as in production, instead of in this process")
-	fs.IntVar(&l.serviceProcs, "service-procs", 0, "with -processes, GOMAXPROCS of each service process (0: a quarter of the CPUs, at least 1; a GOMAXPROCS in the environment wins)")
+	fs.IntVar(&l.serviceProcs, "service-procs", 0, "with -processes, GOMAXPROCS of each service process (0: each adapts its own to the CPU it uses; a GOMAXPROCS in the environment wins)")
 	fs.BoolVar(&l.syncAlways, "sync-always", false, "fsync every JetStream write")
 	fs.StringVar(&l.jaeger, "jaeger", "bin/jaeger", "Jaeger binary to start next to Sluice, if it exists (make jaeger builds it)")
 	fs.StringVar(&l.jaegerConfig, "jaeger-config", "deploy/jaeger/config.yaml", "Jaeger configuration")
@@ -215,13 +216,11 @@ func (l *launch) options(natsURL string, log *slog.Logger) stack.Options {
 }
 
 // serviceEnv is the environment of the services: env, and with -processes
-// a GOMAXPROCS for each service process unless env has one. Four services
-// and the NATS server share the machine's CPUs; a service that may run
-// goroutines on more CPUs than its share wakes idle threads that find
-// nothing to do at every message, which below saturation costs as much CPU
-// as the work itself (README, Performance: "Threads per service").
+// and -service-procs N a GOMAXPROCS=N for each service process unless env
+// has one. Without either, every service adapts its own GOMAXPROCS to the
+// CPU it uses (lifecycle.AdaptProcs).
 func (l *launch) serviceEnv(env []string) []string {
-	if !l.processes {
+	if !l.processes || l.serviceProcs <= 0 {
 		return env
 	}
 	for _, kv := range env {
@@ -229,16 +228,8 @@ func (l *launch) serviceEnv(env []string) []string {
 			return env
 		}
 	}
-	n := l.serviceProcs
-	if n <= 0 {
-		n = serviceProcsFor(runtime.NumCPU())
-	}
-	return append(slices.Clip(env), fmt.Sprintf("GOMAXPROCS=%d", n))
+	return append(slices.Clip(env), fmt.Sprintf("GOMAXPROCS=%d", l.serviceProcs))
 }
-
-// serviceProcsFor is the GOMAXPROCS of a service process on a machine with
-// cpus CPUs: a quarter of them, at least 1.
-func serviceProcsFor(cpus int) int { return max(1, cpus/4) }
 
 // ingressListen is the SMTP address the services will listen on: -smtp, or
 // with -config the file's ingress.listen.
@@ -286,6 +277,7 @@ func main() {
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
 	lifecycle.HugePages(ctx)
+	lifecycle.AdaptProcs(ctx)
 
 	var nodes *cluster.Cluster
 	if l.clusterNodes > 0 {

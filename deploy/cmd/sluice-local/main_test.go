@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -321,42 +320,33 @@ func send(t *testing.T, addr, to, msg string) {
 	}
 }
 
-// With -processes every service gets a GOMAXPROCS of its own share of the
-// CPUs, unless the environment sets one; in one process nothing changes.
+// Without -service-procs no GOMAXPROCS is set (each service adapts its
+// own); with it every service process gets that one, unless the environment
+// sets one; in one process nothing changes.
 func TestServiceEnv(t *testing.T) {
 	base := []string{"PATH=/bin", "OTEL_X=1"}
-	l, err := parseFlags(nil)
+	for _, args := range [][]string{nil, {"-processes"}, {"-service-procs", "3"}} {
+		l, err := parseFlags(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.serviceEnv(base); !reflect.DeepEqual(got, base) {
+			t.Errorf("%q: %v, want %v", args, got, base)
+		}
+	}
+	l, err := parseFlags([]string{"-processes", "-service-procs", "3"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := l.serviceEnv(base); !reflect.DeepEqual(got, base) {
-		t.Errorf("in one process: %v, want %v", got, base)
-	}
-	l, err = parseFlags([]string{"-processes"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := append(append([]string{}, base...), fmt.Sprintf("GOMAXPROCS=%d", serviceProcsFor(runtime.NumCPU())))
+	want := append(append([]string{}, base...), "GOMAXPROCS=3")
 	if got := l.serviceEnv(base); !reflect.DeepEqual(got, want) {
-		t.Errorf("-processes: %v, want %v", got, want)
+		t.Errorf("-processes -service-procs 3: %v, want %v", got, want)
 	}
-	if got := l.options("", nil).Env; !slices.Contains(got, want[len(want)-1]) {
-		t.Errorf("the stack's environment lacks %s", want[len(want)-1])
+	if got := l.options("", nil).Env; !slices.Contains(got, "GOMAXPROCS=3") {
+		t.Errorf("the stack's environment lacks GOMAXPROCS=3: %v", got)
 	}
 	own := append(append([]string{}, base...), "GOMAXPROCS=6")
 	if got := l.serviceEnv(own); !reflect.DeepEqual(got, own) {
 		t.Errorf("GOMAXPROCS of the environment: %v, want %v", got, own)
-	}
-	l, err = parseFlags([]string{"-processes", "-service-procs", "3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := l.serviceEnv(base); got[len(got)-1] != "GOMAXPROCS=3" {
-		t.Errorf("-service-procs 3: %v", got)
-	}
-	for cpus, want := range map[int]int{1: 1, 2: 1, 4: 1, 8: 2, 16: 4} {
-		if got := serviceProcsFor(cpus); got != want {
-			t.Errorf("serviceProcsFor(%d) = %d, want %d", cpus, got, want)
-		}
 	}
 }

@@ -25,6 +25,7 @@ func main() {
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
 	lifecycle.HugePages(ctx)
+	lifecycle.AdaptProcs(ctx)
 	if err := daemon.Run(ctx, cfg, lifecycle.Host{OTel: telemetry.EnvFrom(os.LookupEnv)}); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-ingress:", err)
 		os.Exit(1)

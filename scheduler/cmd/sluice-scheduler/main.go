@@ -31,6 +31,7 @@ func main() {
 	ctx, stop := lifecycle.SignalContext()
 	defer stop()
 	lifecycle.HugePages(ctx)
+	lifecycle.AdaptProcs(ctx)
 	if err := daemon.Run(ctx, cfg, lifecycle.Host{OTel: telemetry.EnvFrom(os.LookupEnv)}); err != nil {
 		fmt.Fprintln(os.Stderr, "sluice-scheduler:", err)
 		os.Exit(1)
