@@ -16,13 +16,18 @@ import (
 
 // A write returns before the other end reads it, the bytes arrive in order,
 // and Close hands over everything queued before the end of the stream.
+// Some writes are larger than a block of the queue, and many end inside one.
 func TestQueuedConnQueuesInOrderAndDrainsOnClose(t *testing.T) {
 	client, server := net.Pipe()
 	q := newQueuedConn(client, 1<<20)
 
 	var want bytes.Buffer
 	for i := 0; i < 200; i++ {
-		chunk := bytes.Repeat([]byte{byte(i)}, 1+i*37%4096)
+		size := 1 + i*37%4096
+		if i%70 == 3 {
+			size = 2*queueBlock + i
+		}
+		chunk := bytes.Repeat([]byte{byte(i)}, size)
 		want.Write(chunk)
 		n, err := q.Write(chunk)
 		if err != nil || n != len(chunk) {
@@ -62,7 +67,7 @@ func TestQueuedConnFullQueueHonoursWriteDeadline(t *testing.T) {
 			t.Fatalf("write %d: %v", i, err)
 		}
 		if i == 0 {
-			waitFor(t, func() bool { q.mu.Lock(); defer q.mu.Unlock(); return len(q.queued) == 0 })
+			waitFor(t, func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.size == 0 })
 		}
 	}
 	_ = q.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
@@ -170,6 +175,35 @@ func TestInProcessLargePublishes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// BenchmarkQueuedConnLargeWrites writes 128 KiB at a time (an object
+// store chunk) through a queue whose other end reads as a server's read loop
+// does; B/op is what the queue allocates per write.
+func BenchmarkQueuedConnLargeWrites(b *testing.B) {
+	client, server := net.Pipe()
+	q := newQueuedConn(client, queueLimit)
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := server.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	chunk := make([]byte, 128<<10)
+	b.SetBytes(int64(len(chunk)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := q.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	q.Close()
+	<-read
 }
 
 func waitFor(t *testing.T, cond func() bool) {
