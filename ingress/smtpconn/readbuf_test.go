@@ -73,3 +73,55 @@ func TestReadBufferReused(t *testing.T) {
 		t.Fatalf("after the session: %d octets, %v; want EOF", n, err)
 	}
 }
+
+// A large message streams through one pooled buffer, which the connection
+// gives back once the stream pauses; what go-smtp reads is exactly what
+// the client sent.
+func TestLargeContentStreamsThroughOneBuffer(t *testing.T) {
+	var content bytes.Buffer
+	for i := range 80 * maxReadSize / 1024 {
+		content.Write(bytes.Repeat([]byte{'a' + byte(i%26)}, 1022))
+		content.WriteString("\r\n")
+	}
+	session := []string{"EHLO client.example\r\n", "MAIL FROM:<a@example.org>\r\n", "RCPT TO:<b@example.net>\r\n", "DATA\r\n",
+		content.String(), ".\r\n", "MAIL FROM:<c@example.org>\r\n", "QUIT\r\n"}
+	src := &chunks{}
+	for _, s := range session {
+		src.left = append(src.left, []byte(s))
+	}
+	c := Server(&pipeConn{r: src}, Config{MaxLineLength: 2000})
+
+	buf := make([]byte, 4096)
+	var streaming *[maxReadSize]byte
+	for i, want := range session {
+		var piece bytes.Buffer
+		for piece.Len() < len(want) {
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("piece %d: %v", i, err)
+			}
+			piece.Write(buf[:n])
+			if at := piece.Len(); i == 4 && at > len(want)/4 && at < len(want)*3/4 {
+				if streaming == nil {
+					streaming = c.big
+				}
+				if c.big == nil || c.big != streaming {
+					t.Fatalf("%d octets into the message: read into %p, not the one pooled buffer %p", at, c.big, streaming)
+				}
+			}
+		}
+		if piece.String() != want {
+			t.Fatalf("piece %d: read %d octets, not the %d sent", i, piece.Len(), len(want))
+		}
+		if i == len(session)-2 && c.big != nil {
+			t.Fatalf("after the message, the connection still holds its stream buffer")
+		}
+		r := "250 OK\r\n"
+		if want == "DATA\r\n" {
+			r = "354 Go ahead\r\n"
+		}
+		if _, err := c.Write([]byte(r)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
