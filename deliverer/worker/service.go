@@ -139,6 +139,9 @@ type Service struct {
 	consumers []jetstream.Consumer
 	msgs      jetstream.Stream
 	bodies    jetstream.ObjectStore
+	// bodyStream is the bodies bucket's stream, read chunk by chunk (see
+	// streams.ObjectReader).
+	bodyStream jetstream.Stream
 	// marks are operators' hold and delete marks (see steer).
 	marks *marks.Cache
 	// steered counts jobs not attempted because of an operator's mark;
@@ -301,6 +304,9 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	if s.bodies, err = s.js.ObjectStore(ctx, wire.BucketBodies); err != nil {
 		return fmt.Errorf("object store %s: %w", wire.BucketBodies, err)
+	}
+	if s.bodyStream, err = s.js.Stream(ctx, "OBJ_"+wire.BucketBodies); err != nil {
+		return fmt.Errorf("stream of object store %s: %w", wire.BucketBodies, err)
 	}
 	held, err := s.js.KeyValue(ctx, wire.BucketHeld)
 	if err != nil {
@@ -847,6 +853,10 @@ func bodyReadTime(size int64) time.Duration {
 	return 5*time.Minute + time.Duration(size/(4<<20))*time.Minute
 }
 
+// bodyChunkTimeout bounds a request for a body object's metadata or one of
+// its chunks.
+const bodyChunkTimeout = 10 * time.Second
+
 func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, func(), error) {
 	if len(job.Body) > 0 {
 		return bytesReader(job.Body), func() {}, nil
@@ -856,22 +866,18 @@ func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, f
 			fmt.Sprintf("message content is no longer in the queue (%s); it was deleted before delivery", what))
 	}
 	if job.BodyObject != "" {
-		// Without a deadline of its own, nats.go bounds the whole read by
-		// the JetStream default timeout (5 s), and a large message to a
-		// slow destination would fail every attempt half-way through
-		// DATA: the read gets the time a transfer may take. The object's
-		// metadata is asked first under the usual bound, so that a lost
-		// request (a leader election) fails in seconds, not minutes.
-		ictx, icancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := s.bodies.GetInfo(ictx, job.BodyObject)
+		// The object's metadata is asked under the usual bound, so that a
+		// lost request (a leader election) fails in seconds, not minutes.
+		// The content is then read a chunk at a time (not with the object
+		// store's Get: see streams.ObjectReader), each chunk's request
+		// bounded on its own, the whole read by the time a transfer to a
+		// slow destination may take.
+		ictx, icancel := context.WithTimeout(ctx, bodyChunkTimeout)
+		info, err := s.bodies.GetInfo(ictx, job.BodyObject)
 		icancel()
 		if err == nil {
 			gctx, cancel := context.WithTimeout(ctx, bodyReadTime(job.BodySize))
-			var obj jetstream.ObjectResult
-			if obj, err = s.bodies.Get(gctx, job.BodyObject); err == nil {
-				return obj, func() { obj.Close(); cancel() }, nil
-			}
-			cancel()
+			return streams.NewObjectReader(gctx, s.js, s.bodyStream, info, bodyChunkTimeout), cancel, nil
 		}
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			// A replica that has not caught up may say so: only the

@@ -67,13 +67,21 @@ func apiPrefix(js jetstream.JetStream) string {
 // subject, from the stream's leader. A message the leader does not hold is
 // jetstream.ErrMsgNotFound: it is gone (or was never stored).
 func LeaderMsg(ctx context.Context, js jetstream.JetStream, stream string, seq uint64, subject string) (*jetstream.RawStreamMsg, error) {
-	req := struct {
-		Seq     uint64 `json:"seq,omitempty"`
-		LastFor string `json:"last_by_subj,omitempty"`
-	}{Seq: seq}
+	req := getRequest{Seq: seq}
 	if seq == 0 {
 		req.LastFor = subject
 	}
+	return leaderGet(ctx, js, stream, req)
+}
+
+// getRequest is the body of a stream's message get ($JS.API.STREAM.MSG.GET).
+type getRequest struct {
+	Seq     uint64 `json:"seq,omitempty"`
+	LastFor string `json:"last_by_subj,omitempty"`
+	NextFor string `json:"next_by_subj,omitempty"` // the first message from Seq on this subject
+}
+
+func leaderGet(ctx context.Context, js jetstream.JetStream, stream string, req getRequest) (*jetstream.RawStreamMsg, error) {
 	data, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
