@@ -25,7 +25,8 @@ import (
 // connection, and at 5 MB messages the server's pending bytes for that
 // connection passed its limit (64 MiB): the server closed the connection as
 // a slow consumer, and every request then in flight on it waited for its
-// deadline, minutes for a body. Here one chunk is in flight per reader, no
+// deadline, minutes for a body. Here at most two chunks are in flight per
+// reader (the next is asked for as soon as the current one arrives), no
 // consumer is created or deleted, and each request has its own timeout.
 type ObjectReader struct {
 	ctx     context.Context
@@ -41,6 +42,15 @@ type ObjectReader struct {
 	sum    hash.Hash
 	buf    []byte // the rest of the current chunk
 	err    error  // sticky; io.EOF once the object was read and checked
+	// ahead answers the request for the next chunk, sent as the current
+	// one arrived, so that a chunk's round trip overlaps the sending of
+	// the one before (at most two chunks per reader, 256 KiB).
+	ahead chan fetched
+}
+
+type fetched struct {
+	m   *jetstream.RawStreamMsg
+	err error
 }
 
 // objectTries bounds the attempts at one chunk whose request got no
@@ -79,10 +89,13 @@ func (r *ObjectReader) Read(p []byte) (int, error) {
 
 // chunk reads the next chunk into buf.
 func (r *ObjectReader) chunk() error {
-	m, err := r.get()
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		// A replica behind the leader may not hold it yet.
-		m, err = r.leaderNext()
+	var m *jetstream.RawStreamMsg
+	var err error
+	if r.ahead != nil {
+		f := <-r.ahead
+		r.ahead, m, err = nil, f.m, f.err
+	} else {
+		m, err = r.fetch(r.next)
 	}
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("object %s: chunk %d is missing (%d of %d bytes read): %w",
@@ -102,17 +115,38 @@ func (r *ObjectReader) chunk() error {
 	if len(r.buf) == 0 && r.left > 0 {
 		return fmt.Errorf("object %s: chunk %d is empty", r.info.Name, r.chunks)
 	}
+	if r.left > 0 {
+		// The goroutine never waits: the channel holds its one answer,
+		// and ctx ends its request if the reader is given up.
+		ahead, seq := make(chan fetched, 1), r.next
+		r.ahead = ahead
+		go func() {
+			m, err := r.fetch(seq)
+			ahead <- fetched{m, err}
+		}()
+	}
 	return nil
 }
 
-// get asks any replica for the next chunk, trying again when an answer is
-// lost.
-func (r *ObjectReader) get() (*jetstream.RawStreamMsg, error) {
+// fetch reads the first chunk at or after seq. It uses only what does not
+// change after NewObjectReader, so it may run beside Read.
+func (r *ObjectReader) fetch(seq uint64) (*jetstream.RawStreamMsg, error) {
+	m, err := r.get(seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// A replica behind the leader may not hold it yet.
+		m, err = r.leaderNext(seq)
+	}
+	return m, err
+}
+
+// get asks any replica for the first chunk at or after seq, trying again
+// when an answer is lost.
+func (r *ObjectReader) get(seq uint64) (*jetstream.RawStreamMsg, error) {
 	var err error
 	for range objectTries {
 		ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
 		var m *jetstream.RawStreamMsg
-		m, err = r.stream.GetMsg(ctx, r.next, jetstream.WithGetMsgSubject(r.subject))
+		m, err = r.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(r.subject))
 		cancel()
 		if err == nil || r.ctx.Err() != nil || !lostAnswer(err) {
 			return m, err
@@ -128,11 +162,11 @@ func lostAnswer(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
 }
 
-// leaderNext asks the stream's leader for the next chunk.
-func (r *ObjectReader) leaderNext() (*jetstream.RawStreamMsg, error) {
+// leaderNext asks the stream's leader for the first chunk at or after seq.
+func (r *ObjectReader) leaderNext(seq uint64) (*jetstream.RawStreamMsg, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
 	defer cancel()
-	return leaderGet(ctx, r.js, "OBJ_"+r.info.Bucket, getRequest{Seq: r.next, NextFor: r.subject})
+	return leaderGet(ctx, r.js, "OBJ_"+r.info.Bucket, getRequest{Seq: seq, NextFor: r.subject})
 }
 
 // check ends the read: the chunks add up to the object, and their digest is
