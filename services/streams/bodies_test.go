@@ -15,8 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluice-mta/sluice/proto/wire"
-	"github.com/sluice-mta/sluice/services/config"
-	"github.com/sluice-mta/sluice/services/natstest"
 )
 
 // apiLog records the JetStream API requests a connection of the same
@@ -62,17 +60,8 @@ func (l *apiLog) take(t *testing.T, nc *nats.Conn) []string {
 // from the disk at once; the object store and the leader both say a body
 // is gone, another body is untouched, and a second deletion is no error.
 func TestDeleteBody(t *testing.T) {
-	s := natstest.Start(t)
-	nc, js := s.Connect(t)
+	s, nc, js, obs, _ := bodiesForTest(t)
 	ctx := context.Background()
-	q := config.DefaultQueue()
-	if err := Provision(ctx, js, q); err != nil {
-		t.Fatal(err)
-	}
-	obs, err := Bodies(ctx, js, q)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// 24 MiB: three of the stream's 8 MiB blocks.
 	content := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
 	nuids := map[string]string{}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluice-mta/sluice/proto/wire"
@@ -18,10 +19,12 @@ import (
 	"github.com/sluice-mta/sluice/services/natstest"
 )
 
-func bodiesForTest(t *testing.T) (*natstest.Server, jetstream.JetStream, jetstream.ObjectStore, jetstream.Stream) {
+// bodiesForTest provisions a fresh server's streams and opens the bodies
+// bucket and its stream.
+func bodiesForTest(t *testing.T) (*natstest.Server, *nats.Conn, jetstream.JetStream, jetstream.ObjectStore, jetstream.Stream) {
 	t.Helper()
 	s := natstest.Start(t)
-	_, js := s.Connect(t)
+	nc, js := s.Connect(t)
 	ctx := context.Background()
 	q := config.DefaultQueue()
 	if err := Provision(ctx, js, q); err != nil {
@@ -35,7 +38,7 @@ func bodiesForTest(t *testing.T) (*natstest.Server, jetstream.JetStream, jetstre
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, js, obs, str
+	return s, nc, js, obs, str
 }
 
 // content is n octets that differ from one chunk to the next.
@@ -50,7 +53,7 @@ func content(n int, seed byte) []byte {
 // Objects stored at the same time, so that their chunks interleave in the
 // stream, read back exactly, by direct gets alone: no consumer is made.
 func TestObjectReaderReadsWhatWasStored(t *testing.T) {
-	s, js, obs, str := bodiesForTest(t)
+	_, nc, js, obs, str := bodiesForTest(t)
 	ctx := context.Background()
 	sizes := []int{0, 1, 128 << 10, 128<<10 + 1, 450 << 10, 9 << 20}
 	var wg sync.WaitGroup
@@ -71,7 +74,6 @@ func TestObjectReaderReadsWhatWasStored(t *testing.T) {
 		}
 	}
 
-	nc, _ := s.Connect(t)
 	api := watchAPI(t, nc)
 	gets := 0
 	for i, n := range sizes {
@@ -107,7 +109,7 @@ func TestObjectReaderReadsWhatWasStored(t *testing.T) {
 // digest that differs, a size smaller than the chunks, a chunk count that
 // differs, and chunks deleted while the object is read.
 func TestObjectReaderChecksWhatItReads(t *testing.T) {
-	_, js, obs, str := bodiesForTest(t)
+	_, _, js, obs, str := bodiesForTest(t)
 	ctx := context.Background()
 	stored, err := obs.PutBytes(ctx, "X", content(300<<10, 7))
 	if err != nil {
@@ -147,7 +149,7 @@ func TestObjectReaderChecksWhatItReads(t *testing.T) {
 // The leader answers a get of the next message on a subject, as the
 // reader asks it when a replica does not hold a chunk.
 func TestLeaderGetNextForSubject(t *testing.T) {
-	_, js, obs, _ := bodiesForTest(t)
+	_, _, js, obs, _ := bodiesForTest(t)
 	ctx := context.Background()
 	a, err := obs.PutBytes(ctx, "A", []byte("first"))
 	if err != nil {
