@@ -305,7 +305,7 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.bodies, err = s.js.ObjectStore(ctx, wire.BucketBodies); err != nil {
 		return fmt.Errorf("object store %s: %w", wire.BucketBodies, err)
 	}
-	if s.bodyStream, err = s.js.Stream(ctx, "OBJ_"+wire.BucketBodies); err != nil {
+	if s.bodyStream, err = s.js.Stream(ctx, streams.ObjectStream(wire.BucketBodies)); err != nil {
 		return fmt.Errorf("stream of object store %s: %w", wire.BucketBodies, err)
 	}
 	held, err := s.js.KeyValue(ctx, wire.BucketHeld)

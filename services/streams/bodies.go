@@ -21,18 +21,29 @@ import (
 // records the nuid in the Message when it stores the body, so DeleteBody
 // needs neither the lookup nor the marker.
 
+// ObjectStream is the name of the stream nats.go's object store keeps
+// bucket in.
+func ObjectStream(bucket string) string { return "OBJ_" + bucket }
+
+// chunkSubject is the subject of the chunks of the object whose chunk id is
+// nuid; metaSubject that of the metadata of the object called name.
+func chunkSubject(bucket, nuid string) string { return "$O." + bucket + ".C." + nuid }
+
+func metaSubject(bucket, name string) string {
+	return "$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
+}
+
 // DeleteBody removes object name, whose chunks are nuid, from bucket: its
 // chunks, then its metadata, each purged by the bucket stream's leader, so
 // that nothing is looked up first and no deletion marker is written. It is
 // idempotent: a body already gone is not an error, and the leader's
 // answer makes that authoritative (as ObjectGone is).
 func DeleteBody(ctx context.Context, js jetstream.JetStream, bucket, name, nuid string) error {
-	stream := "OBJ_" + bucket
-	if err := purgeSubject(ctx, js, stream, "$O."+bucket+".C."+nuid); err != nil {
+	stream := ObjectStream(bucket)
+	if err := purgeSubject(ctx, js, stream, chunkSubject(bucket, nuid)); err != nil {
 		return fmt.Errorf("delete body object %s: chunks: %w", name, err)
 	}
-	meta := "$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
-	if err := purgeSubject(ctx, js, stream, meta); err != nil {
+	if err := purgeSubject(ctx, js, stream, metaSubject(bucket, name)); err != nil {
 		return fmt.Errorf("delete body object %s: metadata: %w", name, err)
 	}
 	return nil

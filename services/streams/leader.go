@@ -2,7 +2,6 @@ package streams
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -150,8 +149,7 @@ func deleteFoundNothing(err error) bool {
 // name is absent or deleted. A direct read's "not found" is checked with it
 // before content is declared lost.
 func ObjectGone(ctx context.Context, js jetstream.JetStream, bucket, name string) (bool, error) {
-	subj := "$O." + bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
-	m, err := LeaderMsg(ctx, js, "OBJ_"+bucket, 0, subj)
+	m, err := LeaderMsg(ctx, js, ObjectStream(bucket), 0, metaSubject(bucket, name))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return true, nil
 	}

@@ -64,7 +64,7 @@ const objectTries = 3
 func NewObjectReader(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, info *jetstream.ObjectInfo, timeout time.Duration) *ObjectReader {
 	return &ObjectReader{
 		ctx: ctx, js: js, stream: stream, info: info, timeout: timeout,
-		subject: "$O." + info.Bucket + ".C." + info.NUID,
+		subject: chunkSubject(info.Bucket, info.NUID),
 		next:    1,
 		left:    info.Size,
 		sum:     sha256.New(),
@@ -166,7 +166,7 @@ func lostAnswer(err error) bool {
 func (r *ObjectReader) leaderNext(seq uint64) (*jetstream.RawStreamMsg, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
 	defer cancel()
-	return leaderGet(ctx, r.js, "OBJ_"+r.info.Bucket, getRequest{Seq: seq, NextFor: r.subject})
+	return leaderGet(ctx, r.js, ObjectStream(r.info.Bucket), getRequest{Seq: seq, NextFor: r.subject})
 }
 
 // check ends the read: the chunks add up to the object, and their digest is

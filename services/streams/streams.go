@@ -301,7 +301,7 @@ func Bodies(ctx context.Context, js jetstream.JetStream, q config.Queue) (jetstr
 func objectStore(ctx context.Context, js jetstream.JetStream, q config.Queue, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
 	cfg.Storage = jetstream.FileStorage
 	cfg.Replicas = q.Replicas
-	if bucketUpToDate(ctx, js, "OBJ_"+cfg.Bucket, cfg.Description, cfg.TTL, q) {
+	if bucketUpToDate(ctx, js, ObjectStream(cfg.Bucket), cfg.Description, cfg.TTL, q) {
 		if os, err := js.ObjectStore(ctx, cfg.Bucket); err == nil {
 			return os, nil
 		}
