@@ -111,8 +111,14 @@ func TestBacklogIsWhatNoConsumerHasTaken(t *testing.T) {
 	}
 	// Jobs a deliverer has taken, acknowledged or not, are not waiting.
 	q.take(t, 4)
-	if _, err := q.jobs.Fetch(1, jetstream.FetchMaxWait(5*time.Second)); err != nil {
+	// Fetch returns once the pull request is sent; the job is taken once
+	// it has arrived, which is what the count must see.
+	b, err := q.jobs.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
 		t.Fatal(err)
+	}
+	if m := <-b.Messages(); m == nil {
+		t.Fatalf("the fifth job did not arrive: %v", b.Error())
 	}
 	if n, err := count(ctx); err != nil || n != 5 {
 		t.Fatalf("after 5 jobs taken: %d, %v; want 5", n, err)
