@@ -290,11 +290,12 @@ func (s *Store) Body(ctx context.Context, m *sluicev1.Message) ([]byte, error) {
 		}
 		return stored.GetBody(), nil
 	}
-	r, err := s.bodies.Get(ctx, m.GetBodyObject())
+	// A chunk at a time, not with the object store's Get (see
+	// streams.ObjectReader).
+	r, err := streams.OpenObject(ctx, s.js, wire.BucketBodies, m.GetBodyObject(), s.opts.RequestTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("store: body object %s: %w", m.GetBodyObject(), err)
 	}
-	defer r.Close()
 	var b bytes.Buffer
 	if _, err := io.Copy(&b, r); err != nil {
 		return nil, fmt.Errorf("store: read body object %s: %w", m.GetBodyObject(), err)

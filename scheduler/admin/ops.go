@@ -27,6 +27,7 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/policy"
 	"github.com/sluice-mta/sluice/services/claim"
 	"github.com/sluice-mta/sluice/services/marks"
+	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -710,20 +711,24 @@ func (s *Server) bounce(ctx context.Context, loc *located) (string, error) {
 // header section.
 const maxHeaderBytes = 64 << 10
 
+// headerReadTimeout bounds each request for a body object's metadata or a
+// chunk of it.
+const headerReadTimeout = 10 * time.Second
+
 // originalHeaders returns the header section of the job's message for the
 // DSN (RFC 3462 text/rfc822-headers), or nil when it cannot be read.
 func (s *Server) originalHeaders(ctx context.Context, job *sluicev1.Job) []byte {
 	var body []byte
 	if name := job.GetBodyObject(); name != "" {
-		obs, err := s.d.JS.ObjectStore(ctx, wire.BucketBodies)
+		// A chunk at a time: the object store's Get would push up to
+		// 32 MiB of the body to this connection for the 64 KiB read here
+		// (see streams.ObjectReader).
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		obj, err := streams.OpenObject(rctx, s.d.JS, wire.BucketBodies, name, headerReadTimeout)
 		if err != nil {
 			return nil
 		}
-		obj, err := obs.Get(ctx, name)
-		if err != nil {
-			return nil
-		}
-		defer obj.Close()
 		body, _ = io.ReadAll(io.LimitReader(obj, maxHeaderBytes))
 	} else {
 		raw, err := s.msgs.GetMsg(ctx, job.GetMsgSeq())

@@ -71,6 +71,28 @@ func NewObjectReader(ctx context.Context, js jetstream.JetStream, stream jetstre
 	}
 }
 
+// OpenObject opens object name of bucket for an ObjectReader: its metadata
+// from the bucket, then its chunks by direct get, for readers that have
+// neither the bucket nor its stream open (operators' tools, tests). ctx
+// bounds the whole read; timeout bounds each request, the metadata's too.
+func OpenObject(ctx context.Context, js jetstream.JetStream, bucket, name string, timeout time.Duration) (*ObjectReader, error) {
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	obs, err := js.ObjectStore(rctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("object store %s: %w", bucket, err)
+	}
+	info, err := obs.GetInfo(rctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", name, err)
+	}
+	st, err := js.Stream(rctx, ObjectStream(bucket))
+	if err != nil {
+		return nil, fmt.Errorf("stream of object store %s: %w", bucket, err)
+	}
+	return NewObjectReader(ctx, js, st, info, timeout), nil
+}
+
 func (r *ObjectReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
 		if r.err != nil {

@@ -105,6 +105,45 @@ func TestObjectReaderReadsWhatWasStored(t *testing.T) {
 	}
 }
 
+// OpenObject reads what a tool asks for of a large object (here the first
+// 64 KiB, as a DSN's header section is read) with a direct get or two,
+// never a consumer that would push the rest; an absent object is
+// jetstream.ErrObjectNotFound.
+func TestOpenObjectReadsOnlyWhatIsAskedFor(t *testing.T) {
+	_, nc, js, obs, _ := bodiesForTest(t)
+	ctx := context.Background()
+	want := content(3<<20, 7)
+	if _, err := obs.PutBytes(ctx, "big", want); err != nil {
+		t.Fatal(err)
+	}
+	api := watchAPI(t, nc)
+	r, err := OpenObject(ctx, js, wire.BucketBodies, "big", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(io.LimitReader(r, 64<<10))
+	if err != nil || !bytes.Equal(got, want[:64<<10]) {
+		t.Fatalf("read %d octets (%v), want the first 64 KiB of what was stored", len(got), err)
+	}
+	// The chunk asked for ahead may still be on its way: let it land.
+	time.Sleep(100 * time.Millisecond)
+	direct := 0
+	for _, req := range api.take(t, nc) {
+		switch {
+		case strings.HasPrefix(req, "$JS.API.DIRECT.GET.OBJ_"+wire.BucketBodies+" "):
+			direct++
+		case strings.HasPrefix(req, "$JS.API.CONSUMER."):
+			t.Errorf("opening made a consumer request: %s", req)
+		}
+	}
+	if direct < 1 || direct > 2 {
+		t.Errorf("%d direct gets of chunks for 64 KiB of a 3 MiB object; want the first chunk and at most one ahead", direct)
+	}
+	if _, err := OpenObject(ctx, js, wire.BucketBodies, "absent", 5*time.Second); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("absent object: %v, want ErrObjectNotFound", err)
+	}
+}
+
 // What does not add up to the object's info is an error, not content: a
 // digest that differs, a size smaller than the chunks, a chunk count that
 // differs, and chunks deleted while the object is read.

@@ -151,9 +151,35 @@ func (w *world) startDeliverer() {
 // send stores a message as the ingress does and returns its queue id.
 func (w *world) send(from string, rcpts ...string) string {
 	w.t.Helper()
+	return w.store(from, 0, rcpts...)
+}
+
+// sendLarge is send with a body of over large octets, which the ingress
+// stores in the bodies' object store.
+func (w *world) sendLarge(from string, large int, rcpts ...string) string {
+	w.t.Helper()
+	return w.store(from, large, rcpts...)
+}
+
+func (w *world) store(from string, large int, rcpts ...string) string {
+	w.t.Helper()
 	qid := wire.NewQueueID(time.Now())
-	m := &sluicev1.Message{Schema: wire.SchemaVersion, QueueId: qid, MailFrom: from, ReceivedUnixNano: time.Now().UnixNano(),
-		Body: []byte("Received: by test\r\nFrom: <" + from + ">\r\nSubject: queue test\r\n\r\nHello.\r\n")}
+	body := []byte("Received: by test\r\nFrom: <" + from + ">\r\nSubject: queue test\r\n\r\nHello.\r\n")
+	m := &sluicev1.Message{Schema: wire.SchemaVersion, QueueId: qid, MailFrom: from, ReceivedUnixNano: time.Now().UnixNano(), Body: body}
+	if large > 0 {
+		for len(body) <= large {
+			body = append(body, "A line of the body, to make it large.\r\n"...)
+		}
+		obs, err := w.js.ObjectStore(context.Background(), wire.BucketBodies)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		info, err := obs.PutBytes(context.Background(), qid, body)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		m.Body, m.BodyObject, m.BodyNuid, m.BodySize = nil, qid, info.NUID, int64(len(body))
+	}
 	for _, r := range rcpts {
 		m.Recipients = append(m.Recipients, &sluicev1.Recipient{Address: r})
 	}
@@ -261,7 +287,9 @@ func TestQueueCommands(t *testing.T) {
 	ok := w.send("bob@origin.test", "ok@dest.test")
 	w.eventually("ok delivered", 10*time.Second, func() bool { return w.arrivals("ok@dest.test") == 1 })
 	w.refuse.Store(true) // everything else is deferred from now on
-	other := w.send("carol@origin.test", "x@other.test", "y@other.test")
+	// Its body is an object: `delete -bounce` reads its header section
+	// from the bodies' object store.
+	other := w.sendLarge("carol@origin.test", 1<<20, "x@other.test", "y@other.test")
 	third := w.send("dave@origin.test", "z@dest.test")
 	for _, q := range []string{busy, other, third} {
 		w.eventually(q+" deferred", 10*time.Second, w.inState(q, "deferred"))
@@ -470,7 +498,7 @@ func TestQueueCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 		if b.Kind != sluicev1.BounceKind_BOUNCE_KIND_FAILED || len(b.Recipients) != 2 || b.Recipients[0].EnhancedCode != "5.0.0" ||
-			!strings.Contains(b.Recipients[0].Text, "deleted by the postmaster") || !bytes.Contains(b.OriginalHeaders, []byte("Subject: queue test")) {
+			!strings.Contains(b.Recipients[0].Text, "deleted by the postmaster") || !bytes.Contains(b.OriginalHeaders, []byte("Subject: queue test")) || bytes.Contains(b.OriginalHeaders, []byte("A line of the body")) {
 			t.Errorf("bounce = %v", &b)
 		}
 		if _, err := msgs.GetLastMsgForSubject(ctx, wire.MessageSubject(other)); err == nil {
