@@ -19,7 +19,7 @@
 #                     LOWMEM_ENV (default GOMEMLIMIT=320MiB GOGC=100
 #                     SLUICE_HUGE_PAGES=off) and is compared with the same
 #                     load's Postfix runs: it prints what the default's
-#                     memory-for-speed choice (1 GiB soft limit, GOGC=200,
+#                     memory-for-speed choice (640 MiB soft limit, GOGC=200,
 #                     heap on huge pages) buys and costs
 #   QUICK=1           smaller N (for a first look; not comparable to the targets)
 #   POSTFIX=auto      auto: install (as root, from Debian) and include Postfix; 0: Sluice only

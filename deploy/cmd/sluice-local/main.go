@@ -45,10 +45,13 @@ import (
 
 // embeddedMemoryLimit is the Go soft memory limit of this process (the
 // embedded NATS server, and the services unless -processes) when GOMEMLIMIT
-// does not set one. At 512 MiB, a burst of 20,000 4 KB messages from 50
-// sessions (make bench's 4k-c50) peaked at the limit and the collector ran
-// back to back; with 1 GiB the same load peaks near 630 MiB.
-const embeddedMemoryLimit = 1 << 30
+// does not set one. It is above what 4 KB and 100 KB loads reach (make
+// bench's 4k-c50 peaks near 565 MiB since the ingress's in-flow control, so
+// the limit does not make the collector run more there), and it bounds the
+// 5 MB load, which filled any limit with the file store's 8 MiB block
+// buffers: with 1 GiB it peaked at 1,022 MiB and was no faster (see the
+// README's Performance, "The soft memory limit").
+const embeddedMemoryLimit = 640 << 20
 
 // launch is what the command line asks for.
 type launch struct {
