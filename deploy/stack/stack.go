@@ -173,6 +173,10 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		if co.Dir == "" {
 			co.Dir = filepath.Join(o.DataDir, "capture")
 		}
+		// Captured mail is read from the files; kept in memory too, it
+		// would grow the launcher (and the embedded server with it) by
+		// every message for as long as it runs.
+		co.FilesOnly = true
 		co.Log = o.Log
 		c, err := capture.Listen(o.CaptureListen, co)
 		if err != nil {

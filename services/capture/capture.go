@@ -46,6 +46,12 @@ type Options struct {
 	Domain string
 	// Dir, if set, receives one .eml file per message.
 	Dir string
+	// FilesOnly keeps what arrives in Dir alone, not in memory as well, so
+	// that the server's memory does not grow with the mail it captures
+	// (make run's destination, which runs inside sluice-local with the
+	// embedded NATS server). Messages then returns nothing and Wait only
+	// times out; Count counts every message.
+	FilesOnly bool
 	// Delay is waited before answering DATA, to play a slow receiver.
 	Delay time.Duration
 	// Rcpt scripts RCPT replies.
@@ -248,7 +254,9 @@ func (se *session) Data(r io.Reader) error {
 		se.s.opts.Log.Info("captured", "from", m.From, "to", m.To, "bytes", len(data), "file", filepath.Join(dir, name))
 	}
 	se.s.mu.Lock()
-	se.s.msgs = append(se.s.msgs, m)
+	if !se.s.opts.FilesOnly || se.s.opts.Dir == "" {
+		se.s.msgs = append(se.s.msgs, m)
+	}
 	se.s.count.Add(1)
 	close(se.s.notify)
 	se.s.notify = make(chan struct{})

@@ -61,6 +61,46 @@ func TestCapturesAndScriptsReplies(t *testing.T) {
 	}
 }
 
+// With FilesOnly what arrives is in the files alone: counted, written
+// exactly, and not kept in memory.
+func TestFilesOnlyKeepsNothingInMemory(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Listen("127.0.0.1:0", Options{Dir: dir, FilesOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	big := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 16<<10)
+	for _, data := range []string{"Subject: 1\r\n\r\nhi\r\n", big, "Subject: 3\r\n\r\nbye\r\n"} {
+		if err := send(s.Addr, "r@x.test", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, ms := s.Count(), s.Messages(); n != 3 || len(ms) != 0 {
+		t.Fatalf("count %d and %d messages in memory; want 3 and none", n, len(ms))
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.eml"))
+	if len(files) != 3 {
+		t.Fatalf("%d message files, want 3", len(files))
+	}
+	found := false
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte("Subject: big")) {
+			found = true
+			if !bytes.Equal(b, []byte(big)) {
+				t.Errorf("the large message's file holds %d octets that differ from the %d sent", len(b), len(big))
+			}
+		}
+	}
+	if !found {
+		t.Error("no file holds the large message")
+	}
+}
+
 func asSMTP(err error, target **smtp.SMTPError) bool {
 	e, ok := err.(*smtp.SMTPError)
 	if ok {
