@@ -853,10 +853,6 @@ func bodyReadTime(size int64) time.Duration {
 	return 5*time.Minute + time.Duration(size/(4<<20))*time.Minute
 }
 
-// bodyChunkTimeout bounds a request for a body object's metadata or one of
-// its chunks.
-const bodyChunkTimeout = 10 * time.Second
-
 func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, func(), error) {
 	if len(job.Body) > 0 {
 		return bytesReader(job.Body), func() {}, nil
@@ -872,12 +868,12 @@ func (s *Service) openBody(ctx context.Context, job *sluicev1.Job) (io.Reader, f
 		// store's Get: see streams.ObjectReader), each chunk's request
 		// bounded on its own, the whole read by the time a transfer to a
 		// slow destination may take.
-		ictx, icancel := context.WithTimeout(ctx, bodyChunkTimeout)
+		ictx, icancel := context.WithTimeout(ctx, streams.RequestTimeout)
 		info, err := s.bodies.GetInfo(ictx, job.BodyObject)
 		icancel()
 		if err == nil {
 			gctx, cancel := context.WithTimeout(ctx, bodyReadTime(job.BodySize))
-			return streams.NewObjectReader(gctx, s.js, s.bodyStream, info, bodyChunkTimeout), cancel, nil
+			return streams.NewObjectReader(gctx, s.js, s.bodyStream, info, streams.RequestTimeout), cancel, nil
 		}
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			// A replica that has not caught up may say so: only the

@@ -711,10 +711,6 @@ func (s *Server) bounce(ctx context.Context, loc *located) (string, error) {
 // header section.
 const maxHeaderBytes = 64 << 10
 
-// headerReadTimeout bounds each request for a body object's metadata or a
-// chunk of it.
-const headerReadTimeout = 10 * time.Second
-
 // originalHeaders returns the header section of the job's message for the
 // DSN (RFC 3462 text/rfc822-headers), or nil when it cannot be read.
 func (s *Server) originalHeaders(ctx context.Context, job *sluicev1.Job) []byte {
@@ -725,7 +721,7 @@ func (s *Server) originalHeaders(ctx context.Context, job *sluicev1.Job) []byte 
 		// (see streams.ObjectReader).
 		rctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		obj, err := streams.OpenObject(rctx, s.d.JS, wire.BucketBodies, name, headerReadTimeout)
+		obj, err := streams.OpenObject(rctx, s.d.JS, wire.BucketBodies, name, streams.RequestTimeout)
 		if err != nil {
 			return nil
 		}

@@ -53,6 +53,11 @@ type fetched struct {
 	err error
 }
 
+// RequestTimeout is the usual bound of one request for an object's
+// metadata or one of its chunks: a lost request (a leader election) fails
+// in seconds, not in the minutes a whole large read may take.
+const RequestTimeout = 10 * time.Second
+
 // objectTries bounds the attempts at one chunk whose request got no
 // answer (a lost reply, as while a connection is replaced).
 const objectTries = 3
