@@ -176,7 +176,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		// Captured mail is read from the files; kept in memory too, it
 		// would grow the launcher (and the embedded server with it) by
 		// every message for as long as it runs.
-		co.FilesOnly = true
+		co.Forget = true
 		co.Log = o.Log
 		c, err := capture.Listen(o.CaptureListen, co)
 		if err != nil {

@@ -46,12 +46,17 @@ type Options struct {
 	Domain string
 	// Dir, if set, receives one .eml file per message.
 	Dir string
-	// FilesOnly keeps what arrives in Dir alone, not in memory as well, so
-	// that the server's memory does not grow with the mail it captures
-	// (make run's destination, which runs inside sluice-local with the
-	// embedded NATS server). Messages then returns nothing and Wait only
-	// times out; Count counts every message.
-	FilesOnly bool
+	// Forget keeps no message in memory, so that the server's memory does
+	// not grow with the mail it captures (make run's destination, which
+	// runs inside sluice-local with the embedded NATS server, and the
+	// compose deployment's sink): each message is written to Dir when set,
+	// handed to OnMessage when set, counted, and forgotten. Messages then
+	// returns nothing and Wait only times out; Count counts every message.
+	Forget bool
+	// OnMessage, when set, is called with each message once it is written
+	// to Dir and before the server answers DATA; it must not keep Data
+	// when the point of Forget is to bound memory.
+	OnMessage func(Message)
 	// Delay is waited before answering DATA, to play a slow receiver.
 	Delay time.Duration
 	// Rcpt scripts RCPT replies.
@@ -253,8 +258,11 @@ func (se *session) Data(r io.Reader) error {
 		}
 		se.s.opts.Log.Info("captured", "from", m.From, "to", m.To, "bytes", len(data), "file", filepath.Join(dir, name))
 	}
+	if f := se.s.opts.OnMessage; f != nil {
+		f(m)
+	}
 	se.s.mu.Lock()
-	if !se.s.opts.FilesOnly || se.s.opts.Dir == "" {
+	if !se.s.opts.Forget {
 		se.s.msgs = append(se.s.msgs, m)
 	}
 	se.s.count.Add(1)

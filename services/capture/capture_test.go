@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -61,17 +62,24 @@ func TestCapturesAndScriptsReplies(t *testing.T) {
 	}
 }
 
-// With FilesOnly what arrives is in the files alone: counted, written
-// exactly, and not kept in memory.
-func TestFilesOnlyKeepsNothingInMemory(t *testing.T) {
+// With Forget what arrives is in the files and OnMessage alone: counted,
+// written exactly, handed over whole, and not kept in memory.
+func TestForgetKeepsNothingInMemory(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Listen("127.0.0.1:0", Options{Dir: dir, FilesOnly: true})
+	var mu sync.Mutex
+	var handed []Message
+	s, err := Listen("127.0.0.1:0", Options{Dir: dir, Forget: true, OnMessage: func(m Message) {
+		mu.Lock()
+		handed = append(handed, m)
+		mu.Unlock()
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	big := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 16<<10)
-	for _, data := range []string{"Subject: 1\r\n\r\nhi\r\n", big, "Subject: 3\r\n\r\nbye\r\n"} {
+	sent := []string{"Subject: 1\r\n\r\nhi\r\n", big, "Subject: 3\r\n\r\nbye\r\n"}
+	for _, data := range sent {
 		if err := send(s.Addr, "r@x.test", data); err != nil {
 			t.Fatal(err)
 		}
@@ -79,6 +87,16 @@ func TestFilesOnlyKeepsNothingInMemory(t *testing.T) {
 	if n, ms := s.Count(), s.Messages(); n != 3 || len(ms) != 0 {
 		t.Fatalf("count %d and %d messages in memory; want 3 and none", n, len(ms))
 	}
+	mu.Lock()
+	if len(handed) != len(sent) {
+		t.Fatalf("OnMessage saw %d messages, want %d", len(handed), len(sent))
+	}
+	for i, m := range handed {
+		if string(m.Data) != sent[i] || len(m.To) != 1 || m.To[0] != "r@x.test" || m.Received.IsZero() {
+			t.Errorf("message %d handed to OnMessage: %d octets to %v; want the %d sent to r@x.test", i, len(m.Data), m.To, len(sent[i]))
+		}
+	}
+	mu.Unlock()
 	files, _ := filepath.Glob(filepath.Join(dir, "*.eml"))
 	if len(files) != 3 {
 		t.Fatalf("%d message files, want 3", len(files))
