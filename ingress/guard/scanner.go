@@ -119,7 +119,21 @@ func (s *scanner) scan(b []byte) (n int, r Reason) {
 					return 0, r
 				}
 				s.keep(b[i : i+run])
-				i += run
+				if i += run; i == len(b) {
+					break
+				}
+			}
+			// The usual end of a content line, CRLF, is taken at once:
+			// what push and keep below do for the CR and then the LF,
+			// without a trip round the loop for each.
+			if s.mode == modeData && b[i] == '\r' && i+1 < len(b) && b[i+1] == '\n' {
+				if r := s.cmd.push('\r', s.maxLine); r != 0 {
+					return 0, r
+				}
+				s.keep(b[i : i+1])
+				s.cmd.cr, s.cmd.lineLen = false, 0
+				i += 2
+				s.endDataLine()
 				continue
 			}
 		}
@@ -133,15 +147,12 @@ func (s *scanner) scan(b []byte) (n int, r Reason) {
 			s.keep(b[i-1 : i])
 			continue
 		}
-		line := bytes.TrimSuffix(s.line, []byte{'\r'})
-		s.line = s.line[:0]
 		if s.mode == modeData {
-			if len(line) == 1 && line[0] == '.' {
-				s.mode = modeCommand
-				s.done = append(s.done, kindDataEnd)
-			}
+			s.endDataLine()
 			continue
 		}
+		line := bytes.TrimSuffix(s.line, []byte{'\r'})
+		s.line = s.line[:0]
 		k, r := s.command(line)
 		if r != 0 {
 			return 0, r
@@ -159,6 +170,15 @@ func (s *scanner) scan(b []byte) (n int, r Reason) {
 		}
 	}
 	return len(b), 0
+}
+
+// endDataLine ends a line of DATA content; the dot line ends the content.
+func (s *scanner) endDataLine() {
+	if line := bytes.TrimSuffix(s.line, []byte{'\r'}); len(line) == 1 && line[0] == '.' {
+		s.mode = modeCommand
+		s.done = append(s.done, kindDataEnd)
+	}
+	s.line = s.line[:0]
 }
 
 // keep appends to s.line what the scanner needs of b, the next octets of
