@@ -151,17 +151,12 @@ func (w *world) startDeliverer() {
 // send stores a message as the ingress does and returns its queue id.
 func (w *world) send(from string, rcpts ...string) string {
 	w.t.Helper()
-	return w.store(from, 0, rcpts...)
+	return w.sendLarge(from, 0, rcpts...)
 }
 
 // sendLarge is send with a body of over large octets, which the ingress
-// stores in the bodies' object store.
+// stores in the bodies' object store; with large 0 the body is inline.
 func (w *world) sendLarge(from string, large int, rcpts ...string) string {
-	w.t.Helper()
-	return w.store(from, large, rcpts...)
-}
-
-func (w *world) store(from string, large int, rcpts ...string) string {
 	w.t.Helper()
 	qid := wire.NewQueueID(time.Now())
 	body := []byte("Received: by test\r\nFrom: <" + from + ">\r\nSubject: queue test\r\n\r\nHello.\r\n")
