@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluice-mta/sluice/proto/sluicev1"
 	"github.com/sluice-mta/sluice/proto/wire"
+	"github.com/sluice-mta/sluice/services/streams"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
 
@@ -82,14 +83,18 @@ func jobMsgID(job *sluicev1.Job) string {
 }
 
 // waitAll waits for every publish acknowledgement and returns them in
-// order, or the first error.
-func waitAll(ctx context.Context, fs []jetstream.PubAckFuture) ([]*jetstream.PubAck, error) {
+// order, or the first error. A publish refused because its message id is
+// "in process" is told to stuck (see streams.InProcess), which may be nil.
+func waitAll(ctx context.Context, stuck *streams.InProcess, fs []jetstream.PubAckFuture) ([]*jetstream.PubAck, error) {
 	acks := make([]*jetstream.PubAck, len(fs))
 	for i, f := range fs {
 		select {
 		case ack := <-f.Ok():
 			acks[i] = ack
 		case err := <-f.Err():
+			if m := f.Msg(); m != nil {
+				stuck.Refused(ctx, m.Subject, m.Header.Get(jetstream.MsgIDHeader), err)
+			}
 			return nil, err
 		case <-ctx.Done():
 			return nil, ctx.Err()

@@ -46,13 +46,13 @@ func benchSplit(b *testing.B, domains int) {
 		}
 		futures = append(futures, f)
 		if len(futures) == 1000 {
-			if _, err := waitAll(h.ctx, futures); err != nil {
+			if _, err := waitAll(h.ctx, nil, futures); err != nil {
 				b.Fatal(err)
 			}
 			futures = futures[:0]
 		}
 	}
-	if _, err := waitAll(h.ctx, futures); err != nil {
+	if _, err := waitAll(h.ctx, nil, futures); err != nil {
 		b.Fatal(err)
 	}
 	h.settledFor(wire.StreamMessages, wire.ConsumerScheduler, uint64(b.N), time.Minute)

@@ -171,7 +171,7 @@ func (s *Service) result(ctx context.Context, msg jetstream.Msg) consume.Outcome
 	}
 	futures = append(futures, f)
 
-	acks, err := waitAll(ctx, futures)
+	acks, err := waitAll(ctx, s.stuck, futures)
 	if err != nil {
 		return s.retryLater(ctx, span, msg, log, "publish result outputs", err)
 	}

@@ -93,6 +93,9 @@ type Service struct {
 	bodies jetstream.ObjectStore
 	events *events.Publisher
 	meter  metric.Meter
+	// stuck turns a message id refused as "in process" for too long into
+	// a leader change of its stream (streams.InProcess).
+	stuck *streams.InProcess
 
 	// index is the queue index the admin API answers from, fed by follower.
 	index    *index.Index
@@ -128,6 +131,7 @@ func New(cfg Config, js jetstream.JetStream, tracer trace.Tracer, meter metric.M
 		cfg: cfg, js: js, tracer: tracer, log: log, m: m, meter: meter, consumeMetrics: cm,
 		now: time.Now, random: rand.Float64,
 		events: events.NewPublisher(js),
+		stuck:  streams.NewInProcess(js, log),
 		index:  index.New(cfg.Scheduler.StatsWindow),
 	}
 	for _, o := range opts {

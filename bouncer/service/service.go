@@ -64,6 +64,9 @@ type Service struct {
 	log      *slog.Logger
 	policy   notify.Policy
 	now      func() time.Time
+	// stuck turns a DSN's message id refused as "in process" for too long
+	// into a leader change of SLUICE_MSGS (streams.InProcess).
+	stuck *streams.InProcess
 
 	generated  metric.Int64Counter
 	suppressed metric.Int64Counter
@@ -91,6 +94,7 @@ func New(s Settings, q config.Queue, js jetstream.JetStream, tracer trace.Tracer
 		settings: s, queue: q, js: js, tracer: tracer, log: log,
 		policy: notify.Policy{DelayByDefault: s.NotifyDelayByDefault},
 		now:    time.Now,
+		stuck:  streams.NewInProcess(js, log),
 	}
 	var err error
 	// kind: failed, delayed or delivered.
@@ -362,6 +366,7 @@ func (s *Service) process(ctx context.Context, span trace.Span, payload []byte) 
 	msgID := "dsn-" + job.GetJobId() + "-" + strconv.FormatUint(uint64(job.GetAttempt()), 10) + "-" + kind
 	pa, err := s.js.PublishMsg(ctx, out, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(wire.StreamMessages))
 	if err != nil {
+		s.stuck.Refused(ctx, out.Subject, msgID, err)
 		why, delay := "publish", retryDelay
 		if streams.IsStorageFull(err) {
 			why, delay = "full", fullDelay

@@ -132,6 +132,9 @@ type Service struct {
 	log     *slog.Logger
 	courier *courier.Courier
 	m       instruments
+	// stuck turns a result's message id refused as "in process" for too
+	// long into a leader change of SLUICE_RESULTS (streams.InProcess).
+	stuck *streams.InProcess
 
 	// consumers are the classes' consumers, in wire.Classes order; one
 	// found lost is provisioned again and replaced (reopenIfLost).
@@ -255,6 +258,7 @@ func New(s Settings, d Deps) (*Service, error) {
 		js:      d.JS,
 		tracer:  d.Tracer,
 		log:     log,
+		stuck:   streams.NewInProcess(d.JS, log),
 		courier: courier.New(res, dialer, d.Tracer, courier.WithSigner(signer),
 			courier.WithConnectionReuse(courier.CacheConfig{TTL: s.ConnectionCacheTime, MaxUses: s.ConnectionReuseLimit, MaxIdle: s.Concurrency}),
 			courier.WithTLSPolicy(tlsPolicy, d.Meter), courier.WithTLSReports(tlsReports)),
@@ -933,6 +937,7 @@ func (s *Service) publish(ctx context.Context, job *sluicev1.Job, res *sluicev1.
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err = s.js.PublishMsg(pctx, m, jetstream.WithMsgID(id), jetstream.WithExpectStream(wire.StreamResults))
 		cancel()
+		s.stuck.Refused(ctx, m.Subject, id, err)
 		if err == nil || time.Now().Add(pause).After(deadline) {
 			return err
 		}

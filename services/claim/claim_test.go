@@ -2,15 +2,10 @@ package claim_test
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/url"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -32,7 +27,7 @@ func TestOneClaimWins(t *testing.T) {
 // events stream replicated three times, where the leader holds back a
 // second check on the same filter while the first claim is replicated.
 func TestOneClaimWinsR3(t *testing.T) {
-	urls := startCluster(t)
+	urls := natstest.StartCluster(t).URLs()
 	nc, err := nats.Connect(urls, nats.Timeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -110,48 +105,6 @@ func contend(t *testing.T, js jetstream.JetStream, replicas, n int) {
 	if holder, _, err := claim.Holder(ctx, js, "Q", uint64(n)+1); err != nil || holder != "" {
 		t.Fatalf("an unclaimed copy is held by %q (%v)", holder, err)
 	}
-}
-
-// startCluster starts three embedded servers routed to each other on
-// loopback and returns their client URLs.
-func startCluster(t *testing.T) string {
-	t.Helper()
-	ports := make([]int, 3)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-	}
-	var routes []*url.URL
-	for _, p := range ports {
-		routes = append(routes, &url.URL{Scheme: "nats", Host: "127.0.0.1:" + strconv.Itoa(p)})
-	}
-	var urls string
-	for i := range ports {
-		o := &server.Options{
-			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: server.RANDOM_PORT,
-			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-			Cluster: server.ClusterOpts{Name: "claim", Host: "127.0.0.1", Port: ports[i]},
-			Routes:  routes,
-		}
-		s, err := server.NewServer(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		t.Cleanup(s.Shutdown)
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatal("server not ready")
-		}
-		if urls != "" {
-			urls += ","
-		}
-		urls += s.ClientURL()
-	}
-	return urls
 }
 
 // TestTakeLeavesTheMessageAlone: a deliverer whose claim is held by an
