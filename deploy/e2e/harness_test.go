@@ -170,6 +170,16 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	w.st = st
 	t.Cleanup(func() {
 		st.Close()
+		// A step-down asked for an id stuck "in process"
+		// (streams.InProcess) is rare and worth seeing in a passing run.
+		for _, p := range st.Procs() {
+			b, _ := os.ReadFile(p.Log())
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "refusing a message id as in process") || strings.Contains(line, "step-down failed") {
+					t.Logf("%s: %s", p.Name, line)
+				}
+			}
+		}
 		if t.Failed() {
 			for _, p := range st.Procs() {
 				b, _ := os.ReadFile(p.Log())
