@@ -263,7 +263,21 @@ type Queue struct {
 	// JetStream supports async only without replicas, and a stream keeps
 	// the mode it was created with.
 	EventsPersist string `yaml:"events_persist" env:"SLUICE_QUEUE_EVENTS_PERSIST"`
+	// DuplicateWindow is how long every stream remembers the message ids
+	// of what was published to it, so that a publish retried after a
+	// timeout, or an input handled again after a crash, is stored once.
+	// Every retry loop of the services ends within a minute; a service
+	// down for longer than the window while it held inputs whose outputs
+	// were stored (one scheduler of one, killed and not restarted) can
+	// produce a second copy of those outputs. The servers keep every id of
+	// the window in memory: about six ids and 0.6 KB per message (README,
+	// Performance, "Sustained load").
+	DuplicateWindow time.Duration `yaml:"duplicate_window" env:"SLUICE_QUEUE_DUPLICATE_WINDOW"`
 }
+
+// MinDuplicateWindow is the shortest queue.duplicate_window: the
+// deliverer tries to store a result for a minute.
+const MinDuplicateWindow = time.Minute
 
 // Events persistence modes (Queue.EventsPersist).
 const (
@@ -285,7 +299,8 @@ func (q Queue) EventsPersistMode() string {
 
 // DefaultQueue returns the defaults.
 func DefaultQueue() Queue {
-	return Queue{Replicas: 1, Lifetime: 5 * 24 * time.Hour, MaxBytes: 0, InlineBodyLimit: 768 << 10, EventsRetention: 7 * 24 * time.Hour}
+	return Queue{Replicas: 1, Lifetime: 5 * 24 * time.Hour, MaxBytes: 0, InlineBodyLimit: 768 << 10, EventsRetention: 7 * 24 * time.Hour,
+		DuplicateWindow: 2 * time.Minute}
 }
 
 // Validate implements Validator.
@@ -310,6 +325,9 @@ func (q Queue) Validate() error {
 		}
 	default:
 		return fmt.Errorf("queue.events_persist: %q, want default or async", q.EventsPersist)
+	}
+	if q.DuplicateWindow < MinDuplicateWindow {
+		return fmt.Errorf("queue.duplicate_window: %s, want at least %s (a deliverer tries to store a result for that long, with the same message id)", q.DuplicateWindow, MinDuplicateWindow)
 	}
 	if q.EventsRetention < q.Lifetime {
 		return fmt.Errorf("queue.events_retention: %s is shorter than queue.lifetime %s; the queue index is rebuilt from events, so they must outlive every job", q.EventsRetention, q.Lifetime)

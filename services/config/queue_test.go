@@ -51,3 +51,21 @@ func TestEventsPersist(t *testing.T) {
 		}
 	}
 }
+
+// A duplicate window shorter than the deliverer's result retries would
+// let a retried result be stored twice.
+func TestDuplicateWindow(t *testing.T) {
+	q := DefaultQueue()
+	if q.DuplicateWindow != 2*time.Minute {
+		t.Fatalf("default duplicate window %s, want 2m", q.DuplicateWindow)
+	}
+	q.DuplicateWindow = 30 * time.Second
+	err := q.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), "queue.duplicate_window: 30s, want at least 1m0s") {
+		t.Fatalf("a 30s window: %v, want a queue.duplicate_window error", err)
+	}
+	q.DuplicateWindow = MinDuplicateWindow
+	if err := q.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}

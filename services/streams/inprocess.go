@@ -22,7 +22,7 @@ import (
 // followed by an id the node stored afterwards (as a follower, applying
 // what the next leader proposed) stays. When that node leads again, it
 // refuses the id as "in process" until the stream's duplicate window
-// (DuplicateWindow, ten minutes) has passed.
+// (queue.duplicate_window) has passed.
 //
 // Seen for real: a node of three frozen for 30 s and thawed during a
 // load; the scheduler's outcome event for one message was refused with
@@ -52,8 +52,13 @@ const InProcessAfter = 15 * time.Second
 // service makes for one stream.
 const inProcessEvery = time.Minute
 
-// inProcessKeep bounds the ids a service remembers as refused.
-const inProcessKeep = 4096
+// inProcessKeep bounds the ids a service remembers as refused, and
+// inProcessForget is when one is forgotten once the bound is reached
+// (longer than a duplicate window, after which JetStream forgets it too).
+const (
+	inProcessKeep   = 4096
+	inProcessForget = 15 * time.Minute
+)
 
 // IsInProcess reports whether err is JetStream refusing a publish because
 // a message with the same id is in process (409, error 10158).
@@ -132,12 +137,12 @@ func (p *InProcess) Refused(ctx context.Context, subject, id string, err error) 
 	return true
 }
 
-// forgetLocked drops the ids first refused longer ago than the duplicate
-// window (JetStream has forgotten them too), and if that is not enough,
+// forgetLocked drops the ids first refused longer ago than
+// inProcessForget, and if that is not enough,
 // every id: at worst a stuck id is noticed InProcessAfter later.
 func (p *InProcess) forgetLocked(now time.Time) {
 	for k, t := range p.first {
-		if now.Sub(t) > DuplicateWindow {
+		if now.Sub(t) > inProcessForget {
 			delete(p.first, k)
 		}
 	}

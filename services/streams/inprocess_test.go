@@ -32,7 +32,7 @@ func r3Stream(t *testing.T, c *natstest.Cluster, url string) (*nats.Conn, jetstr
 	}
 	for i := 0; ; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "STUCK", Subjects: []string{"stuck.>"}, Replicas: 3, Duplicates: DuplicateWindow})
+		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "STUCK", Subjects: []string{"stuck.>"}, Replicas: 3, Duplicates: 2 * time.Minute})
 		cancel()
 		if err == nil {
 			return nc, js
@@ -210,7 +210,7 @@ func TestInProcessAsksTheLeaderToStepDown(t *testing.T) {
 }
 
 // TestInProcessForgets bounds what InProcess remembers: ids refused
-// longer ago than the duplicate window go first, and if all are recent,
+// longer ago than inProcessForget go first, and if all are recent,
 // all go.
 func TestInProcessForgets(t *testing.T) {
 	p := NewInProcess(nil, slog.New(slog.DiscardHandler))
@@ -221,7 +221,7 @@ func TestInProcessForgets(t *testing.T) {
 	for i := range inProcessKeep - 1 {
 		p.Refused(context.Background(), "s", fmt.Sprint("old", i), refused)
 	}
-	clock = t0.Add(DuplicateWindow + time.Second)
+	clock = t0.Add(inProcessForget + time.Second)
 	p.Refused(context.Background(), "s", "recent", refused)
 	p.Refused(context.Background(), "s", "new", refused)
 	if len(p.first) != 2 {

@@ -22,10 +22,6 @@ import (
 // finishes; this only bounds what a lost deletion could leave behind.
 const LifetimeGrace = 24 * time.Hour
 
-// DuplicateWindow is how long JetStream remembers Nats-Msg-Id values, so a
-// publish retried by a service after a crash or timeout is stored once.
-const DuplicateWindow = 10 * time.Minute
-
 // Configs returns the stream configurations for the queue settings.
 func Configs(q config.Queue) []jetstream.StreamConfig {
 	maxAge := q.Lifetime + LifetimeGrace
@@ -44,7 +40,7 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			MaxAge:      maxAge,
 			Storage:     jetstream.FileStorage,
 			Replicas:    q.Replicas,
-			Duplicates:  DuplicateWindow,
+			Duplicates:  q.DuplicateWindow,
 			AllowDirect: true,
 			MaxMsgSize:  -1,
 		},
@@ -68,7 +64,7 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			MaxAge:            maxAge,
 			Storage:           jetstream.FileStorage,
 			Replicas:          q.Replicas,
-			Duplicates:        DuplicateWindow,
+			Duplicates:        q.DuplicateWindow,
 			AllowMsgSchedules: true,
 			AllowRollup:       true,
 			AllowDirect:       true,
@@ -83,7 +79,7 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			MaxMsgs:     -1,
 			Storage:     jetstream.FileStorage,
 			Replicas:    q.Replicas,
-			Duplicates:  DuplicateWindow,
+			Duplicates:  q.DuplicateWindow,
 		},
 		{
 			Name:        wire.StreamBounces,
@@ -95,7 +91,7 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			MaxMsgs:     -1,
 			Storage:     jetstream.FileStorage,
 			Replicas:    q.Replicas,
-			Duplicates:  DuplicateWindow,
+			Duplicates:  q.DuplicateWindow,
 		},
 		{
 			// The history of every job: what `sluice queue log` prints and
@@ -112,7 +108,7 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			MaxMsgs:     -1,
 			Storage:     jetstream.FileStorage,
 			Replicas:    q.Replicas,
-			Duplicates:  DuplicateWindow,
+			Duplicates:  q.DuplicateWindow,
 			AllowDirect: true,
 			PersistMode: eventsPersistMode(q),
 		},

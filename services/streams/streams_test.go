@@ -137,4 +137,31 @@ func TestProvisionLeavesCurrentStreamsAlone(t *testing.T) {
 	if got, want := str.CachedInfo().Config.MaxAge, q.Lifetime+LifetimeGrace; got != want {
 		t.Errorf("jobs max age %s, want %s", got, want)
 	}
+
+	// queue.duplicate_window reaches every queue stream, also one that
+	// exists with another window (the ten minutes of earlier versions).
+	for _, name := range []string{wire.StreamMessages, wire.StreamJobs, wire.StreamResults, wire.StreamBounces, wire.StreamEvents} {
+		if d := streamConfig(t, js, name).Duplicates; d != q.DuplicateWindow {
+			t.Errorf("%s remembers message ids for %s, want the default %s", name, d, q.DuplicateWindow)
+		}
+	}
+	q.DuplicateWindow = 10 * time.Minute
+	if err := Provision(ctx, js, q); err != nil {
+		t.Fatal(err)
+	}
+	seen()
+	for _, name := range []string{wire.StreamMessages, wire.StreamJobs, wire.StreamResults, wire.StreamBounces, wire.StreamEvents} {
+		if d := streamConfig(t, js, name).Duplicates; d != q.DuplicateWindow {
+			t.Errorf("%s remembers message ids for %s after provisioning with %s", name, d, q.DuplicateWindow)
+		}
+	}
+}
+
+func streamConfig(t *testing.T, js jetstream.JetStream, name string) jetstream.StreamConfig {
+	t.Helper()
+	str, err := js.Stream(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return str.CachedInfo().Config
 }
