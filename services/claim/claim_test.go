@@ -27,16 +27,7 @@ func TestOneClaimWins(t *testing.T) {
 // events stream replicated three times, where the leader holds back a
 // second check on the same filter while the first claim is replicated.
 func TestOneClaimWinsR3(t *testing.T) {
-	urls := natstest.StartCluster(t).URLs()
-	nc, err := nats.Connect(urls, nats.Timeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectTo(t, natstest.StartCluster(t).URLs())
 	contend(t, js, 3, 100)
 }
 

@@ -33,7 +33,14 @@ func Start(t testing.TB) *Server {
 // Connect returns a connection and JetStream context closed when the test ends.
 func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), nats.Timeout(5*time.Second))
+	return ConnectTo(t, s.ClientURL())
+}
+
+// ConnectTo is Connect to the servers of url (comma-separated for a
+// cluster: Cluster.URLs).
+func ConnectTo(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.Timeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

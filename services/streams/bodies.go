@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -57,26 +56,11 @@ func purgeSubject(ctx context.Context, js jetstream.JetStream, stream, subject s
 	if err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-	}
-	reply, err := js.Conn().RequestWithContext(ctx, apiPrefix(js)+"STREAM.PURGE."+stream, data)
+	done, err := actionRequest(ctx, js, "STREAM.PURGE."+stream, data)
 	if err != nil {
 		return err
 	}
-	var resp struct {
-		Error   *apiError `json:"error,omitempty"`
-		Success bool      `json:"success"`
-	}
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return err
-	}
-	if resp.Error != nil {
-		return resp.Error
-	}
-	if !resp.Success {
+	if !done {
 		return errors.New("the stream's leader did not purge")
 	}
 	return nil

@@ -2,7 +2,6 @@ package streams
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -154,26 +153,11 @@ func (p *InProcess) forgetLocked(now time.Time) {
 // StepDown asks stream's leader to hand its leadership to another replica
 // and returns once it has agreed.
 func StepDown(ctx context.Context, js jetstream.JetStream, stream string) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-	}
-	reply, err := js.Conn().RequestWithContext(ctx, apiPrefix(js)+"STREAM.LEADER.STEPDOWN."+stream, nil)
+	done, err := actionRequest(ctx, js, "STREAM.LEADER.STEPDOWN."+stream, nil)
 	if err != nil {
 		return fmt.Errorf("step down the leader of %s: %w", stream, err)
 	}
-	var resp struct {
-		Error   *apiError `json:"error,omitempty"`
-		Success bool      `json:"success"`
-	}
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return fmt.Errorf("step down the leader of %s: %w", stream, err)
-	}
-	if resp.Error != nil {
-		return fmt.Errorf("step down the leader of %s: %w", stream, resp.Error)
-	}
-	if !resp.Success {
+	if !done {
 		return fmt.Errorf("step down the leader of %s: not done", stream)
 	}
 	return nil

@@ -7,35 +7,25 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluice-mta/sluice/services/natstest"
 )
 
-// r3Stream creates a replicated stream on c, waiting for the cluster's
-// meta leader, and returns a client of the whole cluster.
-func r3Stream(t *testing.T, c *natstest.Cluster, url string) (*nats.Conn, jetstream.JetStream) {
+// r3Stream connects to url, creates a replicated stream, waiting for the
+// cluster's meta leader, and returns the client.
+func r3Stream(t *testing.T, url string) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.Timeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectTo(t, url)
 	for i := 0; ; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "STUCK", Subjects: []string{"stuck.>"}, Replicas: 3, Duplicates: 2 * time.Minute})
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "STUCK", Subjects: []string{"stuck.>"}, Replicas: 3, Duplicates: 2 * time.Minute})
 		cancel()
 		if err == nil {
-			return nc, js
+			return js
 		}
 		if i == 50 {
 			t.Fatal(err)
@@ -72,10 +62,10 @@ func leaderOf(t *testing.T, js jetstream.JetStream) string {
 // which IsInProcess recognises (and no other error).
 func TestInProcessIsWhatJetStreamAnswers(t *testing.T) {
 	c := natstest.StartCluster(t)
-	_, js := r3Stream(t, c, c.URLs())
+	js := r3Stream(t, c.URLs())
 	leader := c.Server(leaderOf(t, js))
 	// A client of the leader alone, which stays connected.
-	_, ljs := r3Stream(t, c, leader.ClientURL())
+	ljs := r3Stream(t, leader.ClientURL())
 	for _, s := range c.Servers {
 		if s != leader {
 			s.Shutdown()
@@ -103,32 +93,14 @@ func TestInProcessIsWhatJetStreamAnswers(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestInProcessAsksTheLeaderToStepDown drives InProcess with the refusal
 // and a clock of its own on a real cluster: nothing before one id has been
 // refused for InProcessAfter, then one step-down (and the leader
 // changes), then none for that stream within a minute, whatever the id.
 func TestInProcessAsksTheLeaderToStepDown(t *testing.T) {
 	c := natstest.StartCluster(t)
-	_, js := r3Stream(t, c, c.URLs())
-	var logs syncBuffer
+	js := r3Stream(t, c.URLs())
+	var logs bytes.Buffer // Refused logs on the caller's goroutine
 	p := NewInProcess(js, slog.New(slog.NewTextHandler(&logs, nil)))
 	t0 := time.Now()
 	clock := t0

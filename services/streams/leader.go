@@ -62,6 +62,38 @@ func apiPrefix(js jetstream.JetStream) string {
 	return jetstream.DefaultAPIPrefix
 }
 
+// apiRequest sends a request to JetStream's API (api is the subject after
+// the prefix, e.g. "STREAM.PURGE.<stream>"), bounded by 5 s unless ctx
+// has a deadline.
+func apiRequest(ctx context.Context, js jetstream.JetStream, api string, data []byte) (*nats.Msg, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	return js.Conn().RequestWithContext(ctx, apiPrefix(js)+api, data)
+}
+
+// actionRequest sends an API request whose answer says whether it was
+// done ("success"), and returns that, or the error the answer holds.
+func actionRequest(ctx context.Context, js jetstream.JetStream, api string, data []byte) (bool, error) {
+	reply, err := apiRequest(ctx, js, api, data)
+	if err != nil {
+		return false, err
+	}
+	var resp struct {
+		Error   *apiError `json:"error,omitempty"`
+		Success bool      `json:"success"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return false, err
+	}
+	if resp.Error != nil {
+		return false, resp.Error
+	}
+	return resp.Success, nil
+}
+
 // LeaderMsg reads message seq of stream, or with seq 0 the last message on
 // subject, from the stream's leader. A message the leader does not hold is
 // jetstream.ErrMsgNotFound: it is gone (or was never stored).
@@ -85,12 +117,7 @@ func leaderGet(ctx context.Context, js jetstream.JetStream, stream string, req g
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-	}
-	reply, err := js.Conn().RequestWithContext(ctx, apiPrefix(js)+"STREAM.MSG.GET."+stream, data)
+	reply, err := apiRequest(ctx, js, "STREAM.MSG.GET."+stream, data)
 	if err != nil {
 		return nil, fmt.Errorf("get message from the leader of %s: %w", stream, err)
 	}
