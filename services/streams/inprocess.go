@@ -16,10 +16,10 @@ import (
 // 409 "duplicate message id is in process" (error 10158) until the
 // proposal is applied, when the mark becomes the message's sequence. A
 // proposal that is lost instead (one queued on a leader as it loses its
-// leadership) leaves the mark behind. The server
-// clears marks when the leader changes, but only the newest ones: a mark
-// followed by an id the node stored afterwards (as a follower, applying
-// what the next leader proposed) stays. When that node leads again, it
+// leadership) leaves the mark behind. The server clears marks when the
+// leader changes, but only the newest ones: a mark followed by an id the
+// node stored afterwards (as a follower, applying what the next leader
+// proposed) stays. When that node leads again, it
 // refuses the id as "in process" until the stream's duplicate window
 // (queue.duplicate_window) has passed.
 //
@@ -101,7 +101,9 @@ func (p *InProcess) Refused(ctx context.Context, subject, id string, err error) 
 	key := subject + "\x00" + id
 	p.mu.Lock()
 	first, seen := p.first[key]
-	if !seen {
+	if !seen || now.Sub(first) > inProcessForget {
+		// New, or refused again long after (the mark of its first
+		// refusal was cleared since): counted from now.
 		if len(p.first) >= inProcessKeep {
 			p.forgetLocked(now)
 		}

@@ -171,9 +171,15 @@ func TestInProcessAsksTheLeaderToStepDown(t *testing.T) {
 		t.Fatalf("a step-down failed:\n%s", logs.String())
 	}
 
+	// x refused again long after its first refusals is counted anew.
+	if at(InProcessAfter+inProcessEvery+inProcessForget+time.Second, "stuck.x", "x", refused) ||
+		at(InProcessAfter+inProcessEvery+inProcessForget+2*time.Second, "stuck.x", "x", refused) {
+		t.Fatal("an id refused again long after its first refusal was taken as stuck at once")
+	}
+
 	// A subject no stream holds: nothing to step down, said plainly.
 	at(0, "nowhere.z", "z", refused)
-	if at(time.Hour, "nowhere.z", "z", refused) {
+	if at(InProcessAfter, "nowhere.z", "z", refused) {
 		t.Fatal("a step-down for a subject without a stream")
 	}
 	if !strings.Contains(logs.String(), "its stream is unknown") {
