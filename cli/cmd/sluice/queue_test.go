@@ -146,6 +146,13 @@ func (w *world) startDeliverer() {
 	if err := d.ServeShaping(svc); err != nil {
 		w.t.Fatal(err)
 	}
+	// The endpoints' subscriptions reach the server with the flush: a
+	// test's first request, from the CLI's own connection, must not find
+	// no responders (seen in CI: "sluice shaping suspend: no answer from
+	// a deliverer within 3s", right after the world started).
+	if err := js.Conn().Flush(); err != nil {
+		w.t.Fatal(err)
+	}
 }
 
 // send stores a message as the ingress does and returns its queue id.
