@@ -171,7 +171,9 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	t.Cleanup(func() {
 		st.Close()
 		// A step-down asked for an id stuck "in process"
-		// (streams.InProcess) is rare and worth seeing in a passing run.
+		// (streams.InProcess) is rare and worth seeing also in a passing
+		// run: go test prints these lines with -v (make test runs without
+		// it, so there they show only beside a failure).
 		for _, p := range st.Procs() {
 			b, _ := os.ReadFile(p.Log())
 			for _, line := range strings.Split(string(b), "\n") {
