@@ -173,23 +173,18 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		// A step-down asked for an id stuck "in process"
 		// (streams.InProcess) is rare and worth seeing also in a passing
 		// run: go test prints these lines with -v (make test runs without
-		// it, so there they show only beside a failure).
+		// it, so there they show only beside a failure). A failed test
+		// also gets the last lines of every log.
 		for _, p := range st.Procs() {
 			b, _ := os.ReadFile(p.Log())
-			for _, line := range strings.Split(string(b), "\n") {
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			for _, line := range lines {
 				if strings.Contains(line, "refusing a message id as in process") || strings.Contains(line, "step-down failed") {
 					t.Logf("%s: %s", p.Name, line)
 				}
 			}
-		}
-		if t.Failed() {
-			for _, p := range st.Procs() {
-				b, _ := os.ReadFile(p.Log())
-				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-				if len(lines) > 40 {
-					lines = lines[len(lines)-40:]
-				}
-				t.Logf("--- %s log (last lines):\n%s", p.Name, strings.Join(lines, "\n"))
+			if t.Failed() {
+				t.Logf("--- %s log (last lines):\n%s", p.Name, strings.Join(lines[max(len(lines)-40, 0):], "\n"))
 			}
 		}
 	})
