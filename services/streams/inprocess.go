@@ -71,11 +71,9 @@ func IsInProcess(err error) bool {
 // (see above). It is safe for concurrent use; a nil *InProcess does
 // nothing.
 type InProcess struct {
-	js    jetstream.JetStream
-	log   *slog.Logger
-	after time.Duration
-	every time.Duration
-	now   func() time.Time
+	js  jetstream.JetStream
+	log *slog.Logger
+	now func() time.Time
 
 	mu    sync.Mutex
 	first map[string]time.Time // subject and id: first refusal
@@ -84,7 +82,7 @@ type InProcess struct {
 
 // NewInProcess returns an InProcess for publishes made through js.
 func NewInProcess(js jetstream.JetStream, log *slog.Logger) *InProcess {
-	return &InProcess{js: js, log: log, after: InProcessAfter, every: inProcessEvery, now: time.Now,
+	return &InProcess{js: js, log: log, now: time.Now,
 		first: map[string]time.Time{}, asked: map[string]time.Time{}}
 }
 
@@ -111,7 +109,7 @@ func (p *InProcess) Refused(ctx context.Context, subject, id string, err error) 
 		p.mu.Unlock()
 		return false
 	}
-	if now.Sub(first) < p.after {
+	if now.Sub(first) < InProcessAfter {
 		p.mu.Unlock()
 		return false
 	}
@@ -123,7 +121,7 @@ func (p *InProcess) Refused(ctx context.Context, subject, id string, err error) 
 		return false
 	}
 	p.mu.Lock()
-	if now.Sub(p.asked[stream]) < p.every {
+	if now.Sub(p.asked[stream]) < inProcessEvery {
 		p.mu.Unlock()
 		return false
 	}
