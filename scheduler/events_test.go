@@ -13,15 +13,37 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/hold"
 )
 
-// event returns the last event of a type about a message.
+// event returns the last event of a type about a message. Its subject is
+// its queue id's shard (wire.EventShard), which other messages may share.
 func (h *harness) event(qid, typ string) admin.QueueEvent {
 	h.t.Helper()
-	raw := h.lastMsg(wire.StreamEvents, wire.EventSubject(qid, typ))
-	var ev admin.QueueEvent
-	if err := admin.UnmarshalQueueEvent(raw.Data, &ev); err != nil {
-		h.t.Fatal(err)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cons, err := h.js.OrderedConsumer(h.ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.EventSubject(qid, typ)}})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		var last *admin.QueueEvent
+		for {
+			msg, err := cons.Next(jetstream.FetchMaxWait(200 * time.Millisecond))
+			if err != nil {
+				break
+			}
+			var ev admin.QueueEvent
+			if err := admin.UnmarshalQueueEvent(msg.Data(), &ev); err != nil {
+				h.t.Fatal(err)
+			}
+			if ev.QueueID == qid {
+				last = &ev
+			}
+		}
+		if last != nil {
+			return *last
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("no %s event of %s", typ, qid)
+		}
 	}
-	return ev
 }
 
 // The splitter records a received event per job and the result processor

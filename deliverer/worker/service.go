@@ -197,6 +197,9 @@ type Service struct {
 	liveSub *nats.Subscription
 	// beforeAttempt, when set (by tests), runs just before each attempt.
 	beforeAttempt func(*sluicev1.Job)
+	// claimRenew is how often a running attempt renews its claim
+	// (renewClaim): half of wire.ClaimTTL; tests shorten it.
+	claimRenew time.Duration
 	// noProgress, when set (by tests), sends no in-progress acks: a job's
 	// AckWait runs out while its delivery runs, as when they are lost.
 	noProgress atomic.Bool
@@ -267,6 +270,7 @@ func New(s Settings, d Deps) (*Service, error) {
 		m:          m,
 		runner:     consume.Runner{Input: "jobs", KeepAlive: s.AckWait / 3, RetryDelay: infraRetry, Log: log, Metrics: cm},
 		parkAfter:  parkAfter,
+		claimRenew: wire.ClaimTTL / 2,
 		meter:      d.Meter,
 		slots:      make(chan struct{}, s.Concurrency),
 		pollDone:   make(chan struct{}, 1),
@@ -727,13 +731,16 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg, key *string) co
 		}()
 	}
 	// The attempt is recorded, and the job copy claimed, before it is made.
-	if o, stop := s.claimAttempt(ctx, msg, job, log); stop {
+	o, renew, stop := s.claimAttempt(ctx, msg, job, log)
+	if stop {
 		if ticket != nil {
 			ticket.Release()
 		}
 		return o
 	}
+	stopRenew := renew()
 	results, headers, infraErr := s.attempt(ctx, job, route, routeErr, ticket, log)
+	stopRenew()
 	if infraErr != nil {
 		span.SetStatus(codes.Error, infraErr.Error())
 		log.WarnContext(ctx, "job returned to the queue", "err", infraErr)

@@ -96,11 +96,15 @@ func parkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string)
 // A copy handed out again (after a crash or a Nak) finds its earlier
 // attempt's claim and is attempted again. The message id includes the
 // delivery count, so that second try is recorded too.
-func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (consume.Outcome, bool) {
+//
+// The claim expires after wire.ClaimTTL. When the attempt goes on, the
+// returned renew records it again every claimRenew until its stop is
+// called, so a copy handed out again during a long attempt still finds it.
+func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (o consume.Outcome, renew func() (stop func()), stop bool) {
 	md, err := msg.Metadata()
 	if err != nil {
 		log.WarnContext(ctx, "job without JetStream metadata; returned to the queue", "err", err)
-		return consume.RetryAfter(infraRetry), true
+		return consume.RetryAfter(infraRetry), nil, true
 	}
 	ev := &admin.QueueEvent{
 		Type: wire.EventAttempt, Time: time.Now().UTC(), QueueID: job.QueueId, JobID: job.JobId, State: admin.StateActive,
@@ -112,7 +116,9 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 	m := nats.NewMsg(wire.ClaimSubject(job.QueueId, wire.EventAttempt, md.Sequence.Stream))
 	m.Data = admin.MarshalQueueEvent(ev)
 	m.Header.Set(wire.HeaderJobID, job.JobId)
-	m.Header.Set(jetstream.MsgIDHeader, job.JobId+"/"+strconv.FormatUint(uint64(job.Attempt), 10)+"/ev/attempt/"+strconv.FormatUint(md.NumDelivered, 10))
+	msgID := job.JobId + "/" + strconv.FormatUint(uint64(job.Attempt), 10) + "/ev/attempt/" + strconv.FormatUint(md.NumDelivered, 10)
+	m.Header.Set(jetstream.MsgIDHeader, msgID)
+	m.Header.Set(jetstream.MsgTTLHeader, wire.ClaimTTL.String())
 	telemetry.Inject(ctx, m.Header)
 	out, err := claim.Take(ctx, s.js, m, job.QueueId, md.Sequence.Stream)
 	if err == nil && !out.Won && out.Holder == wire.EventAttempt {
@@ -124,10 +130,10 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 	if err != nil {
 		trace.SpanFromContext(ctx).SetStatus(codes.Error, "cannot record the attempt")
 		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
-		return consume.RetryAfter(infraRetry), true
+		return consume.RetryAfter(infraRetry), nil, true
 	}
 	if out.Won {
-		return consume.Outcome{}, false
+		return consume.Outcome{}, func() func() { return s.renewClaim(ctx, m, ev, msgID, log) }, false
 	}
 	// Moved to another class by an operator: its new copy is delivered.
 	// This one is given back rather than acknowledged: the scheduler
@@ -136,5 +142,44 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 	s.steered.Add(context.Background(), 1, metric.WithAttributes(attribute.String("action", out.Holder)))
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("sluice.operator_mark", out.Holder))
 	log.InfoContext(ctx, "job not attempted: "+out.Holder+" by an operator")
-	return consume.RetryAfter(movedRetry), true
+	return consume.RetryAfter(movedRetry), nil, true
+}
+
+// renewClaim publishes the attempt's claim m (of event ev) again every
+// claimRenew, each time with a message id of its own and a note, until
+// stop is called: the claim expires wire.ClaimTTL after its latest record.
+// The renewal keeps the attempt's start time, which the history shows.
+func (s *Service) renewClaim(ctx context.Context, m *nats.Msg, ev *admin.QueueEvent, msgID string, log *slog.Logger) (stop func()) {
+	renewed := *ev
+	renewed.Note = "still running: claim renewed"
+	data := admin.MarshalQueueEvent(&renewed)
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(s.claimRenew)
+		defer t.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			r := &nats.Msg{Subject: m.Subject, Data: data, Header: nats.Header{}}
+			for k, v := range m.Header {
+				r.Header[k] = v
+			}
+			r.Header.Set(jetstream.MsgIDHeader, msgID+"/renew/"+strconv.Itoa(n))
+			pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := s.js.PublishMsg(pctx, r, jetstream.WithExpectStream(wire.StreamEvents))
+			pcancel()
+			if err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "cannot renew the attempt's claim; a copy handed out again after it expires is attempted again", "err", err)
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }

@@ -1,14 +1,17 @@
 package wire
 
 import (
+	"encoding/binary"
+	"hash/fnv"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Queue events, held jobs and the queue admin API.
 //
-//	SLUICE_EVENTS   limits, max age       sluice.event.<queue_id>.<type>  every state change of every job
-//	                                      sluice.event.<queue_id>.<type>.<seq>  claims of one job copy (ClaimSubject)
+//	SLUICE_EVENTS   limits, max age       sluice.event.<shard>.<type>     every state change of every job
+//	                                      sluice.event.<shard>.<type>.<seq>  claims of one job copy (ClaimSubject)
 //	SLUICE_JOBS                           sluice.held.<job_id>            jobs on hold (no consumer reads them)
 //	sluice_held     key-value             <job_id>                        hold and delete marks deliverers obey
 //
@@ -17,6 +20,15 @@ import (
 // take). They are the history `sluice queue log` prints and the source
 // from which every scheduler instance builds its in-memory queue index, so
 // the stream must keep them at least as long as a job can live.
+//
+// An event's subject names its queue id's shard (EventShard), not the queue
+// id: JetStream keeps an index entry for every subject a stream holds, and
+// subjects named by queue id would hold one entry per message for the whole
+// retention (about 220 bytes per message for seven days). The queue id is
+// in the event itself; a reader of one message's events reads its shard
+// and keeps those of its queue id. Events of Sluice before 2026-12 are on
+// sluice.event.<queue_id>.<type> (LegacyEventFilter), which readers still
+// take.
 const (
 	StreamEvents  = "SLUICE_EVENTS"
 	SubjectEvents = "sluice.event"
@@ -62,8 +74,35 @@ const (
 // HeaderHoldMark is set on a parked job (HeldSubject) by whoever parked it.
 const HeaderHoldMark = "Sluice-Held-By"
 
+// EventShards is how many shards the events are spread over: a fixed
+// number of subjects per event type, whatever the traffic, and a reader of
+// one message's events reads 1/EventShards of the events since it was
+// received.
+const EventShards = 4096
+
+// ClaimTTL is how long JetStream keeps a deliverer's "attempt" claim
+// (ClaimSubject). A claim is needed while its job copy can be handed out
+// again: during the attempt, which the deliverer renews the claim through
+// when it lasts longer than half of this, and for the ten minutes a
+// deliverer remembers a finished attempt. The outcome event of the attempt
+// (delivered, deferred, bounced) carries its start and deliverer, so the
+// history loses only the record of a try that never reported.
+const ClaimTTL = time.Hour
+
+// EventShard is the subject token of queueID's shard: "e" and three hex
+// digits of its FNV-1a hash, never a queue id (24 characters).
+func EventShard(queueID string) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(queueID))
+	const hex = "0123456789abcdef"
+	n := h.Sum32() % EventShards
+	return string([]byte{'e', hex[n>>8&0xf], hex[n>>4&0xf], hex[n&0xf]})
+}
+
 // EventSubject is where an event of this type about a job of queueID goes.
-func EventSubject(queueID, typ string) string { return SubjectEvents + "." + queueID + "." + typ }
+func EventSubject(queueID, typ string) string {
+	return SubjectEvents + "." + EventShard(queueID) + "." + typ
+}
 
 // ClaimSubject is where an event that claims one copy of a job goes: the
 // copy stored at sequence seq of SLUICE_JOBS, which a deliverer claims with
@@ -73,12 +112,14 @@ func EventSubject(queueID, typ string) string { return SubjectEvents + "." + que
 // exactly one of them acts on the copy: the deliverer attempts it, or the
 // scheduler moves it to another class and the deliverer drops it.
 func ClaimSubject(queueID, typ string, seq uint64) string {
-	return SubjectEvents + "." + queueID + "." + typ + "." + strconv.FormatUint(seq, 10)
+	return EventSubject(queueID, typ) + "." + strconv.FormatUint(seq, 10)
 }
 
-// ClaimFilter matches every claim of the job copy at sequence seq.
+// ClaimFilter matches every claim of the job copy at sequence seq (a
+// sequence of SLUICE_JOBS names one copy of one job, so the filter
+// matches no other job's claims).
 func ClaimFilter(queueID string, seq uint64) string {
-	return SubjectEvents + "." + queueID + ".*." + strconv.FormatUint(seq, 10)
+	return SubjectEvents + "." + EventShard(queueID) + ".*." + strconv.FormatUint(seq, 10)
 }
 
 // ClaimType is the event type of a claim subject, "" when subject is not one.
@@ -90,8 +131,27 @@ func ClaimType(subject string) string {
 	return t[3]
 }
 
-// EventFilter matches every event of one message.
-func EventFilter(queueID string) string { return SubjectEvents + "." + queueID + ".>" }
+// EventFilter matches every event of one message, and those of the other
+// messages of its shard: a reader keeps the events whose QueueID is
+// queueID.
+func EventFilter(queueID string) string { return SubjectEvents + "." + EventShard(queueID) + ".>" }
+
+// LegacyEventFilter matches the events of one message as Sluice before
+// 2026-12 stored them, under its queue id.
+func LegacyEventFilter(queueID string) string { return SubjectEvents + "." + queueID + ".>" }
+
+// QueueIDTime is the acceptance time a queue id made by NewQueueID
+// carries, and false for any other id.
+func QueueIDTime(queueID string) (time.Time, bool) {
+	if len(queueID) != 24 {
+		return time.Time{}, false
+	}
+	b, err := idEncoding.DecodeString(queueID)
+	if err != nil || len(b) != 15 {
+		return time.Time{}, false
+	}
+	return time.UnixMicro(int64(binary.BigEndian.Uint64(b[:8]))), true
+}
 
 // HeldSubject is where a job on hold waits; nothing consumes it.
 func HeldSubject(jobID string) string { return SubjectHeld + "." + jobID }

@@ -44,3 +44,50 @@ func TestSubjects(t *testing.T) {
 		}
 	}
 }
+
+// TestEventShards: a message's events go to its shard's subjects, which
+// many messages share (a bounded number per type whatever the traffic);
+// its claims stay apart per job copy; its acceptance time is read back
+// from its queue id.
+func TestEventShards(t *testing.T) {
+	now := time.Date(2026, 12, 7, 23, 0, 0, 123456000, time.UTC)
+	subjects := map[string]bool{}
+	const n = 50000
+	for range n {
+		qid := NewQueueID(now)
+		sh := EventShard(qid)
+		if len(sh) != 4 || sh[0] != 'e' || !ValidToken(sh) {
+			t.Fatalf("shard of %s: %q", qid, sh)
+		}
+		if sh != EventShard(qid) {
+			t.Fatalf("shard of %s changes", qid)
+		}
+		subjects[EventSubject(qid, EventReceived)] = true
+		if at, ok := QueueIDTime(qid); !ok || !at.Equal(now.Truncate(time.Microsecond)) {
+			t.Fatalf("time of %s: %v %v, want %v", qid, at, ok, now)
+		}
+	}
+	if len(subjects) > EventShards || len(subjects) < EventShards*9/10 {
+		t.Errorf("%d messages' received events on %d subjects, want at most %d and most of them used", n, len(subjects), EventShards)
+	}
+	qid := NewQueueID(now)
+	want := "sluice.event." + EventShard(qid)
+	for got, exp := range map[string]string{
+		EventSubject(qid, EventDelivered):                    want + ".delivered",
+		ClaimSubject(qid, EventAttempt, 42):                  want + ".attempt.42",
+		ClaimFilter(qid, 42):                                 want + ".*.42",
+		EventFilter(qid):                                     want + ".>",
+		LegacyEventFilter(qid):                               "sluice.event." + qid + ".>",
+		ClaimType(ClaimSubject(qid, EventReprioritised, 42)): EventReprioritised,
+		ClaimType(EventSubject(qid, EventDelivered)):         "",
+	} {
+		if got != exp {
+			t.Errorf("%q, want %q", got, exp)
+		}
+	}
+	for _, id := range []string{"", "q", qid + "x", "0000000000000000000000I!"} {
+		if _, ok := QueueIDTime(id); ok {
+			t.Errorf("QueueIDTime(%q) ok", id)
+		}
+	}
+}

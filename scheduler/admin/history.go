@@ -14,6 +14,17 @@ import (
 // maxEvents bounds the events returned for one id.
 const maxEvents = 2000
 
+// clockSlack is how much earlier than its queue id's time a message's
+// first event is looked for: the ingress that named it and the scheduler
+// that recorded it may run on machines whose clocks differ.
+// doneSlack is how long after the end of a message's last job its events
+// are still looked for: an event published just before the end may be
+// stored just after it.
+const (
+	clockSlack = 5 * time.Minute
+	doneSlack  = time.Minute
+)
+
 // history reads the events of a message (id is a queue id) or of one job,
 // oldest first, from SLUICE_EVENTS.
 func (s *Server) history(ctx context.Context, id string) ([]api.QueueEvent, error) {
@@ -40,13 +51,24 @@ func (s *Server) history(ctx context.Context, id string) ([]api.QueueEvent, erro
 	return evs, nil
 }
 
+// readEvents reads the events of qid (of jobID alone when it is not ""):
+// those in qid's shard from a little before qid was accepted, and those
+// stored under qid itself by Sluice before 2026-12 (see wire.EventShard).
+// It stops early once every job it saw has ended and the stream has moved
+// on past that by doneSlack, so a message delivered long ago does not cost
+// a read of its shard up to now.
 func (s *Server) readEvents(ctx context.Context, qid, jobID string) ([]api.QueueEvent, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cons, err := s.d.JS.OrderedConsumer(ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{wire.EventFilter(qid)},
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{wire.EventFilter(qid), wire.LegacyEventFilter(qid)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	}
+	if t, ok := wire.QueueIDTime(qid); ok {
+		start := t.Add(-clockSlack)
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	}
+	cons, err := s.d.JS.OrderedConsumer(ctx, wire.StreamEvents, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -56,27 +78,48 @@ func (s *Server) readEvents(ctx context.Context, qid, jobID string) ([]api.Queue
 	}
 	pending := info.NumPending
 	var out []api.QueueEvent
+	open := map[string]bool{} // job id: not ended yet
+	var ended time.Time       // when the last job seen ended, once all have
 	for pending > 0 && len(out) < maxEvents {
 		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return nil, err
 		}
-		n := 0
+		n, done := 0, false
 		for msg := range batch.Messages() {
 			n++
 			pending--
+			if done {
+				continue
+			}
+			if !ended.IsZero() {
+				if md, err := msg.Metadata(); err == nil && md.Timestamp.After(ended.Add(doneSlack)) {
+					done = true
+					continue
+				}
+			}
 			var ev api.QueueEvent
-			if api.UnmarshalQueueEvent(msg.Data(), &ev) != nil {
+			if api.UnmarshalQueueEvent(msg.Data(), &ev) != nil || ev.QueueID != qid {
 				continue
 			}
 			if jobID == "" || ev.JobID == jobID {
 				out = append(out, ev)
 			}
+			switch ev.Type {
+			case wire.EventDelivered, wire.EventBounced, wire.EventExpired, wire.EventDeleted:
+				delete(open, ev.JobID)
+				if len(open) == 0 {
+					ended = ev.Time
+				}
+			default:
+				open[ev.JobID] = true
+				ended = time.Time{}
+			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return nil, err
 		}
-		if n == 0 {
+		if n == 0 || done {
 			break
 		}
 	}

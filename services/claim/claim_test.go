@@ -11,7 +11,9 @@ import (
 
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/claim"
+	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/natstest"
+	"github.com/sluice-mta/sluice/services/streams"
 )
 
 // TestOneClaimWins: a deliverer's attempt and an operator's prioritize
@@ -129,4 +131,59 @@ func TestTakeLeavesTheMessageAlone(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		t.Fatalf("publishing the event without condition after Take: %v", err)
 	}
+}
+
+// TestAttemptClaimExpires: on the events stream as Sluice provisions it, a
+// claim published with a TTL (as a deliverer's attempt is, wire.ClaimTTL)
+// goes when it runs out, and the subject it was on with it, while a claim
+// without one (an operator's prioritize) stays; the copy is then claimed
+// afresh.
+func TestAttemptClaimExpires(t *testing.T) {
+	ns := natstest.Start(t)
+	_, js := ns.Connect(t)
+	ctx := context.Background()
+	if err := streams.Provision(ctx, js, config.DefaultQueue()); err != nil {
+		t.Fatal(err)
+	}
+	take := func(typ string, seq uint64, ttl string) {
+		t.Helper()
+		m := nats.NewMsg(wire.ClaimSubject("Q", typ, seq))
+		m.Data = []byte(typ)
+		if ttl != "" {
+			m.Header.Set(jetstream.MsgTTLHeader, ttl)
+		}
+		if out, err := claim.Take(ctx, js, m, "Q", seq); err != nil || !out.Won {
+			t.Fatalf("claim %s of copy %d: %+v, %v", typ, seq, out, err)
+		}
+	}
+	take(wire.EventAttempt, 1, "1s")
+	take(wire.EventReprioritised, 2, "")
+	st, err := js.Stream(ctx, wire.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := st.Info(ctx); info.State.NumSubjects != 2 {
+		t.Fatalf("%d subjects, want 2", info.State.NumSubjects)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		holder, _, err := claim.Holder(ctx, js, "Q", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if holder == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the attempt claim with a TTL of 1s is still there after 10s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if info, _ := st.Info(ctx); info.State.NumSubjects != 1 {
+		t.Errorf("%d subjects after the attempt claim expired, want 1", info.State.NumSubjects)
+	}
+	if holder, _, err := claim.Holder(ctx, js, "Q", 2); err != nil || holder != wire.EventReprioritised {
+		t.Errorf("the prioritize claim without a TTL: holder %q, %v", holder, err)
+	}
+	take(wire.EventAttempt, 1, "1s")
 }

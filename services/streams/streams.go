@@ -110,6 +110,9 @@ func Configs(q config.Queue) []jetstream.StreamConfig {
 			Replicas:    q.Replicas,
 			Duplicates:  q.DuplicateWindow,
 			AllowDirect: true,
+			// A deliverer's attempt claim expires (wire.ClaimTTL): the
+			// one subject per job copy each claim is on goes with it.
+			AllowMsgTTL: true,
 			PersistMode: eventsPersistMode(q),
 		},
 	}
@@ -190,7 +193,8 @@ func upToDate(cur, want jetstream.StreamConfig) bool {
 		orUnlimited(int64(cur.MaxMsgSize)) == orUnlimited(int64(want.MaxMsgSize)) &&
 		(want.Duplicates == 0 || cur.Duplicates == want.Duplicates) &&
 		cur.AllowDirect == want.AllowDirect && cur.AllowMsgSchedules == want.AllowMsgSchedules &&
-		cur.AllowRollup == want.AllowRollup && cur.PersistMode == want.PersistMode
+		cur.AllowRollup == want.AllowRollup && cur.PersistMode == want.PersistMode &&
+		cur.AllowMsgTTL == want.AllowMsgTTL
 }
 
 // bucketUpToDate reports whether the stream behind a key-value or object
