@@ -68,3 +68,16 @@ func TestAttemptClaimIsRenewed(t *testing.T) {
 		t.Errorf("%d records a second after the attempt ended, %d at its end: renewed after it ended", len(again), len(evs))
 	}
 }
+
+// TestClaimOutlivesWhatAsksForIt: a claim renewed every claimRenew is
+// still there for finishedFor after its attempt ends, so a copy handed out
+// again in that time finds whom to ask.
+func TestClaimOutlivesWhatAsksForIt(t *testing.T) {
+	if wire.ClaimTTL-claimRenew < finishedFor {
+		t.Errorf("claims last %s, renewed every %s: %s after an attempt ends at worst, less than the %s a finished attempt is asked about",
+			wire.ClaimTTL, claimRenew, wire.ClaimTTL-claimRenew, finishedFor)
+	}
+	if claimRenew <= 0 {
+		t.Errorf("claimRenew %s", claimRenew)
+	}
+}

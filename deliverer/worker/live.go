@@ -46,6 +46,11 @@ const liveAsk = 2 * time.Second
 // stored but whose ack JetStream did not confirm.
 const finishedFor = 10 * time.Minute
 
+// claimRenew is how often a running attempt records its claim again
+// (renewClaim). A claim is then at most claimRenew old when its attempt
+// ends and must still be there for finishedFor: wire.ClaimTTL covers both.
+const claimRenew = wire.ClaimTTL / 4
+
 const (
 	liveRunning  = "running"
 	liveFinished = "finished"

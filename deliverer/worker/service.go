@@ -198,7 +198,7 @@ type Service struct {
 	// beforeAttempt, when set (by tests), runs just before each attempt.
 	beforeAttempt func(*sluicev1.Job)
 	// claimRenew is how often a running attempt renews its claim
-	// (renewClaim): half of wire.ClaimTTL; tests shorten it.
+	// (renewClaim): a quarter of wire.ClaimTTL; tests shorten it.
 	claimRenew time.Duration
 	// noProgress, when set (by tests), sends no in-progress acks: a job's
 	// AckWait runs out while its delivery runs, as when they are lost.
@@ -270,7 +270,7 @@ func New(s Settings, d Deps) (*Service, error) {
 		m:          m,
 		runner:     consume.Runner{Input: "jobs", KeepAlive: s.AckWait / 3, RetryDelay: infraRetry, Log: log, Metrics: cm},
 		parkAfter:  parkAfter,
-		claimRenew: wire.ClaimTTL / 2,
+		claimRenew: claimRenew,
 		meter:      d.Meter,
 		slots:      make(chan struct{}, s.Concurrency),
 		pollDone:   make(chan struct{}, 1),

@@ -81,13 +81,14 @@ const HeaderHoldMark = "Sluice-Held-By"
 const EventShards = 4096
 
 // ClaimTTL is how long JetStream keeps a deliverer's "attempt" claim
-// (ClaimSubject). A claim is needed while its job copy can be handed out
-// again: during the attempt, which the deliverer renews the claim through
-// when it lasts longer than half of this, and for the ten minutes a
-// deliverer remembers a finished attempt. The outcome event of the attempt
+// (ClaimSubject). A claim is asked about while its job copy can be handed
+// out again: during the attempt, through which the deliverer records the
+// claim again every quarter of this, and for the ten minutes a deliverer
+// remembers a finished attempt, so a claim at most five minutes old when
+// its attempt ends must last ten more. The outcome event of the attempt
 // (delivered, deferred, bounced) carries its start and deliverer, so the
 // history loses only the record of a try that never reported.
-const ClaimTTL = time.Hour
+const ClaimTTL = 20 * time.Minute
 
 // EventShard is the subject token of queueID's shard: "e" and three hex
 // digits of its FNV-1a hash, never a queue id (24 characters).
