@@ -13,13 +13,15 @@ import (
 	"github.com/sluice-mta/sluice/scheduler/hold"
 )
 
-// event returns the last event of a type about a message. Its subject is
-// its queue id's shard (wire.EventShard), which other messages may share.
+// event returns the last event of a type about a message: on its shard's
+// subject (wire.EventShard), which other messages may share, or on one of
+// its own.
 func (h *harness) event(qid, typ string) admin.QueueEvent {
 	h.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		cons, err := h.js.OrderedConsumer(h.ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{wire.EventSubject(qid, typ)}})
+		cons, err := h.js.OrderedConsumer(h.ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{
+			wire.SubjectEvents + "." + wire.EventShard(qid) + "." + typ, wire.SubjectEvents + "." + qid + "." + typ}})
 		if err != nil {
 			h.t.Fatal(err)
 		}

@@ -28,7 +28,7 @@ func TestAttemptClaimIsRenewed(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		cons, err := e.js.OrderedConsumer(ctx, wire.StreamEvents, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{wire.EventSubject(job.QueueId, wire.EventAttempt) + ".*"}})
+			FilterSubjects: []string{wire.SubjectEvents + "." + wire.EventShard(job.QueueId) + ".attempt.*"}})
 		if err != nil {
 			t.Fatal(err)
 		}

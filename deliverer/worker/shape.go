@@ -333,7 +333,7 @@ func (s *Service) recordThrottled(ctx context.Context, job *sluicev1.Job, episod
 		ev.TraceID = sc.TraceID().String()
 	}
 	data := admin.MarshalQueueEvent(ev)
-	m := nats.NewMsg(wire.EventSubject(job.QueueId, wire.EventThrottled))
+	m := nats.NewMsg(wire.EventSubject(job.QueueId, wire.EventThrottled, ev.Time))
 	m.Data = data
 	m.Header.Set(wire.HeaderJobID, job.JobId)
 	telemetry.Inject(ctx, m.Header)

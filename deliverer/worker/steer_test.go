@@ -83,7 +83,7 @@ func TestSteer(t *testing.T) {
 	}
 	// The attempt of the unmarked job was recorded, by this instance.
 	evs, _ := e.js.Stream(ctx, wire.StreamEvents)
-	raw, err := evs.GetLastMsgForSubject(ctx, wire.EventSubject(okJob.QueueId, wire.EventAttempt)+".*")
+	raw, err := evs.GetLastMsgForSubject(ctx, wire.SubjectEvents+"."+wire.EventShard(okJob.QueueId)+".attempt.*")
 	if err != nil {
 		t.Fatal("no attempt event:", err)
 	}
@@ -95,7 +95,7 @@ func TestSteer(t *testing.T) {
 		t.Fatalf("attempt event = %+v", ev)
 	}
 	for _, j := range []*sluicev1.Job{heldJob, deletedJob} {
-		if _, err := evs.GetLastMsgForSubject(ctx, wire.EventSubject(j.QueueId, wire.EventAttempt)+".*"); err == nil {
+		if _, err := evs.GetLastMsgForSubject(ctx, wire.SubjectEvents+"."+wire.EventShard(j.QueueId)+".attempt.*"); err == nil {
 			t.Errorf("attempt recorded for steered job %s", j.JobId)
 		}
 	}

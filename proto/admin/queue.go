@@ -236,7 +236,7 @@ type QueueSkip struct {
 }
 
 // QueueEvent is one state change of one job, stored in SLUICE_EVENTS under
-// wire.EventSubject(queue id, type). State is the job's state after the
+// wire.EventSubject(queue id, type, time). State is the job's state after the
 // event; Attempt the attempt it concerns.
 type QueueEvent struct {
 	Type     string    `json:"type"`

@@ -1266,7 +1266,7 @@ func (x *Bounce) GetCreatedUnixNano() int64 {
 }
 
 // QueueEvent is one state change of one job, stored in SLUICE_EVENTS under
-// sluice.event.<shard>.<type> (wire.EventSubject). It is the binary form
+// sluice.event.<shard or queue id>.<type> (wire.EventSubject). It is the binary form
 // of proto/admin.QueueEvent, whose JSON form the events before it used and
 // the admin API still uses; proto/admin encodes and decodes it (with
 // protowire, so that a scheduler rebuilding its index from millions of

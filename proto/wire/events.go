@@ -21,14 +21,18 @@ import (
 // from which every scheduler instance builds its in-memory queue index, so
 // the stream must keep them at least as long as a job can live.
 //
-// An event's subject names its queue id's shard (EventShard), not the queue
-// id: JetStream keeps an index entry for every subject a stream holds, and
-// subjects named by queue id would hold one entry per message for the whole
-// retention (about 220 bytes per message for seven days). The queue id is
-// in the event itself; a reader of one message's events reads its shard
-// and keeps those of its queue id. Events of Sluice before 2026-12 are on
-// sluice.event.<queue_id>.<type> (LegacyEventFilter), which readers still
-// take.
+// An event's subject names its queue id's shard (EventShard) for the first
+// ShardWindow of a message's life, and the queue id itself after that:
+// JetStream keeps an index entry for every subject a stream holds, and
+// subjects named by queue id for every message would hold one entry per
+// message for the whole retention (about 220 bytes per message for seven
+// days); most messages are done within seconds, and only those that live
+// longer (deferred, held, throttled) get subjects of their own. The queue
+// id is in the event itself; a reader of one message's events reads its
+// shard for the first ShardWindow after its acceptance (a bounded part of
+// the stream) and keeps those of its queue id, and reads the subjects of
+// its own (OwnEventFilter), where Sluice before 2026-12-07 stored all of
+// them.
 const (
 	StreamEvents  = "SLUICE_EVENTS"
 	SubjectEvents = "sluice.event"
@@ -100,8 +104,29 @@ func EventShard(queueID string) string {
 	return string([]byte{'e', hex[n>>8&0xf], hex[n>>4&0xf], hex[n&0xf]})
 }
 
-// EventSubject is where an event of this type about a job of queueID goes.
-func EventSubject(queueID, typ string) string {
+// ShardWindow is how long after a message's acceptance its events go to
+// its shard; later ones go to subjects of its own.
+const ShardWindow = 15 * time.Minute
+
+// EventSubject is where an event of this type about a job of queueID,
+// recorded at time at, goes: its shard within ShardWindow of the time the
+// queue id carries, a subject of its own after that (and always for a
+// queue id not made by NewQueueID).
+func EventSubject(queueID, typ string, at time.Time) string {
+	if InShard(queueID, at) {
+		return shardSubject(queueID, typ)
+	}
+	return SubjectEvents + "." + queueID + "." + typ
+}
+
+// InShard reports whether an event about queueID recorded at time at goes
+// to its shard (EventSubject).
+func InShard(queueID string, at time.Time) bool {
+	t, ok := QueueIDTime(queueID)
+	return ok && at.Sub(t) < ShardWindow
+}
+
+func shardSubject(queueID, typ string) string {
 	return SubjectEvents + "." + EventShard(queueID) + "." + typ
 }
 
@@ -112,8 +137,13 @@ func EventSubject(queueID, typ string) string {
 // nothing (Nats-Expected-Last-Subject-Sequence 0 on that filter), so
 // exactly one of them acts on the copy: the deliverer attempts it, or the
 // scheduler moves it to another class and the deliverer drops it.
+//
+// Claims are always on the shard's subjects, whatever the job's age: the
+// claimers and those who look a claim up must agree on its subject. An
+// attempt claim expires (ClaimTTL); the outcome event of the attempt
+// records what the log shows of it.
 func ClaimSubject(queueID, typ string, seq uint64) string {
-	return EventSubject(queueID, typ) + "." + strconv.FormatUint(seq, 10)
+	return shardSubject(queueID, typ) + "." + strconv.FormatUint(seq, 10)
 }
 
 // ClaimFilter matches every claim of the job copy at sequence seq (a
@@ -132,14 +162,15 @@ func ClaimType(subject string) string {
 	return t[3]
 }
 
-// EventFilter matches every event of one message, and those of the other
-// messages of its shard: a reader keeps the events whose QueueID is
-// queueID.
-func EventFilter(queueID string) string { return SubjectEvents + "." + EventShard(queueID) + ".>" }
+// ShardFilter matches the events of one message in its shard, and those of
+// the other messages of its shard: a reader keeps the events whose QueueID
+// is queueID.
+func ShardFilter(queueID string) string { return SubjectEvents + "." + EventShard(queueID) + ".>" }
 
-// LegacyEventFilter matches the events of one message as Sluice before
-// 2026-12 stored them, under its queue id.
-func LegacyEventFilter(queueID string) string { return SubjectEvents + "." + queueID + ".>" }
+// OwnEventFilter matches the events of one message on subjects of its own:
+// those recorded more than ShardWindow after its acceptance, and all of
+// them as Sluice before 2026-12-07 stored them.
+func OwnEventFilter(queueID string) string { return SubjectEvents + "." + queueID + ".>" }
 
 // QueueIDTime is the acceptance time a queue id made by NewQueueID
 // carries, and false for any other id.

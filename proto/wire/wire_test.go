@@ -45,9 +45,10 @@ func TestSubjects(t *testing.T) {
 	}
 }
 
-// TestEventShards: a message's events go to its shard's subjects, which
-// many messages share (a bounded number per type whatever the traffic);
-// its claims stay apart per job copy; its acceptance time is read back
+// TestEventShards: a message's events of its first ShardWindow go to its
+// shard's subjects, which many messages share (a bounded number per type
+// whatever the traffic), later ones to subjects of its own; its claims
+// stay in the shard, apart per job copy; its acceptance time is read back
 // from its queue id.
 func TestEventShards(t *testing.T) {
 	now := time.Date(2026, 12, 7, 23, 0, 0, 123456000, time.UTC)
@@ -62,7 +63,7 @@ func TestEventShards(t *testing.T) {
 		if sh != EventShard(qid) {
 			t.Fatalf("shard of %s changes", qid)
 		}
-		subjects[EventSubject(qid, EventReceived)] = true
+		subjects[EventSubject(qid, EventReceived, now.Add(time.Second))] = true
 		if at, ok := QueueIDTime(qid); !ok || !at.Equal(now.Truncate(time.Microsecond)) {
 			t.Fatalf("time of %s: %v %v, want %v", qid, at, ok, now)
 		}
@@ -71,15 +72,20 @@ func TestEventShards(t *testing.T) {
 		t.Errorf("%d messages' received events on %d subjects, want at most %d and most of them used", n, len(subjects), EventShards)
 	}
 	qid := NewQueueID(now)
-	want := "sluice.event." + EventShard(qid)
+	shard := "sluice.event." + EventShard(qid)
+	late := now.Add(ShardWindow)
 	for got, exp := range map[string]string{
-		EventSubject(qid, EventDelivered):                    want + ".delivered",
-		ClaimSubject(qid, EventAttempt, 42):                  want + ".attempt.42",
-		ClaimFilter(qid, 42):                                 want + ".*.42",
-		EventFilter(qid):                                     want + ".>",
-		LegacyEventFilter(qid):                               "sluice.event." + qid + ".>",
-		ClaimType(ClaimSubject(qid, EventReprioritised, 42)): EventReprioritised,
-		ClaimType(EventSubject(qid, EventDelivered)):         "",
+		EventSubject(qid, EventDelivered, now.Add(-time.Minute)):          shard + ".delivered",
+		EventSubject(qid, EventDeferred, late.Add(-time.Millisecond)):     shard + ".deferred",
+		EventSubject(qid, EventDelivered, late.Add(time.Millisecond)):     "sluice.event." + qid + ".delivered",
+		EventSubject("legacy-id", EventDelivered, now):                    "sluice.event.legacy-id.delivered",
+		ClaimSubject(qid, EventAttempt, 42):                               shard + ".attempt.42",
+		ClaimFilter(qid, 42):                                              shard + ".*.42",
+		ShardFilter(qid):                                                  shard + ".>",
+		OwnEventFilter(qid):                                               "sluice.event." + qid + ".>",
+		ClaimType(ClaimSubject(qid, EventReprioritised, 42)):              EventReprioritised,
+		ClaimType(EventSubject(qid, EventDelivered, now)):                 "",
+		ClaimType(EventSubject(qid, EventDelivered, late.Add(time.Hour))): "",
 	} {
 		if got != exp {
 			t.Errorf("%q, want %q", got, exp)

@@ -1,8 +1,10 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -11,8 +13,12 @@ import (
 	"github.com/sluice-mta/sluice/proto/wire"
 )
 
-// maxEvents bounds the events returned for one id.
-const maxEvents = 2000
+// maxEvents bounds the events returned for one id; maxScanned those
+// kept from one read.
+const (
+	maxEvents  = 2000
+	maxScanned = 10000
+)
 
 // clockSlack is how much earlier than its queue id's time a message's
 // first event is looked for: the ingress that named it and the scheduler
@@ -51,23 +57,56 @@ func (s *Server) history(ctx context.Context, id string) ([]api.QueueEvent, erro
 	return evs, nil
 }
 
-// readEvents reads the events of qid (of jobID alone when it is not ""):
-// those in qid's shard from a little before qid was accepted, and those
-// stored under qid itself by Sluice before 2026-12 (see wire.EventShard).
-// It stops early once every job it saw has ended and the stream has moved
-// on past that by doneSlack, so a message delivered long ago does not cost
-// a read of its shard up to now.
+// readEvents reads the events of qid (of jobID alone when it is not ""),
+// in the order they were stored: those on its shard's subjects, from a
+// little before qid was accepted to a little after the end of
+// wire.ShardWindow, and those on subjects of its own (wire.OwnEventFilter).
+// The shard is read only as far as it must be: it stops early once every
+// job it saw has ended and the stream has moved on past that by doneSlack.
 func (s *Server) readEvents(ctx context.Context, qid, jobID string) ([]api.QueueEvent, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{wire.EventFilter(qid), wire.LegacyEventFilter(qid)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	}
+	var evs []seqEvent
 	if t, ok := wire.QueueIDTime(qid); ok {
 		start := t.Add(-clockSlack)
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+		shard, err := s.scan(ctx, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{wire.ShardFilter(qid)},
+			DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+			OptStartTime:   &start,
+		}, qid, t.Add(wire.ShardWindow+clockSlack))
+		if err != nil {
+			return nil, err
+		}
+		evs = shard
 	}
+	own, err := s.scan(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{wire.OwnEventFilter(qid)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}, qid, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	evs = append(evs, own...)
+	slices.SortFunc(evs, func(a, b seqEvent) int { return cmp.Compare(a.seq, b.seq) })
+	var out []api.QueueEvent
+	for _, e := range evs {
+		if (jobID == "" || e.ev.JobID == jobID) && len(out) < maxEvents {
+			out = append(out, e.ev)
+		}
+	}
+	return out, nil
+}
+
+// seqEvent is an event and its sequence in SLUICE_EVENTS.
+type seqEvent struct {
+	seq uint64
+	ev  api.QueueEvent
+}
+
+// scan reads the events of qid that cfg's consumer delivers, up to the
+// first stored after until (none when zero) or once every job it saw has
+// ended and the stream has moved on past that by doneSlack.
+func (s *Server) scan(ctx context.Context, cfg jetstream.OrderedConsumerConfig, qid string, until time.Time) ([]seqEvent, error) {
 	cons, err := s.d.JS.OrderedConsumer(ctx, wire.StreamEvents, cfg)
 	if err != nil {
 		return nil, err
@@ -77,11 +116,11 @@ func (s *Server) readEvents(ctx context.Context, qid, jobID string) ([]api.Queue
 		return nil, err
 	}
 	pending := info.NumPending
-	var out []api.QueueEvent
+	var out []seqEvent
 	open := map[string]bool{} // job id: not ended yet
 	var ended time.Time       // when the last job seen ended, once all have
-	for pending > 0 && len(out) < maxEvents {
-		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
+	for pending > 0 && len(out) < maxScanned {
+		batch, err := cons.Fetch(int(min(pending, 1024)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return nil, err
 		}
@@ -92,19 +131,19 @@ func (s *Server) readEvents(ctx context.Context, qid, jobID string) ([]api.Queue
 			if done {
 				continue
 			}
-			if !ended.IsZero() {
-				if md, err := msg.Metadata(); err == nil && md.Timestamp.After(ended.Add(doneSlack)) {
-					done = true
-					continue
-				}
+			md, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			if (!until.IsZero() && md.Timestamp.After(until)) || (!ended.IsZero() && md.Timestamp.After(ended.Add(doneSlack))) {
+				done = true
+				continue
 			}
 			var ev api.QueueEvent
 			if api.UnmarshalQueueEvent(msg.Data(), &ev) != nil || ev.QueueID != qid {
 				continue
 			}
-			if jobID == "" || ev.JobID == jobID {
-				out = append(out, ev)
-			}
+			out = append(out, seqEvent{seq: md.Sequence.Stream, ev: ev})
 			switch ev.Type {
 			case wire.EventDelivered, wire.EventBounced, wire.EventExpired, wire.EventDeleted:
 				delete(open, ev.JobID)

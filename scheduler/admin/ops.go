@@ -575,6 +575,16 @@ func (s *Server) moveReady(ctx context.Context, j index.Job, r *api.QueueActionR
 		// with the stream's limits or a prioritize of the job removes it.
 		s.d.Log.Warn("prioritize: the moved job's old copy could not be removed", "job_id", j.ID, "err", err)
 	}
+	if won.Won && !wire.InShard(job.GetQueueId(), s.d.Now()) {
+		// The claim is on the shard's subjects, which the log reads only
+		// for the message's first wire.ShardWindow: the event is recorded
+		// where the log finds it too.
+		if _, err := s.record(ctx, wire.EventReprioritised, &located{place: loc.place, msg: loc.msg, job: job}, j, "", r, func(ev *api.QueueEvent) {
+			ev.Note = "from " + old
+		}); err != nil {
+			s.d.Log.Warn("prioritize: the move is done, its event for the log could not be recorded", "job_id", j.ID, "err", err)
+		}
+	}
 	if !won.Won {
 		// The claim is the earlier command's event: this one's is recorded.
 		seq, err := s.record(ctx, wire.EventReprioritised, &located{place: loc.place, msg: loc.msg, job: job}, j, "", r, func(ev *api.QueueEvent) {

@@ -28,9 +28,11 @@ func sameShard(t *testing.T, now time.Time) (string, string) {
 }
 
 // TestLogOfASharedShard: the events of two messages of one shard share
-// their subjects; the log of each shows its own events alone, with those
-// a Sluice before shards stored under the queue id itself, and the log of
-// a message delivered long ago stops reading soon after its end.
+// their subjects; the log of each shows its own events alone, in the order
+// they were stored, with those recorded after wire.ShardWindow on subjects
+// of its own and those a Sluice before shards stored there. The shard is
+// read for the message's first wire.ShardWindow only, and no further than
+// a minute after the end of its last job.
 func TestLogOfASharedShard(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
@@ -40,28 +42,32 @@ func TestLogOfASharedShard(t *testing.T) {
 	}
 	now := time.Now().UTC()
 	a, b := sameShard(t, now)
-	if wire.EventSubject(a, wire.EventReceived) != wire.EventSubject(b, wire.EventReceived) {
-		t.Fatalf("%s and %s: subjects %s and %s", a, b, wire.EventSubject(a, wire.EventReceived), wire.EventSubject(b, wire.EventReceived))
+	if wire.EventSubject(a, wire.EventReceived, now) != wire.EventSubject(b, wire.EventReceived, now) {
+		t.Fatalf("%s and %s: subjects %s and %s", a, b, wire.EventSubject(a, wire.EventReceived, now), wire.EventSubject(b, wire.EventReceived, now))
 	}
-	pub := func(subject string, ev api.QueueEvent) {
+	late := now.Add(wire.ShardWindow + time.Minute)
+	ev := func(qid, typ string, at time.Time) api.QueueEvent {
+		return api.QueueEvent{Type: typ, Time: at, QueueID: qid, JobID: wire.JobID(qid, 0), Attempt: 1}
+	}
+	pub := func(subject string, e api.QueueEvent) {
 		t.Helper()
-		if _, err := js.Publish(ctx, subject, api.MarshalQueueEvent(&ev)); err != nil {
+		if _, err := js.Publish(ctx, subject, api.MarshalQueueEvent(&e)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ev := func(qid, typ string, at time.Duration) api.QueueEvent {
-		return api.QueueEvent{Type: typ, Time: now.Add(at), QueueID: qid, JobID: wire.JobID(qid, 0), Attempt: 1}
-	}
-	// a: received under its queue id, as before shards; the rest in the shard.
-	pub(wire.SubjectEvents+"."+a+"."+wire.EventReceived, ev(a, wire.EventReceived, 0))
-	pub(wire.EventSubject(b, wire.EventReceived), ev(b, wire.EventReceived, 0))
-	pub(wire.ClaimSubject(a, wire.EventAttempt, 7), ev(a, wire.EventAttempt, time.Second))
-	pub(wire.ClaimSubject(b, wire.EventAttempt, 8), ev(b, wire.EventAttempt, time.Second))
-	pub(wire.EventSubject(b, wire.EventDeferred), ev(b, wire.EventDeferred, 2*time.Second))
-	pub(wire.EventSubject(a, wire.EventDelivered), ev(a, wire.EventDelivered, 2*time.Second))
+	record := func(qid, typ string, at time.Time) { pub(wire.EventSubject(qid, typ, at), ev(qid, typ, at)) }
+	// a: received under its queue id, as before shards; the rest as now.
+	pub(wire.SubjectEvents+"."+a+"."+wire.EventReceived, ev(a, wire.EventReceived, now))
+	record(b, wire.EventReceived, now)
+	pub(wire.ClaimSubject(a, wire.EventAttempt, 7), ev(a, wire.EventAttempt, now.Add(time.Second)))
+	pub(wire.ClaimSubject(b, wire.EventAttempt, 8), ev(b, wire.EventAttempt, now.Add(time.Second)))
+	record(b, wire.EventDeferred, now.Add(2*time.Second))
+	record(a, wire.EventDelivered, now.Add(2*time.Second))
+	record(b, wire.EventHeld, late) // past the window: on b's own subjects
+	record(b, wire.EventReleased, late.Add(time.Minute))
 
 	s := &Server{d: Deps{JS: js}}
-	types := func(evs []api.QueueEvent, qid string) []string {
+	types := func(evs []api.QueueEvent, qid string) string {
 		var out []string
 		for _, e := range evs {
 			if e.QueueID != qid {
@@ -69,56 +75,62 @@ func TestLogOfASharedShard(t *testing.T) {
 			}
 			out = append(out, e.Type)
 		}
-		return out
+		return fmtList(out)
 	}
 	for qid, want := range map[string]string{
 		a: "[received attempt delivered]",
-		b: "[received attempt deferred]",
+		b: "[received attempt deferred held released]",
 	} {
 		evs, err := s.history(ctx, qid)
 		if err != nil {
 			t.Fatal(qid, err)
 		}
-		if got := types(evs, qid); fmtList(got) != want {
-			t.Errorf("log of %s: %v, want %s", qid, got, want)
+		if got := types(evs, qid); got != want {
+			t.Errorf("log of %s: %s, want %s", qid, got, want)
 		}
 	}
-	if evs, err := s.history(ctx, wire.JobID(b, 0)); err != nil || len(evs) != 3 {
+	if evs, err := s.history(ctx, wire.JobID(b, 0)); err != nil || len(evs) != 5 {
 		t.Errorf("log of job %s: %d events, %v", wire.JobID(b, 0), len(evs), err)
 	}
 	if _, err := s.history(ctx, wire.NewQueueID(now)); err == nil {
 		t.Error("a queue id with no events has a log")
 	}
 
+	// A message accepted 30 min ago: an event stored now on its shard's
+	// subjects is past the part of the shard its log reads (which the
+	// services never do: they record such events on its own subjects).
+	old := wire.NewQueueID(now.Add(-30 * time.Minute))
+	pub(wire.SubjectEvents+"."+wire.EventShard(old)+"."+wire.EventReceived, ev(old, wire.EventReceived, now))
+	record(old, wire.EventDeferred, now)
+	evs, err := s.history(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := types(evs, old); got != "[deferred]" {
+		t.Errorf("log of a message accepted 30 min ago: %s, want its shard read only for its first %s", got, wire.ShardWindow)
+	}
+
 	// An event of a, stored more than doneSlack after its end, is past
-	// where the reading stops; b is not ended, so its later events count.
+	// where the reading stops; b's later events count.
+	ended := ev(a, wire.EventDelivered, now.Add(-2*time.Hour)) // ended two hours before it was stored
+	pub(wire.SubjectEvents+"."+wire.EventShard(a)+"."+wire.EventDelivered, ended)
+	record(a, wire.EventThrottled, now.Add(3*time.Second))
+	record(b, wire.EventDelivered, late.Add(2*time.Minute))
+	if evs, _ = s.history(ctx, a); types(evs, a) != "[received attempt delivered delivered]" {
+		t.Errorf("log of %s after its end: %s, want the reading stopped before the event stored two hours after the end", a, types(evs, a))
+	}
+	if evs, _ = s.history(ctx, b); types(evs, b) != "[received attempt deferred held released delivered]" {
+		t.Errorf("log of %s: %s", b, types(evs, b))
+	}
+	// Subjects: a's received and b's three late types under their queue
+	// ids, old's deferred; in a and b's shard received, two claims,
+	// deferred, delivered, throttled; old's received in its shard.
 	st, err := js.Stream(ctx, wire.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
-	late := ev(a, wire.EventThrottled, 3*time.Second)
-	late.Time = now.Add(-time.Hour) // ended an hour before it was stored
-	first, _ := s.history(ctx, a)
-	ended := first[len(first)-1]
-	ended.Time = now.Add(-2 * time.Hour)
-	pub(wire.EventSubject(a, wire.EventDelivered), ended)
-	pub(wire.EventSubject(a, wire.EventThrottled), late)
-	pub(wire.EventSubject(b, wire.EventDelivered), ev(b, wire.EventDelivered, 3*time.Second))
-	evs, err := s.history(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fmtList(types(evs, a)); got != "[received attempt delivered delivered]" {
-		t.Errorf("log of %s after its end: %s, want the reading stopped before the event stored an hour after the end", a, got)
-	}
-	evs, _ = s.history(ctx, b)
-	if got := fmtList(types(evs, b)); got != "[received attempt deferred delivered]" {
-		t.Errorf("log of %s: %s", b, got)
-	}
-	// Named by queue id, the events above were on 8 subjects; in the
-	// shard, a's received event (stored as before shards) and six.
-	if info, err := st.Info(ctx); err != nil || info.State.NumSubjects != 7 {
-		t.Errorf("two messages' events on %d subjects (%v), want 7", info.State.NumSubjects, err)
+	if info, err := st.Info(ctx); err != nil || info.State.NumSubjects != 12 {
+		t.Errorf("the events on %d subjects (%v), want 12", info.State.NumSubjects, err)
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package events records queue events: one admin.QueueEvent per state
-// change of a job in SLUICE_EVENTS, under wire.EventSubject(queue id, type),
+// change of a job in SLUICE_EVENTS, under wire.EventSubject(queue id, type, time),
 // in its stored form (protobuf sluice.v1.QueueEvent, admin.MarshalQueueEvent).
 // The scheduler's index is a fold of these events and `sluice queue log`
 // prints them, so every state change the scheduler makes is published
@@ -36,7 +36,7 @@ func NewPublisher(js jetstream.JetStream) *Publisher { return &Publisher{js: js}
 // Msg is the NATS message of ev, with the message id JetStream
 // deduplicates on and ctx's trace context.
 func Msg(ctx context.Context, ev *admin.QueueEvent, msgID string) (*nats.Msg, error) {
-	m := &nats.Msg{Subject: wire.EventSubject(ev.QueueID, ev.Type), Header: make(nats.Header, 4), Data: admin.MarshalQueueEvent(ev)}
+	m := &nats.Msg{Subject: wire.EventSubject(ev.QueueID, ev.Type, ev.Time), Header: make(nats.Header, 4), Data: admin.MarshalQueueEvent(ev)}
 	m.Header.Set(jetstream.MsgIDHeader, msgID)
 	m.Header.Set(wire.HeaderJobID, ev.JobID)
 	telemetry.Inject(ctx, m.Header)

@@ -38,7 +38,7 @@ func eventsStream(tb testing.TB, n, oldJSON int) jetstream.JetStream {
 			if i < oldJSON {
 				data, _ = json.Marshal(ev)
 			}
-			if _, err := js.PublishAsync(wire.EventSubject(qid, ev.Type), data); err != nil {
+			if _, err := js.PublishAsync(wire.EventSubject(qid, ev.Type, ev.Time), data); err != nil {
 				tb.Fatal(err)
 			}
 		}

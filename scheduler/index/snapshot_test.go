@@ -192,7 +192,7 @@ func TestFollowFromSnapshot(t *testing.T) {
 	}
 	for i := range 5 {
 		qid := fmt.Sprintf("N%023d", i)
-		if _, err := js.Publish(ctx, wire.EventSubject(qid, wire.EventReceived), admin.MarshalQueueEvent(received(qid, 0, "new.example", "a@o.example", t0, "x@new.example"))); err != nil {
+		if _, err := js.Publish(ctx, wire.EventSubject(qid, wire.EventReceived, t0), admin.MarshalQueueEvent(received(qid, 0, "new.example", "a@o.example", t0, "x@new.example"))); err != nil {
 			t.Fatal(err)
 		}
 	}

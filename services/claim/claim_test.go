@@ -54,7 +54,7 @@ func contend(t *testing.T, js jetstream.JetStream, replicas, n int) {
 	}
 	// An unrelated event of the same message, and a claim of another
 	// copy, claim nothing.
-	if _, err := js.Publish(ctx, wire.EventSubject("Q", wire.EventReceived), []byte("r")); err != nil {
+	if _, err := js.Publish(ctx, wire.EventSubject("Q", wire.EventReceived, time.Now()), []byte("r")); err != nil {
 		t.Fatal(err)
 	}
 	types := []string{wire.EventAttempt, wire.EventReprioritised}

@@ -33,7 +33,7 @@ func TestEventsAndHeld(t *testing.T) {
 	if got := ev.CachedInfo().Config.MaxAge; got != 200*time.Hour {
 		t.Fatalf("events MaxAge = %s, want 200h", got)
 	}
-	if _, err := js.Publish(ctx, wire.EventSubject("Q", wire.EventReceived), []byte("{}")); err != nil {
+	if _, err := js.Publish(ctx, wire.EventSubject("Q", wire.EventReceived, time.Now()), []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
 	ack, err := js.Publish(ctx, wire.HeldSubject("Q-0"), []byte("job"))

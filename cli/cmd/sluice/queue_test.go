@@ -42,13 +42,16 @@ import (
 // deliverer services on an embedded JetStream, delivering to a capture
 // server. Tests drive it with the CLI exactly as an operator would.
 type world struct {
-	t      *testing.T
-	ns     *natstest.Server
-	js     jetstream.JetStream
-	dest   *capture.Server
-	cfg    scheduler.Config
-	sched  *scheduler.Service
-	tracer *sdktrace.TracerProvider
+	t     *testing.T
+	ns    *natstest.Server
+	js    jetstream.JetStream
+	dest  *capture.Server
+	cfg   scheduler.Config
+	sched *scheduler.Service
+	// accepted is how long ago the messages send makes say they were
+	// accepted (their queue ids' time).
+	accepted time.Duration
+	tracer   *sdktrace.TracerProvider
 	// refuse makes the destination defer every recipient while set.
 	refuse atomic.Bool
 	// stopDeliverer stops the deliverer startDeliverer started.
@@ -165,7 +168,7 @@ func (w *world) send(from string, rcpts ...string) string {
 // stores in the bodies' object store; with large 0 the body is inline.
 func (w *world) sendLarge(from string, large int, rcpts ...string) string {
 	w.t.Helper()
-	qid := wire.NewQueueID(time.Now())
+	qid := wire.NewQueueID(time.Now().Add(-w.accepted))
 	body := []byte("Received: by test\r\nFrom: <" + from + ">\r\nSubject: queue test\r\n\r\nHello.\r\n")
 	m := &sluicev1.Message{Schema: wire.SchemaVersion, QueueId: qid, MailFrom: from, ReceivedUnixNano: time.Now().UnixNano(), Body: body}
 	if large > 0 {
@@ -648,8 +651,19 @@ func TestRetryOnce(t *testing.T) {
 // second copy in the new class would be delivered too. The second copy,
 // fetched but not claimed yet, moves: prioritize claims it first, and the
 // deliverer that holds it then finds the claim taken and must not attempt it.
+//
+// It is run with messages accepted now, and 30 min ago, whose events are
+// on subjects of their own (wire.ShardWindow) while the claims stay in
+// their shard: the log shows the move either way.
 func TestPrioritizeOfAFetchedJob(t *testing.T) {
+	for _, age := range []time.Duration{0, 30 * time.Minute} {
+		t.Run("accepted "+age.String()+" ago", func(t *testing.T) { prioritizeOfAFetchedJob(t, age) })
+	}
+}
+
+func prioritizeOfAFetchedJob(t *testing.T, age time.Duration) {
 	w := newWorld(t, time.Minute)
+	w.accepted = age
 	w.stopDeliverer()
 	ctx := context.Background()
 	claimed, unclaimed := w.send("alice@origin.test", "bob@dest.test"), w.send("alice@origin.test", "carol@dest.test")

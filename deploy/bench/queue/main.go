@@ -417,7 +417,7 @@ func events(i, domains int, now time.Time) (*admin.QueueEvent, *admin.QueueEvent
 // fill publishes the received and deferred event of every job.
 func fill(js jetstream.JetStream, jobs, domains int, now time.Time) error {
 	publish := func(ev *admin.QueueEvent) error {
-		_, err := js.PublishAsync(wire.EventSubject(ev.QueueID, ev.Type), admin.MarshalQueueEvent(ev))
+		_, err := js.PublishAsync(wire.EventSubject(ev.QueueID, ev.Type, ev.Time), admin.MarshalQueueEvent(ev))
 		return err
 	}
 	wait := func() error {
