@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,7 +76,7 @@ func TestLogOfASharedShard(t *testing.T) {
 			}
 			out = append(out, e.Type)
 		}
-		return fmtList(out)
+		return "[" + strings.Join(out, " ") + "]"
 	}
 	for qid, want := range map[string]string{
 		a: "[received attempt delivered]",
@@ -132,15 +133,4 @@ func TestLogOfASharedShard(t *testing.T) {
 	if info, err := st.Info(ctx); err != nil || info.State.NumSubjects != 12 {
 		t.Errorf("the events on %d subjects (%v), want 12", info.State.NumSubjects, err)
 	}
-}
-
-func fmtList(s []string) string {
-	out := "["
-	for i, v := range s {
-		if i > 0 {
-			out += " "
-		}
-		out += v
-	}
-	return out + "]"
 }
