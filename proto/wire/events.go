@@ -10,7 +10,8 @@ import (
 
 // Queue events, held jobs and the queue admin API.
 //
-//	SLUICE_EVENTS   limits, max age       sluice.event.<shard>.<type>     every state change of every job
+//	SLUICE_EVENTS   limits, max age       sluice.event.<shard>.<type>     every state change of every job, its first ShardWindow
+//	                                      sluice.event.<queue_id>.<type>  the same, after that
 //	                                      sluice.event.<shard>.<type>.<seq>  claims of one job copy (ClaimSubject)
 //	SLUICE_JOBS                           sluice.held.<job_id>            jobs on hold (no consumer reads them)
 //	sluice_held     key-value             <job_id>                        hold and delete marks deliverers obey
