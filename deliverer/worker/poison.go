@@ -58,13 +58,39 @@ func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error)
 	return 0, fmt.Errorf("strike %s: too many conflicting updates", key)
 }
 
+// unstrike takes back the strike this delivery counted, when it did not
+// reach the remote server after all: its attempt could not be recorded
+// (SLUICE_EVENTS without a leader while a cluster recovers) or its body
+// could not be read. Those are JetStream's troubles, not the job's, and a
+// few of them in a row must not end a mail as poison. Best effort: when
+// the bucket cannot be reached either, the strike stays.
+func (s *Service) unstrike(ctx context.Context, job *sluicev1.Job, log *slog.Logger) {
+	key := job.JobId + "." + strconv.FormatUint(uint64(job.Attempt), 10)
+	for range 10 {
+		e, err := s.strikes.Get(ctx, key)
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrKeyNotFound) {
+				log.WarnContext(ctx, "cannot take back the strike of a delivery that did not reach the attempt", "err", err)
+			}
+			return
+		}
+		n, _ := strconv.ParseUint(string(e.Value()), 10, 64)
+		if n == 0 {
+			return
+		}
+		if _, err = s.strikes.Update(ctx, key, []byte(strconv.FormatUint(n-1, 10)), e.Revision()); err == nil {
+			return
+		}
+	}
+}
+
 // checkStrikes counts a strike when msg was handed out before and reports
 // whether the job must not be attempted (poison, or strikes cannot be
-// counted), and then what becomes of it.
-func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (consume.Outcome, bool) {
+// counted), and then what becomes of it; struck says a strike was counted.
+func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (o consume.Outcome, stop, struck bool) {
 	md, err := msg.Metadata()
 	if err != nil || md.NumDelivered <= 1 {
-		return consume.Outcome{}, false
+		return consume.Outcome{}, false, false
 	}
 	// Handed out before and now at the attempt: a possible duplicate (an
 	// earlier delivery may have reached the attempt too). Jobs handed back
@@ -75,10 +101,10 @@ func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *slui
 	n, err := s.strike(ctx, job)
 	if err != nil {
 		log.WarnContext(ctx, "cannot count a strike; job returned to the queue", "err", err)
-		return consume.RetryAfter(infraRetry), true
+		return consume.RetryAfter(infraRetry), true, false
 	}
 	if n < uint64(s.cfg.MaxStrikes) {
-		return consume.Outcome{}, false
+		return consume.Outcome{}, false, true
 	}
 	// Poison: end it with a failure the scheduler bounces.
 	e := status.Permanent(sluicev1.Reason_REASON_INTERNAL, 554, "5.3.0", fmt.Sprintf(
@@ -90,9 +116,9 @@ func (s *Service) checkStrikes(ctx context.Context, msg jetstream.Msg, job *slui
 	job.Body = nil
 	if err := s.publish(ctx, job, res); err != nil {
 		log.ErrorContext(ctx, "cannot store the failure of a poison job; job returned to the queue", "err", err)
-		return consume.RetryAfter(infraRetry), true
+		return consume.RetryAfter(infraRetry), true, true
 	}
 	s.m.poisoned.Add(context.Background(), 1, metric.WithAttributes(attribute.String("priority", wire.ClassName(job.Priority))))
 	log.ErrorContext(ctx, "poison job failed for good", "strikes", n, "deliveries", md.NumDelivered)
-	return s.confirmed(), true
+	return s.confirmed(), true, true
 }

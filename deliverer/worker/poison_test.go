@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/sluice-mta/sluice/proto/sluicev1"
+	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/capture"
 )
 
@@ -79,5 +81,48 @@ func TestPoisonJob(t *testing.T) {
 	}
 	if got["sluice_deliverer_panics_total"] != 3 || got["sluice_deliverer_jobs_poisoned_total"] != 1 {
 		t.Errorf("metrics %v, want 3 panics and 1 poisoned job", got)
+	}
+}
+
+// TestUnrecordedAttemptIsNoStrike: while SLUICE_EVENTS cannot take the
+// attempt's claim (as while a cluster recovers its leader: replicas answer
+// reads, nobody stores), the job is
+// handed out again and again without reaching the remote server; those
+// deliveries are no strikes, so once the stream is back the mail is
+// delivered, not failed as poison.
+func TestUnrecordedAttemptIsNoStrike(t *testing.T) {
+	e := newEnv(t)
+	c, _ := listenCapture(t, capture.Options{})
+	ctx := context.Background()
+	// The stream is full and refuses new messages; reads are answered.
+	if _, err := e.js.Publish(ctx, wire.EventSubject("Q", wire.EventReceived, time.Now()), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	str, err := e.js.Stream(ctx, wire.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := str.CachedInfo().Config
+	full.MaxMsgs, full.Discard = 1, jetstream.DiscardNew
+	if _, err := e.js.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	e.service(t, func(s *Settings) {
+		s.Routes = map[string]string{"dest.test": c.Addr}
+		s.MaxStrikes = 2
+	})
+	job := e.enqueue(t, jobSpec{domain: "dest.test", rcpts: []string{"a@dest.test"}})
+	// Handed out at once and every infraRetry (2 s): four deliveries, of
+	// which the last three would be strikes.
+	time.Sleep(7 * time.Second)
+	if n := len(c.Messages()); n != 0 {
+		t.Fatalf("%d messages sent without the attempt recorded", n)
+	}
+	if err := provision(e); err != nil {
+		t.Fatal(err)
+	}
+	check(t, e.result(t, job, 20*time.Second).Recipients[0], delivered)
+	if n := len(c.Messages()); n != 1 {
+		t.Errorf("the destination got %d copies, want 1", n)
 	}
 }

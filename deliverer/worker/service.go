@@ -711,7 +711,8 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg, key *string) co
 	// Whatever happens next, the slot's release is let through.
 	defer gate.settle()
 	// A job handed out again may be poison (see poison.go).
-	if o, stop := s.checkStrikes(ctx, msg, job, log); stop {
+	o, stop, struck := s.checkStrikes(ctx, msg, job, log)
+	if stop {
 		if ticket != nil {
 			ticket.Release()
 		}
@@ -731,7 +732,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg, key *string) co
 		}()
 	}
 	// The attempt is recorded, and the job copy claimed, before it is made.
-	o, renew, stop := s.claimAttempt(ctx, msg, job, log)
+	o, renew, stop := s.claimAttempt(ctx, msg, job, struck, log)
 	if stop {
 		if ticket != nil {
 			ticket.Release()
@@ -742,6 +743,9 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg, key *string) co
 	results, headers, infraErr := s.attempt(ctx, job, route, routeErr, ticket, log)
 	stopRenew()
 	if infraErr != nil {
+		if struck {
+			s.unstrike(ctx, job, log) // the body could not be read: nothing was sent
+		}
 		span.SetStatus(codes.Error, infraErr.Error())
 		log.WarnContext(ctx, "job returned to the queue", "err", infraErr)
 		return consume.RetryAfter(infraRetry)

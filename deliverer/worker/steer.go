@@ -100,7 +100,10 @@ func parkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string)
 // The claim expires after wire.ClaimTTL. When the attempt goes on, the
 // returned renew records it again every claimRenew until its stop is
 // called, so a copy handed out again during a long attempt still finds it.
-func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, log *slog.Logger) (o consume.Outcome, renew func() (stop func()), stop bool) {
+//
+// struck says this delivery counted a strike (poison.go): when the attempt
+// cannot be recorded, nothing is sent, and the strike is taken back.
+func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *sluicev1.Job, struck bool, log *slog.Logger) (o consume.Outcome, renew func() (stop func()), stop bool) {
 	md, err := msg.Metadata()
 	if err != nil {
 		log.WarnContext(ctx, "job without JetStream metadata; returned to the queue", "err", err)
@@ -130,6 +133,9 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 	if err != nil {
 		trace.SpanFromContext(ctx).SetStatus(codes.Error, "cannot record the attempt")
 		log.WarnContext(ctx, "cannot record the attempt; job returned to the queue", "err", err)
+		if struck {
+			s.unstrike(ctx, job, log)
+		}
 		return consume.RetryAfter(infraRetry), nil, true
 	}
 	if out.Won {
