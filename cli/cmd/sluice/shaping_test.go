@@ -53,10 +53,12 @@ func TestShapingCommands(t *testing.T) {
 	t.Logf("sluice shaping suspend dest.test -for 10m:\n%s", out)
 	second := w.send("a@origin.test", "y@dest.test")
 	var shown string
+	// Parked: deferred until the suspension ends (a deliverer first records
+	// that the job waits, then parks it; a retry before that finds it ready).
 	w.eventually("the waiting message explains itself", 10*time.Second, func() bool {
 		_, shown, _ = w.cli("show", second)
 		return strings.Contains(shown, "waiting:") && strings.Contains(shown, "throttled by site "+site) &&
-			strings.Contains(shown, "their maintenance")
+			strings.Contains(shown, "their maintenance") && strings.Contains(shown, "): deferred")
 	})
 	t.Logf("sluice queue show of the waiting message:\n%s", shown)
 	if w.dest.Count() != 1 {
