@@ -33,7 +33,7 @@ import (
 // strike records one more delivery of job's attempt that reached the
 // attempt after an earlier one, and returns the count.
 func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error) {
-	key := job.JobId + "." + strconv.FormatUint(uint64(job.Attempt), 10)
+	key := strikeKey(job)
 	for range 10 {
 		e, err := s.strikes.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -58,6 +58,11 @@ func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error)
 	return 0, fmt.Errorf("strike %s: too many conflicting updates", key)
 }
 
+// strikeKey is job's attempt's key in sluice_strikes.
+func strikeKey(job *sluicev1.Job) string {
+	return job.JobId + "." + strconv.FormatUint(uint64(job.Attempt), 10)
+}
+
 // unstrike takes back the strike this delivery counted, when it did not
 // reach the remote server after all: its attempt could not be recorded
 // (SLUICE_EVENTS without a leader while a cluster recovers) or its body
@@ -65,7 +70,7 @@ func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error)
 // few of them in a row must not end a mail as poison. Best effort: when
 // the bucket cannot be reached either, the strike stays.
 func (s *Service) unstrike(ctx context.Context, job *sluicev1.Job, log *slog.Logger) {
-	key := job.JobId + "." + strconv.FormatUint(uint64(job.Attempt), 10)
+	key := strikeKey(job)
 	for range 10 {
 		e, err := s.strikes.Get(ctx, key)
 		if err != nil {
