@@ -130,6 +130,7 @@ type jobSpec struct {
 	subject    string
 	requireTLS bool
 	bigBody    []byte // stored in the object store when set
+	bodyObject string // with bigBody: its object's name, stored by the test
 	lastReason sluicev1.Reason
 	scheduled  time.Time
 }
@@ -150,13 +151,17 @@ func (e *env) enqueue(t *testing.T, s jobSpec) *sluicev1.Job {
 	}
 	msg := &sluicev1.Message{Schema: wire.SchemaVersion, QueueId: qid, MailFrom: "sender@origin.test", ReceivedUnixNano: time.Now().UnixNano()}
 	b := body(s.subject)
-	if s.bigBody != nil {
+	switch {
+	case s.bodyObject != "":
+		b = s.bigBody
+		msg.BodyObject = s.bodyObject
+	case s.bigBody != nil:
 		b = s.bigBody
 		if _, err := mustBodies(t, e.js).PutBytes(ctx, qid, b); err != nil {
 			t.Fatal(err)
 		}
 		msg.BodyObject = qid
-	} else {
+	default:
 		msg.Body = b
 	}
 	msg.BodySize = int64(len(b))

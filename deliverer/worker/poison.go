@@ -33,10 +33,33 @@ import (
 // strike records one more delivery of job's attempt that reached the
 // attempt after an earlier one, and returns the count.
 func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error) {
+	return s.addStrike(ctx, job, true)
+}
+
+// unstrike takes back the strike this delivery counted, when it did not
+// reach the remote server after all: its attempt could not be recorded
+// (SLUICE_EVENTS without a leader while a cluster recovers) or its body
+// could not be read. Those are JetStream's troubles, not the job's, and a
+// few of them in a row must not end a mail as poison. Best effort: when
+// the bucket cannot be reached either, the strike stays.
+func (s *Service) unstrike(ctx context.Context, job *sluicev1.Job, log *slog.Logger) {
+	if _, err := s.addStrike(ctx, job, false); err != nil {
+		log.WarnContext(ctx, "cannot take back the strike of a delivery that did not reach the attempt", "err", err)
+	}
+}
+
+// addStrike counts one strike more (up) or one less for job's attempt in
+// sluice_strikes, with compare-and-set so that concurrent deliveries of a
+// copy each count, and returns the new count. Taking back from a count
+// that is not there (or is zero) leaves it so.
+func (s *Service) addStrike(ctx context.Context, job *sluicev1.Job, up bool) (uint64, error) {
 	key := strikeKey(job)
 	for range 10 {
 		e, err := s.strikes.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			if !up {
+				return 0, nil
+			}
 			if _, err = s.strikes.Create(ctx, key, []byte("1")); err == nil {
 				return 1, nil
 			}
@@ -49,7 +72,14 @@ func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error)
 			return 0, err
 		}
 		n, _ := strconv.ParseUint(string(e.Value()), 10, 64)
-		n++
+		switch {
+		case up:
+			n++
+		case n == 0:
+			return 0, nil
+		default:
+			n--
+		}
 		if _, err = s.strikes.Update(ctx, key, []byte(strconv.FormatUint(n, 10)), e.Revision()); err == nil {
 			return n, nil
 		}
@@ -61,32 +91,6 @@ func (s *Service) strike(ctx context.Context, job *sluicev1.Job) (uint64, error)
 // strikeKey is job's attempt's key in sluice_strikes.
 func strikeKey(job *sluicev1.Job) string {
 	return job.JobId + "." + strconv.FormatUint(uint64(job.Attempt), 10)
-}
-
-// unstrike takes back the strike this delivery counted, when it did not
-// reach the remote server after all: its attempt could not be recorded
-// (SLUICE_EVENTS without a leader while a cluster recovers) or its body
-// could not be read. Those are JetStream's troubles, not the job's, and a
-// few of them in a row must not end a mail as poison. Best effort: when
-// the bucket cannot be reached either, the strike stays.
-func (s *Service) unstrike(ctx context.Context, job *sluicev1.Job, log *slog.Logger) {
-	key := strikeKey(job)
-	for range 10 {
-		e, err := s.strikes.Get(ctx, key)
-		if err != nil {
-			if !errors.Is(err, jetstream.ErrKeyNotFound) {
-				log.WarnContext(ctx, "cannot take back the strike of a delivery that did not reach the attempt", "err", err)
-			}
-			return
-		}
-		n, _ := strconv.ParseUint(string(e.Value()), 10, 64)
-		if n == 0 {
-			return
-		}
-		if _, err = s.strikes.Update(ctx, key, []byte(strconv.FormatUint(n-1, 10)), e.Revision()); err == nil {
-			return
-		}
-	}
 }
 
 // checkStrikes counts a strike when msg was handed out before and reports

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -124,5 +125,41 @@ func TestUnrecordedAttemptIsNoStrike(t *testing.T) {
 	check(t, e.result(t, job, 20*time.Second).Recipients[0], delivered)
 	if n := len(c.Messages()); n != 1 {
 		t.Errorf("the destination got %d copies, want 1", n)
+	}
+}
+
+// TestUnreadBodyIsNoStrike: a delivery whose body cannot be read (the
+// bodies' stream gone, as without a leader while a cluster recovers) sends
+// nothing and takes its strike back too, so that once the body can be read
+// the job is delivered, not failed as poison.
+func TestUnreadBodyIsNoStrike(t *testing.T) {
+	e := newEnv(t)
+	c, _ := listenCapture(t, capture.Options{})
+	ctx := context.Background()
+	e.service(t, func(s *Settings) {
+		s.Routes = map[string]string{"dest.test": c.Addr}
+		s.MaxStrikes = 2
+	})
+	if err := e.js.DeleteObjectStore(ctx, wire.BucketBodies); err != nil {
+		t.Fatal(err)
+	}
+	big := append([]byte("Subject: unread\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef0123456789abcdef\r\n"), 4000)...)
+	job := e.enqueue(t, jobSpec{domain: "dest.test", rcpts: []string{"a@dest.test"}, bigBody: big, bodyObject: "unread"})
+	// Handed out at once and every infraRetry (2 s): four deliveries, of
+	// which the last three would be strikes.
+	time.Sleep(7 * time.Second)
+	if n := len(c.Messages()); n != 0 {
+		t.Fatalf("%d messages sent without a body", n)
+	}
+	if err := provision(e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mustBodies(t, e.js).PutBytes(ctx, "unread", big); err != nil {
+		t.Fatal(err)
+	}
+	check(t, e.result(t, job, 20*time.Second).Recipients[0], delivered)
+	msgs := c.Messages()
+	if len(msgs) != 1 || !bytes.Equal(msgs[0].Data, big) {
+		t.Errorf("the destination got %d copies, want 1 of the body", len(msgs))
 	}
 }

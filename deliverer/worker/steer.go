@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -155,37 +156,43 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 // claimRenew, each time with a message id of its own and a note, until
 // stop is called: the claim expires wire.ClaimTTL after its latest record.
 // The renewal keeps the attempt's start time, which the history shows.
+// Nearly every attempt ends long before its first renewal, so until then
+// it costs one timer: no goroutine, no copy of the claim.
 func (s *Service) renewClaim(ctx context.Context, m *nats.Msg, ev *admin.QueueEvent, msgID string, log *slog.Logger) (stop func()) {
-	renewed := *ev
-	renewed.Note = "still running: claim renewed"
-	data := admin.MarshalQueueEvent(&renewed)
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(s.claimRenew)
-		defer t.Stop()
-		for n := 1; ; n++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			r := &nats.Msg{Subject: m.Subject, Data: data, Header: nats.Header{}}
-			for k, v := range m.Header {
-				r.Header[k] = v
-			}
-			r.Header.Set(jetstream.MsgIDHeader, msgID+"/renew/"+strconv.Itoa(n))
-			pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err := s.js.PublishMsg(pctx, r, jetstream.WithExpectStream(wire.StreamEvents))
-			pcancel()
-			if err != nil && ctx.Err() == nil {
-				log.WarnContext(ctx, "cannot renew the attempt's claim; a copy handed out again after it expires is attempted again", "err", err)
-			}
+	var (
+		mu      sync.Mutex // held while a renewal is published; stop waits for it
+		stopped bool
+		n       int
+		t       *time.Timer
+	)
+	mu.Lock() // the first renewal needs t
+	defer mu.Unlock()
+	t = time.AfterFunc(s.claimRenew, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
+		n++
+		renewed := *ev
+		renewed.Note = "still running: claim renewed"
+		r := claim.CopyMsg(m)
+		r.Data = admin.MarshalQueueEvent(&renewed)
+		r.Header.Set(jetstream.MsgIDHeader, msgID+"/renew/"+strconv.Itoa(n))
+		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := s.js.PublishMsg(pctx, r, jetstream.WithExpectStream(wire.StreamEvents))
+		pcancel()
+		if err != nil && ctx.Err() == nil {
+			log.WarnContext(ctx, "cannot renew the attempt's claim; a copy handed out again after it expires is attempted again", "err", err)
+		}
+		t.Reset(s.claimRenew)
+	})
 	return func() {
-		cancel()
-		<-done
+		cancel() // a renewal being published gives up
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
 	}
 }

@@ -48,6 +48,17 @@ const (
 	pause   = 25 * time.Millisecond
 )
 
+// CopyMsg returns a copy of m whose headers can be changed without
+// changing m's: a claim is published again with another message id or
+// condition.
+func CopyMsg(m *nats.Msg) *nats.Msg {
+	c := &nats.Msg{Subject: m.Subject, Data: m.Data, Header: make(nats.Header, len(m.Header)+1)}
+	for k, v := range m.Header {
+		c.Header[k] = append([]string(nil), v...)
+	}
+	return c
+}
+
 // Take publishes m, an event on wire.ClaimSubject(queueID, type, seq), to
 // the events stream on condition that no claim of the copy exists. When
 // another one does, nothing is published and the outcome names the holder.
@@ -56,10 +67,7 @@ const (
 // publish m unconditionally afterwards.
 func Take(ctx context.Context, js jetstream.JetStream, m *nats.Msg, queueID string, seq uint64) (Outcome, error) {
 	filter := wire.ClaimFilter(queueID, seq)
-	cm := &nats.Msg{Subject: m.Subject, Data: m.Data, Header: nats.Header{}}
-	for k, v := range m.Header {
-		cm.Header[k] = append([]string(nil), v...)
-	}
+	cm := CopyMsg(m)
 	for i := 0; ; i++ {
 		ack, err := js.PublishMsg(ctx, cm, jetstream.WithExpectStream(wire.StreamEvents), jetstream.WithExpectLastSequenceForSubject(0, filter))
 		if err == nil {
