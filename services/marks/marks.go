@@ -11,6 +11,13 @@
 // bucket's current content (and again whenever it is not running), Get
 // asks the bucket directly, so a starting or disconnected process never
 // answers "no mark" from an empty map.
+//
+// A mark found in memory is confirmed with the bucket before Get answers
+// with it. `sluice queue release` removes the mark and then requeues the
+// job at once; the job can reach a deliverer before the watch delivers the
+// removal, and a deliverer that believed the stale mark would park the job
+// again, held with no mark, until someone released it a second time. Marks
+// are rare, so the hot path (no mark) still reads only the map.
 package marks
 
 import (
@@ -81,15 +88,16 @@ func (c *Cache) follow() {
 	}
 }
 
-// Get returns the mark of jobID, if any: from memory once the watch is
-// current, from the bucket before that.
+// Get returns the mark of jobID, if any: "none" from memory once the watch
+// is current; a mark, and any answer before the watch is current, from the
+// bucket.
 func (c *Cache) Get(ctx context.Context, jobID string) (admin.QueueMark, bool, error) {
 	c.mu.RLock()
-	m, ok := c.marks[jobID]
+	_, ok := c.marks[jobID]
 	current := c.current
 	c.mu.RUnlock()
-	if current {
-		return m, ok, nil
+	if current && !ok {
+		return admin.QueueMark{}, false, nil
 	}
 	return Read(ctx, c.kv, jobID)
 }
