@@ -6,9 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,6 +56,28 @@ type world struct {
 	refuse atomic.Bool
 	// stopDeliverer stops the deliverer startDeliverer started.
 	stopDeliverer func()
+	// logs holds what the services logged and sent the queue ids sent,
+	// both shown when eventually gives up.
+	logs lockedBuffer
+	sent []string
+}
+
+// lockedBuffer is a bytes.Buffer the services' loggers share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func newWorld(t *testing.T, retryMin time.Duration) *world {
@@ -87,7 +109,7 @@ func newWorld(t *testing.T, retryMin time.Duration) *world {
 	return w
 }
 
-func (w *world) logger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func (w *world) logger() *slog.Logger { return slog.New(slog.NewTextHandler(&w.logs, nil)) }
 
 func (w *world) startScheduler() {
 	w.t.Helper()
@@ -169,6 +191,7 @@ func (w *world) send(from string, rcpts ...string) string {
 func (w *world) sendLarge(from string, large int, rcpts ...string) string {
 	w.t.Helper()
 	qid := wire.NewQueueID(time.Now().Add(-w.accepted))
+	w.sent = append(w.sent, qid)
 	body := []byte("Received: by test\r\nFrom: <" + from + ">\r\nSubject: queue test\r\n\r\nHello.\r\n")
 	m := &sluicev1.Message{Schema: wire.SchemaVersion, QueueId: qid, MailFrom: from, ReceivedUnixNano: time.Now().UnixNano(), Body: body}
 	if large > 0 {
@@ -249,7 +272,12 @@ func (w *world) eventually(what string, timeout time.Duration, cond func() bool)
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			w.t.Fatalf("%s: not after %s", what, timeout)
+			var hist strings.Builder
+			for _, qid := range w.sent {
+				_, out, errs := w.cli("log", qid)
+				hist.WriteString(out + errs)
+			}
+			w.t.Fatalf("%s: not after %s\nhistory:\n%s\nservices' logs:\n%s", what, timeout, hist.String(), w.logs.String())
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
