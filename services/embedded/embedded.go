@@ -79,6 +79,14 @@ func Start(o Options) (*Server, error) {
 	ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		ns.Shutdown()
+		// The server says nothing when it cannot listen: try it here.
+		if port != server.RANDOM_PORT {
+			ln, err := net.Listen("tcp", o.Listen)
+			if err != nil {
+				return nil, fmt.Errorf("embedded nats: not ready after 10s: %w", err)
+			}
+			ln.Close()
+		}
 		return nil, errors.New("embedded nats: not ready after 10s")
 	}
 	return &Server{ns: ns}, nil

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +30,36 @@ func freeAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// laterAddr is a free loopback address for a server that starts later,
+// while a client keeps trying to connect to it. Its port is below the
+// kernel's ephemeral range, which freeAddr's port is in: meanwhile an
+// outgoing connection of another test (or the client's own, connected to
+// itself) could take that one as its local port, and the server could not
+// listen on it.
+func laterAddr(t *testing.T) string {
+	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	for range 100 {
+		port := 10000 + rand.IntN(max(low-10000, 1))
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -88,7 +121,7 @@ func TestProcessStartServeStop(t *testing.T) {
 // is alive and says what it waits for, logs its progress, and starts once
 // the server comes up.
 func TestStartWaitsForNATS(t *testing.T) {
-	natsAddr, metrics := freeAddr(t), freeAddr(t)
+	natsAddr, metrics := laterAddr(t), freeAddr(t)
 	var log syncBuffer
 	o := Options{Service: "bouncer", NATS: config.DefaultNATS(), Queue: config.DefaultQueue(),
 		Telemetry: config.Telemetry{MetricsListen: metrics}, Host: Host{LogOutput: &log}}
