@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +14,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/config"
 	"github.com/sluice-mta/sluice/services/embedded"
+	"github.com/sluice-mta/sluice/services/freeport"
 	"github.com/sluice-mta/sluice/services/natstest"
 	"github.com/sluice-mta/sluice/services/telemetry"
 )
@@ -33,33 +31,17 @@ func freeAddr(t *testing.T) string {
 }
 
 // laterAddr is a free loopback address for a server that starts later,
-// while a client keeps trying to connect to it. Its port is below the
-// kernel's ephemeral range, which freeAddr's port is in: meanwhile an
+// while a client keeps trying to connect to it: freeport's ports are below
+// the ephemeral range, where freeAddr's port is, and which meanwhile an
 // outgoing connection of another test (or the client's own, connected to
-// itself) could take that one as its local port, and the server could not
-// listen on it.
+// itself) could take as its local port.
 func laterAddr(t *testing.T) string {
 	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
+	addr, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for range 100 {
-		port := 10000 + rand.IntN(max(low-10000, 1))
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return ""
+	return addr
 }
 
 func get(t *testing.T, url string) (int, string) {

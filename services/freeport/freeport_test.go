@@ -1,4 +1,4 @@
-package stack
+package freeport
 
 import (
 	"fmt"
@@ -8,16 +8,16 @@ import (
 	"testing"
 )
 
-// TestFreeAddrAcrossProcesses: a second process that walks the same ports
+// TestAddrAcrossProcesses: a second process that walks the same ports
 // (as test binaries of two packages can) gets none of those this one handed
 // out, though none of them is bound.
-func TestFreeAddrAcrossProcesses(t *testing.T) {
-	if start := os.Getenv("SLUICE_FREEADDR_CHILD"); start != "" {
+func TestAddrAcrossProcesses(t *testing.T) {
+	if start := os.Getenv("SLUICE_FREEPORT_CHILD"); start != "" {
 		portMu.Lock()
 		fmt.Sscan(start, &nextPort)
 		portMu.Unlock()
 		for range 20 {
-			a, err := FreeAddr()
+			a, err := Addr()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -30,14 +30,14 @@ func TestFreeAddrAcrossProcesses(t *testing.T) {
 	portMu.Unlock()
 	mine := map[string]bool{}
 	for range 20 {
-		a, err := FreeAddr()
+		a, err := Addr()
 		if err != nil {
 			t.Fatal(err)
 		}
 		mine[a] = true
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFreeAddrAcrossProcesses$", "-test.count=1")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("SLUICE_FREEADDR_CHILD=%d", start))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAddrAcrossProcesses$", "-test.count=1")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("SLUICE_FREEPORT_CHILD=%d", start))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)

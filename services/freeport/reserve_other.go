@@ -1,7 +1,7 @@
 //go:build !unix
 
-package stack
+package freeport
 
 // reservePort reserves nothing where flock is missing: the bind check of
-// FreeAddr is all there is.
+// Addr is all there is.
 func reservePort(int) bool { return true }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package stack
+package freeport
 
 import (
 	"fmt"
@@ -11,7 +11,7 @@ import (
 
 // reservePort takes an exclusive lock on a file named for port in the
 // system's temporary directory, held until the process exits (the kernel
-// releases it then, whatever the exit), so that processes using FreeAddr
+// releases it then, whatever the exit), so that processes using Addr
 // never hand out the same port at once. It reports false when another
 // process holds the lock.
 func reservePort(port int) bool {
