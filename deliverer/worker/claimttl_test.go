@@ -12,9 +12,10 @@ import (
 	"github.com/sluice-mta/sluice/services/capture"
 )
 
-// TestAttemptClaimIsRenewed: the attempt claim carries wire.ClaimTTL, and
-// an attempt that runs longer than the renewal interval records its claim
-// again, with the attempt's start time, until it ends and not after.
+// TestAttemptClaimIsRenewed: the attempt claim carries wire.ClaimTTL (and
+// no message id), and an attempt that runs longer than the renewal
+// interval records its claim again, with the attempt's start time, until
+// it ends and not after.
 func TestAttemptClaimIsRenewed(t *testing.T) {
 	e := newEnv(t)
 	c, _ := listenCapture(t, capture.Options{Delay: 2 * time.Second})
@@ -43,6 +44,10 @@ func TestAttemptClaimIsRenewed(t *testing.T) {
 			}
 			if ev.JobID == job.JobId {
 				ttls, evs = append(ttls, m.Headers().Get(jetstream.MsgTTLHeader)), append(evs, ev)
+				// An id would cost a deduplication entry per delivery.
+				if id := m.Headers().Get(jetstream.MsgIDHeader); id != "" {
+					t.Errorf("claim with message id %q", id)
+				}
 			}
 		}
 	}

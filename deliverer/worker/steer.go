@@ -95,8 +95,11 @@ func parkMsg(job *sluicev1.Job, data []byte, orig nats.Header, by, nonce string)
 //     queue.
 //
 // A copy handed out again (after a crash or a Nak) finds its earlier
-// attempt's claim and is attempted again. The message id includes the
-// delivery count, so that second try is recorded too.
+// attempt's claim and is attempted again; that second try is recorded too.
+//
+// A claim has no message id: its condition (no claim of the copy yet)
+// already makes a second publish of it fail, and each id would cost the
+// server a deduplication entry per delivery for queue.duplicate_window.
 //
 // The claim expires after wire.ClaimTTL. When the attempt goes on, the
 // returned renew records it again every claimRenew until its stop is
@@ -120,8 +123,6 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 	m := nats.NewMsg(wire.ClaimSubject(job.QueueId, wire.EventAttempt, md.Sequence.Stream))
 	m.Data = admin.MarshalQueueEvent(ev)
 	m.Header.Set(wire.HeaderJobID, job.JobId)
-	msgID := job.JobId + "/" + strconv.FormatUint(uint64(job.Attempt), 10) + "/ev/attempt/" + strconv.FormatUint(md.NumDelivered, 10)
-	m.Header.Set(jetstream.MsgIDHeader, msgID)
 	m.Header.Set(jetstream.MsgTTLHeader, wire.ClaimTTL.String())
 	telemetry.Inject(ctx, m.Header)
 	out, err := claim.Take(ctx, s.js, m, job.QueueId, md.Sequence.Stream)
@@ -140,7 +141,7 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 		return consume.RetryAfter(infraRetry), nil, true
 	}
 	if out.Won {
-		return consume.Outcome{}, func() func() { return s.renewClaim(ctx, m, ev, msgID, log) }, false
+		return consume.Outcome{}, func() func() { return s.renewClaim(ctx, m, ev, log) }, false
 	}
 	// Moved to another class by an operator: its new copy is delivered.
 	// This one is given back rather than acknowledged: the scheduler
@@ -153,17 +154,16 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 }
 
 // renewClaim publishes the attempt's claim m (of event ev) again every
-// claimRenew, each time with a message id of its own and a note, until
+// claimRenew, each time with a note, until
 // stop is called: the claim expires wire.ClaimTTL after its latest record.
 // The renewal keeps the attempt's start time, which the history shows.
 // Nearly every attempt ends long before its first renewal, so until then
 // it costs one timer: no goroutine, no copy of the claim.
-func (s *Service) renewClaim(ctx context.Context, m *nats.Msg, ev *admin.QueueEvent, msgID string, log *slog.Logger) (stop func()) {
+func (s *Service) renewClaim(ctx context.Context, m *nats.Msg, ev *admin.QueueEvent, log *slog.Logger) (stop func()) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var (
 		mu      sync.Mutex // held while a renewal is published; stop waits for it
 		stopped bool
-		n       int
 		t       *time.Timer
 	)
 	mu.Lock() // the first renewal needs t
@@ -174,12 +174,10 @@ func (s *Service) renewClaim(ctx context.Context, m *nats.Msg, ev *admin.QueueEv
 		if stopped {
 			return
 		}
-		n++
 		renewed := *ev
 		renewed.Note = "still running: claim renewed"
 		r := claim.CopyMsg(m)
 		r.Data = admin.MarshalQueueEvent(&renewed)
-		r.Header.Set(jetstream.MsgIDHeader, msgID+"/renew/"+strconv.Itoa(n))
 		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err := s.js.PublishMsg(pctx, r, jetstream.WithExpectStream(wire.StreamEvents))
 		pcancel()

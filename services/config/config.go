@@ -270,7 +270,7 @@ type Queue struct {
 	// down for longer than the window while it held inputs whose outputs
 	// were stored (one scheduler of one, killed and not restarted) can
 	// produce a second copy of those outputs. The servers keep every id of
-	// the window in memory: about six ids and 0.6 KB per message (README,
+	// the window in memory: five ids and about 0.45 KB per message (README,
 	// Performance, "Sustained load").
 	DuplicateWindow time.Duration `yaml:"duplicate_window" env:"SLUICE_QUEUE_DUPLICATE_WINDOW"`
 }
