@@ -1,14 +1,11 @@
-package marks
+package marks_test
 
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/sluice-mta/sluice/proto/admin"
-	"github.com/sluice-mta/sluice/services/config"
-	"github.com/sluice-mta/sluice/services/natstest"
-	"github.com/sluice-mta/sluice/services/streams"
+	"github.com/sluice-mta/sluice/services/marks"
 )
 
 // TestStaleMarkIsNotBelieved: a cache whose watch has not yet delivered
@@ -17,22 +14,13 @@ import (
 // job again. The watch's lag is played by a cache that is current but
 // still holds the mark; a mark that is in the bucket is still found.
 func TestStaleMarkIsNotBelieved(t *testing.T) {
-	_, js := natstest.Start(t).Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	q := config.DefaultQueue()
-	if err := streams.Provision(ctx, js, q); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := streams.Held(ctx, js, q)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := bucket(t)
+	ctx := context.Background()
 	if _, err := kv.Put(ctx, "job-held", []byte(`{"action":"hold","actor":"ops"}`)); err != nil {
 		t.Fatal(err)
 	}
 	hold := admin.QueueMark{Action: admin.MarkHold, Actor: "ops"}
-	c := &Cache{kv: kv, current: true, marks: map[string]admin.QueueMark{"job-released": hold, "job-held": hold}}
+	c := marks.StaleCache(kv, map[string]admin.QueueMark{"job-released": hold, "job-held": hold})
 	if m, ok, err := c.Get(ctx, "job-released"); err != nil || ok {
 		t.Errorf("released job: mark %+v, %v, %v; want none", m, ok, err)
 	}

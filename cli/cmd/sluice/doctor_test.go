@@ -34,6 +34,8 @@ var diagBuildDeliverer = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
+// diagBuffer is a bytes.Buffer that several writers (a process's output,
+// services' loggers) share.
 type diagBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,26 +57,8 @@ type world struct {
 	stopDeliverer func()
 	// logs holds what the services logged and sent the queue ids sent,
 	// both shown when eventually gives up.
-	logs lockedBuffer
+	logs diagBuffer
 	sent []string
-}
-
-// lockedBuffer is a bytes.Buffer the services' loggers share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func newWorld(t *testing.T, retryMin time.Duration) *world {
