@@ -164,7 +164,7 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.held, err = streams.Held(ctx, s.js, s.cfg.Queue); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	if s.marks, err = marks.Watch(ctx, s.held, s.log); err != nil {
+	if s.marks, err = marks.Watch(ctx, s.js, s.held, s.log); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	defer func() {

@@ -320,7 +320,7 @@ func (s *Service) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("key-value %s: %w", wire.BucketHeld, err)
 	}
-	if s.marks, err = marks.Watch(ctx, held, s.log); err != nil {
+	if s.marks, err = marks.Watch(ctx, s.js, held, s.log); err != nil {
 		return err
 	}
 	if s.strikes, err = s.js.KeyValue(ctx, wire.BucketStrikes); err != nil {

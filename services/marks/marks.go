@@ -12,8 +12,8 @@
 // asks the bucket directly, so a starting or disconnected process never
 // answers "no mark" from an empty map.
 //
-// A mark found in memory is confirmed with the bucket before Get answers
-// with it. `sluice queue release` removes the mark and then requeues the
+// A mark found in memory is confirmed with the bucket's stream leader
+// before Get answers with it. `sluice queue release` removes the mark and then requeues the
 // job at once; the job can reach a deliverer before the watch delivers the
 // removal, and a deliverer that believed the stale mark would park the job
 // again, held with no mark, until someone released it a second time. Marks
@@ -31,11 +31,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluice-mta/sluice/proto/admin"
+	"github.com/sluice-mta/sluice/services/streams"
 )
 
 // Cache is a watched copy of the marks bucket. It is safe for concurrent
 // use.
 type Cache struct {
+	js  jetstream.JetStream
 	kv  jetstream.KeyValue
 	log *slog.Logger
 
@@ -48,8 +50,8 @@ type Cache struct {
 	done   chan struct{}
 }
 
-// Watch starts following kv. Stop ends it.
-func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Cache, error) {
+// Watch starts following kv, a bucket of js. Stop ends it.
+func Watch(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, log *slog.Logger) (*Cache, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -61,7 +63,7 @@ func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Cache
 		cancel()
 		return nil, fmt.Errorf("marks: watch %s: %w", kv.Bucket(), err)
 	}
-	c := &Cache{kv: kv, log: log, marks: map[string]admin.QueueMark{}, w: w, cancel: cancel, done: make(chan struct{})}
+	c := &Cache{js: js, kv: kv, log: log, marks: map[string]admin.QueueMark{}, w: w, cancel: cancel, done: make(chan struct{})}
 	go c.follow()
 	return c, nil
 }
@@ -89,18 +91,37 @@ func (c *Cache) follow() {
 }
 
 // Get returns the mark of jobID, if any: "none" from memory once the watch
-// is current; a mark, and any answer before the watch is current, from the
-// bucket.
+// is current; before that, any answer from the bucket; a mark in memory
+// only once the bucket's stream leader confirms it. The leader, because a
+// key's read may be answered by a replica (direct get), and a replica
+// behind the leader can still hold the mark a release has just removed.
 func (c *Cache) Get(ctx context.Context, jobID string) (admin.QueueMark, bool, error) {
 	c.mu.RLock()
 	_, ok := c.marks[jobID]
 	current := c.current
 	c.mu.RUnlock()
-	if current && !ok {
+	switch {
+	case current && !ok:
+		return admin.QueueMark{}, false, nil
+	case !current:
+		return Read(ctx, c.kv, jobID)
+	}
+	m, err := streams.LeaderMsg(ctx, c.js, "KV_"+c.kv.Bucket(), 0, "$KV."+c.kv.Bucket()+"."+jobID)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return admin.QueueMark{}, false, nil
 	}
-	return Read(ctx, c.kv, jobID)
+	if err != nil {
+		return admin.QueueMark{}, false, fmt.Errorf("marks: confirm mark of %s: %w", jobID, err)
+	}
+	if op := m.Header.Get(kvOperation); op == "DEL" || op == "PURGE" {
+		return admin.QueueMark{}, false, nil // removed: the last record is its marker
+	}
+	return Decode(m.Data), true, nil
 }
+
+// kvOperation is the header that marks a key-value record as a delete or
+// a purge (JetStream's key-value layout).
+const kvOperation = "KV-Operation"
 
 // Current reports whether Get answers from memory.
 func (c *Cache) Current() bool {

@@ -14,7 +14,7 @@ import (
 	"github.com/sluice-mta/sluice/services/streams"
 )
 
-func bucket(t *testing.T) jetstream.KeyValue {
+func bucket(t *testing.T) (jetstream.JetStream, jetstream.KeyValue) {
 	t.Helper()
 	_, js := natstest.Start(t).Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -27,7 +27,7 @@ func bucket(t *testing.T) jetstream.KeyValue {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kv
+	return js, kv
 }
 
 // eventually polls f until it returns true or a deadline passes.
@@ -43,13 +43,13 @@ func eventually(t *testing.T, what string, f func() bool) {
 }
 
 func TestCacheFollowsTheBucket(t *testing.T) {
-	kv := bucket(t)
+	js, kv := bucket(t)
 	ctx := context.Background()
 	// A mark written before the watch starts is part of its first content.
 	if _, err := kv.Put(ctx, "job-old", []byte(`{"action":"delete","actor":"ops"}`)); err != nil {
 		t.Fatal(err)
 	}
-	c, err := marks.Watch(ctx, kv, nil)
+	c, err := marks.Watch(ctx, js, kv, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
