@@ -106,22 +106,15 @@ func (c *Cache) Get(ctx context.Context, jobID string) (admin.QueueMark, bool, e
 	case !current:
 		return Read(ctx, c.kv, jobID)
 	}
-	m, err := streams.LeaderMsg(ctx, c.js, "KV_"+c.kv.Bucket(), 0, "$KV."+c.kv.Bucket()+"."+jobID)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return admin.QueueMark{}, false, nil
-	}
+	value, found, err := streams.LeaderKey(ctx, c.js, c.kv.Bucket(), jobID)
 	if err != nil {
 		return admin.QueueMark{}, false, fmt.Errorf("marks: confirm mark of %s: %w", jobID, err)
 	}
-	if op := m.Header.Get(kvOperation); op == "DEL" || op == "PURGE" {
-		return admin.QueueMark{}, false, nil // removed: the last record is its marker
+	if !found {
+		return admin.QueueMark{}, false, nil // removed: the watch is behind
 	}
-	return Decode(m.Data), true, nil
+	return Decode(value), true, nil
 }
-
-// kvOperation is the header that marks a key-value record as a delete or
-// a purge (JetStream's key-value layout).
-const kvOperation = "KV-Operation"
 
 // Current reports whether Get answers from memory.
 func (c *Cache) Current() bool {

@@ -105,6 +105,28 @@ func LeaderMsg(ctx context.Context, js jetstream.JetStream, stream string, seq u
 	return leaderGet(ctx, js, stream, req)
 }
 
+// LeaderKey reads key of the key-value bucket from its stream's leader,
+// where kv.Get may be answered by a replica that is behind (direct get).
+// A key never stored, or whose last record is a delete or purge marker,
+// is not found.
+func LeaderKey(ctx context.Context, js jetstream.JetStream, bucket, key string) (value []byte, found bool, err error) {
+	m, err := LeaderMsg(ctx, js, "KV_"+bucket, 0, "$KV."+bucket+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if op := m.Header.Get(kvOperation); op == "DEL" || op == "PURGE" {
+		return nil, false, nil
+	}
+	return m.Data, true, nil
+}
+
+// kvOperation is the header that marks a key-value record as a delete or
+// a purge (JetStream's key-value layout).
+const kvOperation = "KV-Operation"
+
 // getRequest is the body of a stream's message get ($JS.API.STREAM.MSG.GET).
 type getRequest struct {
 	Seq     uint64 `json:"seq,omitempty"`
