@@ -154,11 +154,11 @@ func (s *Service) claimAttempt(ctx context.Context, msg jetstream.Msg, job *slui
 }
 
 // renewClaim publishes the attempt's claim m (of event ev) again every
-// claimRenew, each time with a note, until
-// stop is called: the claim expires wire.ClaimTTL after its latest record.
-// The renewal keeps the attempt's start time, which the history shows.
-// Nearly every attempt ends long before its first renewal, so until then
-// it costs one timer: no goroutine, no copy of the claim.
+// claimRenew, each time with a note, until stop is called: the claim
+// expires wire.ClaimTTL after its latest record. The renewal keeps the
+// attempt's start time, which the history shows. Nearly every attempt
+// ends long before its first renewal, so until then it costs a timer and a
+// context: no goroutine, no copy of the claim.
 func (s *Service) renewClaim(ctx context.Context, m *nats.Msg, ev *admin.QueueEvent, log *slog.Logger) (stop func()) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var (

@@ -18,9 +18,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluice-mta/sluice/deploy/cluster"
-	"github.com/sluice-mta/sluice/deploy/stack"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/services/capture"
+	"github.com/sluice-mta/sluice/services/freeport"
 )
 
 // The cluster tests run Sluice as it is deployed: the four service
@@ -52,7 +52,7 @@ func startNodes(t testing.TB, nodes int) *cluster.Cluster {
 		Bin:   filepath.Join(binDir, "nats-server"),
 		Dir:   t.TempDir(),
 		Nodes: nodes,
-		Addr:  stack.FreeAddr,
+		Addr:  freeport.Addr,
 	})
 	if err != nil {
 		t.Fatal(err)

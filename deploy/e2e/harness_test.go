@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-mta/sluice/deploy/stack"
 	"github.com/sluice-mta/sluice/services/capture"
 	"github.com/sluice-mta/sluice/services/dnstest"
+	"github.com/sluice-mta/sluice/services/freeport"
 )
 
 var binDir string
@@ -108,8 +109,8 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		"dest.test. 60 IN MX 10 mx1.dest.test.",
 		"mx1.dest.test. 60 IN A 127.0.0.1",
 	)
-	smtpAddr, _ := stack.FreeAddr()
-	natsAddr, _ := stack.FreeAddr()
+	smtpAddr, _ := freeport.Addr()
+	natsAddr, _ := freeport.Addr()
 	w.smtp = smtpAddr
 	if o.lifetime == "" {
 		o.lifetime = "1h"
@@ -146,8 +147,8 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	if o.jaeger {
 		jaegerBin, _ = filepath.Abs("../../bin/jaeger")
 		jaegerCfg, _ = filepath.Abs("../jaeger/config.yaml")
-		jaegerQuery, _ = stack.FreeAddr()
-		jaegerOTLP, _ = stack.FreeAddr()
+		jaegerQuery, _ = freeport.Addr()
+		jaegerOTLP, _ = freeport.Addr()
 	}
 	st, err := stack.Start(context.Background(), stack.Options{
 		JaegerBin:    jaegerBin,

@@ -25,6 +25,7 @@ import (
 
 	"github.com/sluice-mta/sluice/services/capture"
 	"github.com/sluice-mta/sluice/services/embedded"
+	"github.com/sluice-mta/sluice/services/freeport"
 )
 
 // Services lists the service binaries in start order.
@@ -223,7 +224,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			if addr, ok := o.MetricsAddrs[name]; ok {
 				env = append(env, "SLUICE_METRICS_LISTEN="+addr)
 				s.Metrics[name] = addr
-			} else if addr, err := FreeAddr(); err == nil {
+			} else if addr, err := freeport.Addr(); err == nil {
 				env = append(env, "SLUICE_METRICS_LISTEN="+addr)
 				s.Metrics[name] = addr
 			}
@@ -231,7 +232,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 				env = append(env, "SLUICE_DELIVERER_INSTANCE="+name)
 			}
 			if svc == "ingress" && i > 0 {
-				addr, err := FreeAddr()
+				addr, err := freeport.Addr()
 				if err != nil {
 					s.Close()
 					return nil, fmt.Errorf("%s: %w", name, err)
@@ -518,8 +519,8 @@ func (s *Stack) startJaeger() error {
 	if o.JaegerOTLP == "" {
 		o.JaegerOTLP = "127.0.0.1:4318"
 	}
-	grpcQ, _ := FreeAddr()
-	grpcOTLP, _ := FreeAddr()
+	grpcQ, _ := freeport.Addr()
+	grpcOTLP, _ := freeport.Addr()
 	p := &Proc{
 		Name: "jaeger",
 		bin:  o.JaegerBin,

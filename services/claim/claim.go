@@ -49,8 +49,8 @@ const (
 )
 
 // CopyMsg returns a copy of m whose headers can be changed without
-// changing m's: a claim is published again with another message id or
-// condition.
+// changing m's: a claim is published again with another condition (Take)
+// or content (a deliverer's renewal).
 func CopyMsg(m *nats.Msg) *nats.Msg {
 	c := &nats.Msg{Subject: m.Subject, Data: m.Data, Header: make(nats.Header, len(m.Header)+1)}
 	for k, v := range m.Header {

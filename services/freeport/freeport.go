@@ -1,6 +1,7 @@
-// Package freeport hands tests loopback addresses to listen on: below the
-// kernel's ephemeral port range, and never the same one to two processes
-// at once (test binaries of several packages run side by side).
+// Package freeport hands out loopback addresses to listen on, for tests and
+// for the processes `sluice-local -processes` starts on one machine: below
+// the kernel's ephemeral port range, and never the same one to two
+// processes at once (test binaries of several packages run side by side).
 package freeport
 
 import (

@@ -55,6 +55,7 @@ import (
 	"github.com/sluice-mta/sluice/proto/admin"
 	"github.com/sluice-mta/sluice/proto/wire"
 	"github.com/sluice-mta/sluice/scheduler/index"
+	"github.com/sluice-mta/sluice/services/freeport"
 )
 
 func main() {
@@ -92,8 +93,8 @@ func run(bin string, jobs, domains, runs, restarts int, heapProfile, cpuProfile 
 	now := time.Now().UTC()
 	perJob := localIndexMemory(jobs, domains, now)
 
-	natsAddr, _ := stack.FreeAddr()
-	smtpAddr, _ := stack.FreeAddr()
+	natsAddr, _ := freeport.Addr()
+	smtpAddr, _ := freeport.Addr()
 	st, err := stack.Start(context.Background(), stack.Options{
 		BinDir: bin, DataDir: dir, NATSListen: natsAddr,
 		Config: map[string]map[string]any{"ingress": {"listen": smtpAddr}},

@@ -20,6 +20,7 @@ import (
 
 	delivererd "github.com/sluice-mta/sluice/deliverer/daemon"
 	"github.com/sluice-mta/sluice/deploy/stack"
+	"github.com/sluice-mta/sluice/services/freeport"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -237,7 +238,7 @@ func contains(args []string, flag string) bool {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	addr, err := stack.FreeAddr()
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +264,7 @@ func freePorts(t *testing.T, n int) int {
 			ln.Close()
 		}
 		if ok {
-			// Later calls of FreeAddr must not hand out the others.
+			// Later calls of freeport.Addr must not hand out the others.
 			for i := 1; i < n; i++ {
 				freeAddr(t)
 			}
